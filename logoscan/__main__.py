@@ -1,0 +1,5 @@
+import sys
+
+from logoscan.cli import main
+
+sys.exit(main())

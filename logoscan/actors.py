@@ -1,0 +1,63 @@
+"""Thin Ray Data actor classes: load a model (or a Milvus client) once in __init__, call the pure
+stage function in __call__. Tests call the stage functions directly, in-process."""
+from __future__ import annotations
+
+import torch
+
+from logoscan import stages
+from logoscan.log import configure
+
+
+def pick_device(requested: str) -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+class Models:
+    """Load the detector/embedder artifacts named by the config ('' = the shipped defaults)."""
+
+    @staticmethod
+    def load(kind: str, artifact: str, device: str):
+        from logoscan.models import default_artifact_path, load_artifact
+        return load_artifact(artifact or default_artifact_path(kind), device=device)
+
+
+class DetectActor:
+    def __init__(self, det_cfg, crop_size: int, crop_pad: float, max_pixels: int, run_id: str):
+        configure(run_id)
+        torch.set_num_threads(det_cfg.threads)
+        self.cfg, self.crop_size, self.crop_pad, self.max_pixels = det_cfg, crop_size, crop_pad, max_pixels
+        self.device = pick_device(det_cfg.device)
+        self.model, self.model_cfg = Models.load("detector", det_cfg.artifact, self.device)
+
+    def __call__(self, batch: dict) -> dict:
+        return stages.detect(batch, self.model, self.model_cfg, self.cfg, self.crop_size,
+                             self.crop_pad, self.max_pixels, self.device)
+
+
+class EmbedActor:
+    def __init__(self, emb_cfg, run_id: str):
+        configure(run_id)
+        torch.set_num_threads(emb_cfg.threads)
+        self.cfg = emb_cfg
+        self.device = pick_device(emb_cfg.device)
+        self.model, self.model_cfg = Models.load("embedder", emb_cfg.artifact, self.device)
+
+    def __call__(self, batch: dict) -> dict:
+        return stages.embed(batch, self.model, self.model_cfg, self.cfg, self.device)
+
+
+class MatchActor:
+    """Owns a Milvus client. With a Milvus Lite .db there is exactly one of these (one owner)."""
+
+    def __init__(self, milvus_uri: str, collection: str, match_cfg, policy, default_threshold: float,
+                 embedder_version: str, run_id: str):
+        from logoscan.gallery import Matcher
+        configure(run_id)
+        self.matcher = Matcher(milvus_uri, collection, expect_embedder=embedder_version)
+        self.cfg, self.policy, self.default_threshold = match_cfg, policy, default_threshold
+
+    def __call__(self, batch: dict) -> dict:
+        return stages.decide(stages.match(batch, self.matcher, self.cfg), self.policy,
+                             self.default_threshold)

@@ -1,0 +1,137 @@
+"""The `logoscan` command."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from logoscan import config_io
+from logoscan.config_io import ConfigError
+from logoscan.gallery import GalleryError
+from logoscan.pipeline import ScanError
+from logoscan.schema import SchemaError
+
+
+def _scan_config(a) -> "ScanConfig":  # noqa: F821
+    from logoscan.config import ScanConfig
+    data = config_io.read_mapping(a.config)
+    for key, val in (("manifest", a.manifest), ("milvus_uri", a.milvus_uri), ("collection", a.collection),
+                     ("out", a.out), ("run_id", a.run_id), ("engine", a.engine)):
+        if val is not None:
+            data[key] = val
+    if a.ray_address:
+        config_io.set_dotted(data, "ray.address", a.ray_address)
+    for o in a.set:
+        config_io.set_dotted(data, *config_io.parse_override(o))
+    return config_io.build(ScanConfig, data)
+
+
+def cmd_scan(a) -> int:
+    from logoscan.pipeline import run_scan
+    s = run_scan(_scan_config(a))
+    print(json.dumps({k: s[k] for k in ("run_id", "rows_in", "rows_scanned", "rows_errored", "flagged",
+                                        "flagged_by_queue", "outputs")}, indent=2))
+    return 0
+
+
+def cmd_gallery_build(a) -> int:
+    from logoscan.gallery import build
+    from logoscan.log import configure
+    from logoscan.models import default_artifact_path, load_artifact
+    configure()
+    model, cfg = load_artifact(a.embedder or default_artifact_path("embedder"))
+    meta = build(a.refs, a.milvus_uri, a.collection, model, cfg, index_type=a.index_type)
+    print(json.dumps(meta, indent=2))
+    return 0
+
+
+def cmd_demo(a) -> int:
+    from logoscan.demo import run_demo
+    from logoscan.log import configure
+    configure(level="WARNING")
+    r = run_demo(a.workdir, a.images, a.seed, a.engine, a.num_cpus)
+    o = r["evaluation"]["by_category"]["overall"]
+    return 0 if (o["recall"] or 0) >= 0.9 and (o["precision"] or 0) >= 0.9 else 1
+
+
+def cmd_evaluate(a) -> int:
+    from logoscan.evaluate import evaluate, format_table
+    r = evaluate(a.summary, a.truth)
+    print(json.dumps(r, indent=2) if a.json else format_table(r))
+    return 0
+
+
+def cmd_train(kind):
+    def run(a) -> int:
+        from logoscan.log import configure
+        configure()
+        if kind == "embedder":
+            from logoscan.train.embedder import EmbedderTrainConfig as C, train
+        else:
+            from logoscan.train.detector import DetectorTrainConfig as C, train
+        print(json.dumps(train(config_io.load(C, a.config, a.set), resume=not a.no_resume), indent=2))
+        return 0
+    return run
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="logoscan", description="Scan a product catalog for logos.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    g = sub.add_parser("gallery", help="manage the reference gallery in Milvus")
+    gsub = g.add_subparsers(dest="gcmd", required=True)
+    gb = gsub.add_parser("build", help="embed reference logos and (re)build a Milvus collection")
+    gb.add_argument("--refs", required=True, help="references Parquet file, folder or s3:// prefix")
+    gb.add_argument("--milvus-uri", required=True, help="path/to/x.db (Milvus Lite) or http://host:19530")
+    gb.add_argument("--collection", required=True)
+    gb.add_argument("--embedder", default="", help="embedder artifact folder or s3:// (default: shipped)")
+    gb.add_argument("--index-type", default="FLAT", help="Milvus index: FLAT, HNSW, IVF_FLAT, ...")
+    gb.set_defaults(fn=cmd_gallery_build)
+
+    s = sub.add_parser("scan", help="sweep a manifest: detect, embed, match, write review queues")
+    s.add_argument("--manifest", help="manifest Parquet file, folder or s3:// prefix")
+    s.add_argument("--milvus-uri")
+    s.add_argument("--collection")
+    s.add_argument("--out", help="output folder or s3:// prefix")
+    s.add_argument("--config", help="YAML/TOML file with ScanConfig keys (flags win over it)")
+    s.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS, else local Ray)")
+    s.add_argument("--engine", choices=("ray", "local"))
+    s.add_argument("--run-id", help="default: scan-<UTC time>; re-using one replaces that run's outputs")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set detector.score_thresh=0.4")
+    s.set_defaults(fn=cmd_scan)
+
+    d = sub.add_parser("demo", help="make sample data, build a gallery, sweep it, print recall/precision")
+    d.add_argument("--workdir", default="demo-output")
+    d.add_argument("--images", type=int, default=300)
+    d.add_argument("--seed", type=int, default=7)
+    d.add_argument("--engine", choices=("ray", "local"), default="ray")
+    d.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")
+    d.set_defaults(fn=cmd_demo)
+
+    e = sub.add_parser("evaluate", help="item-level precision/recall of a run against a truth table")
+    e.add_argument("--summary", required=True, help="runs/<run_id>/summary.json of the sweep")
+    e.add_argument("--truth", required=True, help="Parquet: item_id, label (null = no logo), category")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(fn=cmd_evaluate)
+
+    for kind in ("embedder", "detector"):
+        t = sub.add_parser(f"train-{kind}", help=f"train the {kind} (see jobs/train_{kind}.py)")
+        t.add_argument("--config")
+        t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+        t.add_argument("--no-resume", action="store_true")
+        t.set_defaults(fn=cmd_train(kind))
+    return p
+
+
+def main(argv=None) -> int:
+    a = parser().parse_args(argv)
+    try:
+        return a.fn(a)
+    except (SchemaError, ConfigError, GalleryError, ScanError, FileNotFoundError) as e:
+        print(f"logoscan: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Configuration: one small frozen dataclass per component; ScanConfig gathers them.
+
+Loaded from YAML/TOML (``--config``), overridden by CLI flags and ``--set key.sub=value``,
+and dumped next to the outputs (runs/<run_id>/config.json). Each stage receives only its own
+sub-config. No credentials here: S3 uses the standard AWS chain, Milvus a token from
+``MILVUS_TOKEN``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class FetchConfig:
+    max_bytes: int = 50 * 1024 * 1024       # larger objects become error rows, unread
+    max_pixels: int = 50_000_000            # decompression-bomb guard, checked before decoding
+    allowed_roots: tuple = ()               # local paths must lie under one of these (empty: any)
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    artifact: str = ""                      # folder or s3:// prefix; "" = the shipped default
+    score_thresh: float | None = None       # None = the artifact's operating threshold
+    batch_size: int = 8
+    max_regions: int = 20
+    device: str = "auto"                    # auto | cpu | cuda
+    threads: int = 2
+    thumbnail_px: int = 128
+
+
+@dataclass(frozen=True)
+class EmbedderConfig:
+    artifact: str = ""
+    batch_size: int = 64
+    device: str = "auto"
+    threads: int = 1
+
+
+@dataclass(frozen=True)
+class MatchConfig:
+    top_k: int = 2                          # top-1 decides; the runner-up is recorded
+    search_batch: int = 512
+
+
+@dataclass(frozen=True)
+class CategoryPolicy:
+    queue: str | None = None                # default: the category name
+    threshold: float | None = None          # fixed cosine distance; None = the default threshold
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    categories: dict = field(default_factory=dict)   # category -> CategoryPolicy fields
+    default_threshold: float | None = None           # None = the embedder artifact's own
+
+    def for_category(self, category: str) -> CategoryPolicy:
+        raw = self.categories.get(category) or {}
+        return raw if isinstance(raw, CategoryPolicy) else CategoryPolicy(**raw)
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    address: str | None = None              # None: RAY_ADDRESS if set, else a local Ray
+    num_cpus: int | None = None             # local Ray only
+    fetch_batch: int = 16
+    detector_actors: int = 1
+    embedder_actors: int = 1
+    matcher_actors: int = 1                 # forced to 1 for a Milvus Lite .db (one owner)
+    num_gpus_per_actor: float = 0.0         # > 0 puts detector and embedder actors on GPUs
+    cpus_per_actor: float = 0.5
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    manifest: str = ""
+    milvus_uri: str = ""
+    collection: str = "logos"
+    out: str = ""
+    run_id: str | None = None               # default: scan-<UTC timestamp>
+    run_date: str | None = None             # default: today (UTC), YYYY-MM-DD
+    engine: str = "ray"                     # ray | local (in-process, same stage functions)
+    carry_columns: tuple = ()               # manifest columns copied to the flagged rows
+    fetch: FetchConfig = FetchConfig()
+    detector: DetectorConfig = DetectorConfig()
+    embedder: EmbedderConfig = EmbedderConfig()
+    match: MatchConfig = MatchConfig()
+    policy: PolicyConfig = PolicyConfig()
+    ray: RayConfig = RayConfig()

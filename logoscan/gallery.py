@@ -1,0 +1,147 @@
+"""The reference gallery in Milvus: build it from a references Parquet, search it in batches.
+
+One code path for both deployments: a ``*.db`` path is embedded Milvus Lite (one process owns
+the file), an ``http://host:19530`` URI is a Milvus server (many workers search it). The
+collection's properties carry the gallery metadata: the embedder version whose space the vectors
+live in (a sweep with another embedder refuses to match), the gallery version, the categories.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from logoscan import storage
+from logoscan.images import decode
+from logoscan.log import get_logger
+from logoscan.models.embedder import embed_crops, square_crop
+from logoscan.schema import validate_references
+
+log = get_logger(__name__)
+META_KEY = "logoscan.meta"
+
+
+class GalleryError(RuntimeError):
+    pass
+
+
+def connect(uri: str):
+    from pymilvus import MilvusClient
+
+    if not uri:
+        raise GalleryError("no Milvus URI given (a *.db path for Milvus Lite, or http://host:19530)")
+    if "://" not in uri:
+        os.makedirs(os.path.dirname(os.path.abspath(uri)) or ".", exist_ok=True)
+    return MilvusClient(uri, token=os.environ.get("MILVUS_TOKEN", ""))
+
+
+def read_metadata(client, collection: str) -> dict:
+    if not client.has_collection(collection):
+        raise GalleryError(f"Milvus collection {collection!r} does not exist; build it with "
+                           "`logoscan gallery build`")
+    props = client.describe_collection(collection).get("properties") or {}
+    if META_KEY not in props:
+        raise GalleryError(f"collection {collection!r} was not built by logoscan (no {META_KEY})")
+    return json.loads(props[META_KEY])
+
+
+def load_reference_crops(table: pa.Table, size: int, pad: float, max_pixels: int = 50_000_000
+                         ) -> list[Image.Image]:
+    """Reference images are logo crops, embedded whole (or the ``box`` of a larger image)."""
+    crops = []
+    boxes = table.column("box").to_pylist() if "box" in table.column_names else [None] * len(table)
+    for uri, box in zip(table.column("image_uri").to_pylist(), boxes):
+        try:
+            arr = decode(storage.read_bytes(uri), max_pixels)
+        except Exception as e:
+            raise GalleryError(f"reference image {uri!r} could not be read: {e}") from e
+        im = Image.fromarray(arr)
+        b = tuple(box) if box else (0, 0, im.width, im.height)
+        crops.append(square_crop(im, b, pad, size))
+    return crops
+
+
+def build(refs_uri: str, milvus_uri: str, collection: str, embedder, emb_cfg: dict,
+          index_type: str = "FLAT") -> dict:
+    """(Re)build ``collection`` from the references at ``refs_uri``. Returns the gallery metadata."""
+    from pymilvus import DataType, MilvusClient
+
+    files = storage.list_files(refs_uri, ".parquet")
+    tables = []
+    for f in files:
+        fs, path = storage.resolve(f)
+        tables.append(validate_references(pq.read_table(path, filesystem=fs), f))
+    table = pa.concat_tables(tables, promote_options="default")
+    validate_references(table, refs_uri)  # logo_id unique across files too
+    t0 = time.time()
+    crops = load_reference_crops(table, emb_cfg["input_size"], emb_cfg["crop_pad"])
+    vectors = embed_crops(embedder, emb_cfg, crops)
+    digest = hashlib.sha1()
+    for row in sorted(zip(table.column("logo_id").to_pylist(), table.column("label").to_pylist(),
+                          table.column("category").to_pylist())):
+        digest.update(repr(row).encode())
+    digest.update(vectors.round(4).tobytes())
+    meta = {"gallery_version": f"{collection}-{digest.hexdigest()[:12]}",
+            "embedder_version": emb_cfg["version"], "dim": int(vectors.shape[1]),
+            "categories": sorted(set(table.column("category").to_pylist())),
+            "references": len(table), "built_at": datetime.now(timezone.utc).isoformat(),
+            "index_type": index_type}
+    texts = table.column("text").to_pylist() if "text" in table.column_names else [""] * len(table)
+    client = connect(milvus_uri)
+    try:
+        if client.has_collection(collection):
+            client.drop_collection(collection)
+        schema = MilvusClient.create_schema(auto_id=False)
+        schema.add_field("logo_id", DataType.VARCHAR, is_primary=True, max_length=512)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=meta["dim"])
+        for name in ("label", "category", "text"):
+            schema.add_field(name, DataType.VARCHAR, max_length=1024)
+        index = client.prepare_index_params()
+        index.add_index(field_name="vector", index_type=index_type, metric_type="COSINE")
+        client.create_collection(collection, schema=schema, index_params=index)
+        rows = [{"logo_id": l, "vector": v.tolist(), "label": lab, "category": cat, "text": t or ""}
+                for l, v, lab, cat, t in zip(table.column("logo_id").to_pylist(), vectors,
+                                             table.column("label").to_pylist(),
+                                             table.column("category").to_pylist(), texts)]
+        for s in range(0, len(rows), 1000):
+            client.insert(collection, rows[s:s + 1000])
+        client.flush(collection)
+        client.alter_collection_properties(collection, properties={META_KEY: json.dumps(meta)})
+    finally:
+        client.close()
+    log.info("gallery.built", collection=collection, seconds=round(time.time() - t0, 2), **meta)
+    return meta
+
+
+class Matcher:
+    """Batched nearest-reference search. distance = 1 − cosine similarity (smaller is closer)."""
+
+    def __init__(self, milvus_uri: str, collection: str, expect_embedder: str | None = None):
+        self.client = connect(milvus_uri)
+        self.collection = collection
+        self.meta = read_metadata(self.client, collection)
+        if expect_embedder and self.meta["embedder_version"] != expect_embedder:
+            raise GalleryError(
+                f"gallery {collection!r} was embedded with {self.meta['embedder_version']!r} but this "
+                f"sweep uses {expect_embedder!r}: rebuild the gallery with the same embedder")
+        self.client.load_collection(collection)
+
+    def search(self, vectors: np.ndarray, top_k: int) -> list[list[dict]]:
+        if len(vectors) == 0:
+            return []
+        res = self.client.search(self.collection, data=[v.tolist() for v in vectors], limit=top_k,
+                                 output_fields=["label", "category"],
+                                 search_params={"metric_type": "COSINE"})
+        return [[{"logo_id": h["id"] if "id" in h else h["logo_id"], "label": h["entity"]["label"],
+                  "category": h["entity"]["category"], "distance": float(1.0 - h["distance"])}
+                 for h in hits] for hits in res]
+
+    def close(self):
+        self.client.close()

@@ -1,0 +1,26 @@
+"""structlog set-up: JSON lines off a TTY, readable console on one; run_id bound everywhere."""
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+
+def configure(run_id: str | None = None, level: str = "INFO", json: bool | None = None) -> None:
+    if json is None:
+        json = not sys.stderr.isatty()
+    renderer = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    structlog.configure(
+        processors=[structlog.contextvars.merge_contextvars, structlog.processors.add_log_level,
+                    structlog.processors.TimeStamper(fmt="iso", utc=True), renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper(), 20)),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False)
+    structlog.contextvars.clear_contextvars()
+    if run_id:
+        structlog.contextvars.bind_contextvars(run_id=run_id)
+
+
+def get_logger(name: str = "logoscan"):
+    return structlog.get_logger(name)

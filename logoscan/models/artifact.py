@@ -1,0 +1,89 @@
+"""Save and load model artifacts (safetensors only — never pickles).
+
+An artifact is a folder (local path or ``s3://`` prefix) holding:
+  config.json        architecture name + its arguments, preprocessing, version
+  model.safetensors  the weights
+  MODEL_CARD.md      how it was made and what was measured (optional at load time)
+
+Architectures are registered by name, timm-style, so the config is plain data.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from logoscan import storage
+
+_REGISTRY: dict[str, Callable[..., torch.nn.Module]] = {}
+
+
+def register_model(name: str):
+    def deco(fn):
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def build_model(config: dict[str, Any]) -> torch.nn.Module:
+    # import for the side effect of registering the architectures
+    from logoscan.models import detector, embedder  # noqa: F401
+
+    arch = config["arch"]
+    if arch not in _REGISTRY:
+        raise ValueError(f"unknown model arch {arch!r}; known: {sorted(_REGISTRY)}")
+    return _REGISTRY[arch](**config.get("arch_args", {}))
+
+
+def default_artifact_path(kind: str) -> str:
+    """Folder of the default artifact shipped inside the package (``detector`` or ``embedder``)."""
+    return str(resources.files("logoscan") / "weights" / kind)
+
+
+def save_artifact(model: torch.nn.Module, config: dict[str, Any], folder: str | os.PathLike,
+                  card: str | None = None) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if card is not None:
+        (folder / "MODEL_CARD.md").write_text(card)
+    return folder
+
+
+def _local_copy(uri: str) -> tuple[str, str | None]:
+    """Return a local folder for ``uri`` (downloading an s3:// artifact into a temp dir)."""
+    if not storage.is_s3(uri):
+        return uri, None
+    tmp = tempfile.mkdtemp(prefix="logoscan-artifact-")
+    for name in ("config.json", "model.safetensors"):
+        data = storage.read_bytes(uri.rstrip("/") + "/" + name)
+        Path(tmp, name).write_bytes(data)
+    return tmp, tmp
+
+
+def load_artifact(uri: str, device: str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    folder, tmp = _local_copy(uri)
+    try:
+        cfg_path = Path(folder, "config.json")
+        weights = Path(folder, "model.safetensors")
+        if not cfg_path.is_file() or not weights.is_file():
+            raise FileNotFoundError(
+                f"model artifact {uri!r} must hold config.json and model.safetensors")
+        config = json.loads(cfg_path.read_text())
+        model = build_model(config)
+        model.load_state_dict(load_file(str(weights), device="cpu"), strict=True)
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+    model.eval().to(device)
+    return model, config

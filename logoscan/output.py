@@ -1,0 +1,79 @@
+"""Write a run's outputs so readers see a complete run or nothing of it.
+
+Layout under OUT (local path or s3:// prefix):
+  flagged/queue=<queue>/run_date=<YYYY-MM-DD>/<run_id>.parquet   what reviewers read
+  errors/run_date=<YYYY-MM-DD>/<run_id>.parquet                  every row not scanned
+  runs/<run_id>/summary.json, config.json, _SUCCESS              _SUCCESS is written last
+
+Everything is first written under OUT/_staging/<run_id>/, then each file is moved into place
+(an atomic rename on local disks), then _SUCCESS. A re-run with the same run_id replaces that
+run's files, so re-running never duplicates a reviewer's rows.
+"""
+from __future__ import annotations
+
+import io
+import json
+import re
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from logoscan import storage
+
+
+def safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "_"
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def queue_path(out: str, queue: str, run_date: str, run_id: str) -> str:
+    return storage.join(out, "flagged", f"queue={safe_name(queue)}", f"run_date={run_date}",
+                        f"{safe_name(run_id)}.parquet")
+
+
+def write_run(out: str, run_id: str, run_date: str, flagged: dict[str, pa.Table], errors: pa.Table,
+              summary: dict, config: dict) -> dict[str, str]:
+    rid = safe_name(run_id)
+    stage = storage.join(out, "_staging", rid)
+    storage.delete_dir(stage)
+    files = {}
+    for queue, table in sorted(flagged.items()):
+        files[queue_path(out, queue, run_date, run_id)] = _parquet_bytes(table)
+    files[storage.join(out, "errors", f"run_date={run_date}", f"{rid}.parquet")] = _parquet_bytes(errors)
+    run_dir = storage.join(out, "runs", rid)
+    outputs = {"queues": {q: queue_path(out, q, run_date, run_id) for q in flagged},
+               "errors": storage.join(out, "errors", f"run_date={run_date}", f"{rid}.parquet"),
+               "summary": storage.join(run_dir, "summary.json")}
+    summary = {**summary, "outputs": outputs}
+    files[storage.join(run_dir, "summary.json")] = json.dumps(summary, indent=2, default=str).encode()
+    files[storage.join(run_dir, "config.json")] = json.dumps(config, indent=2, default=str).encode()
+    # 1. stage everything
+    staged = {}
+    for final, data in files.items():
+        tmp = storage.join(stage, final[len(out.rstrip("/")) + 1:])
+        storage.write_bytes(tmp, data)
+        staged[final] = tmp
+    # 2. a previous attempt of this run may have published queues this attempt has none for
+    storage.delete_file(storage.join(run_dir, "_SUCCESS"))
+    for old in _previous_queue_files(out, run_date, rid):
+        if old not in files:
+            storage.delete_file(old)
+    # 3. publish, marker last
+    for final, tmp in staged.items():
+        storage.move_file(tmp, final)
+    storage.write_bytes(storage.join(run_dir, "_SUCCESS"), b"")
+    storage.delete_dir(stage)
+    return outputs
+
+
+def _previous_queue_files(out: str, run_date: str, rid: str) -> list[str]:
+    try:
+        found = storage.list_files(storage.join(out, "flagged"), ".parquet")
+    except FileNotFoundError:
+        return []
+    return [f for f in found if f.endswith(f"/run_date={run_date}/{rid}.parquet")]

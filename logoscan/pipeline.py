@@ -1,0 +1,298 @@
+"""The sweep: manifest → fetch → detect → embed → match → decide → review queues.
+
+Two engines run the same stage functions: ``ray`` (Ray Data actor pools; local Ray by default,
+a cluster via ``ray.address`` / RAY_ADDRESS) and ``local`` (in-process, for tests and debugging).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from logoscan import config_io, output, stages, storage
+from logoscan.config import ScanConfig
+from logoscan.gallery import GalleryError, connect, read_metadata
+from logoscan.log import configure, get_logger
+from logoscan.models import default_artifact_path
+from logoscan.schema import ERRORS, FLAGGED, SchemaError, validate_manifest
+
+log = get_logger(__name__)
+
+
+class ScanError(RuntimeError):
+    pass
+
+
+# ------------------------------------------------------------------ inputs
+
+def read_manifest(uri: str, extra_columns: tuple = ()) -> pa.Table:
+    """A Parquet file, a folder of them, or an s3:// prefix; validated per file before any work."""
+    try:
+        files = storage.list_files(uri, ".parquet")
+    except FileNotFoundError as e:
+        raise SchemaError(f"manifest not found: {uri}") from e
+    if not files:
+        raise SchemaError(f"no .parquet files under manifest location {uri}")
+    tables = []
+    for f in files:
+        fs, path = storage.resolve(f)
+        try:
+            t = pq.read_table(path, filesystem=fs)
+        except Exception as e:
+            raise SchemaError(f"{f}: not a readable Parquet file ({e})") from e
+        t = validate_manifest(t, f)
+        missing = [c for c in extra_columns if c not in t.column_names]
+        if missing:
+            raise SchemaError(f"{f}: carry_columns {missing} are not in the manifest")
+        tables.append(t.select(["item_id", "image_id", "image_uri", *extra_columns]))
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def split_duplicates(table: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """Rows repeating an earlier (item_id, image_id) are not scanned twice: they become error rows."""
+    seen, keep = set(), []
+    for i, key in enumerate(zip(table.column("item_id").to_pylist(), table.column("image_id").to_pylist())):
+        keep.append(key not in seen)
+        seen.add(key)
+    mask = pa.array(keep)
+    return table.filter(mask), table.filter(pc.invert(mask))
+
+
+def artifact_config(kind: str, uri: str) -> dict:
+    return json.loads(storage.read_bytes(storage.join(uri or default_artifact_path(kind), "config.json")))
+
+
+# ------------------------------------------------------------------ collecting results
+
+class Collector:
+    """Consumes output batches: error rows, flagged regions, and which images were scanned."""
+
+    def __init__(self, total: int):
+        self.total, self.errors, self.flagged = total, [], []
+        self.scanned, self.errored = set(), set()
+        self.regions = 0
+        self.t0 = self.last = time.time()
+
+    def add(self, b: dict) -> None:
+        kind = np.asarray(b["kind"])
+        for i in range(len(kind)):
+            key = (b["item_id"][i], b["image_id"][i])
+            if kind[i] == "error":
+                self.errored.add(key)
+                self.errors.append({k: b[k][i] for k in ("item_id", "image_id", "image_uri")} |
+                                   {"stage": b["error_stage"][i], "error_type": b["error_type"][i],
+                                    "message": b["error_message"][i]})
+                continue
+            self.scanned.add(key)
+            if kind[i] == "region":
+                self.regions += 1
+                if b["flagged"][i]:
+                    self.flagged.append({k: (b[k][i].tolist() if k == "box" else b[k][i])
+                                         for k in ("item_id", "image_id", "image_uri", "box", "det_score",
+                                                   "label", "category", "logo_id", "distance", "threshold",
+                                                   "runner_up_label", "runner_up_distance", "queue",
+                                                   "thumbnail_jpeg")})
+        now = time.time()
+        if now - self.last >= 5 or len(self.scanned) + len(self.errored) == self.total:
+            self.last = now
+            done = len(self.scanned) + len(self.errored)
+            rate = done / max(now - self.t0, 1e-9)
+            log.info("scan.progress", done=done, total=self.total, pct=round(100 * done / max(self.total, 1), 1),
+                     img_per_s=round(rate, 2), eta_s=round((self.total - done) / rate, 1) if rate else None,
+                     flagged=len(self.flagged), errors=len(self.errors))
+
+
+# ------------------------------------------------------------------ engines
+
+def _run_local(manifest: pa.Table, cfg: ScanConfig, ctx: dict, col: Collector) -> dict:
+    import torch
+
+    from logoscan.actors import DetectActor, EmbedActor, MatchActor
+    torch.set_num_threads(max(cfg.detector.threads, cfg.embedder.threads))
+    det = DetectActor(cfg.detector, ctx["crop_size"], ctx["crop_pad"], cfg.fetch.max_pixels, ctx["run_id"])
+    emb = EmbedActor(cfg.embedder, ctx["run_id"])
+    mat = MatchActor(cfg.milvus_uri, cfg.collection, cfg.match, cfg.policy, ctx["threshold"],
+                     ctx["embedder_version"], ctx["run_id"])
+    timings = Counter()
+    try:
+        n = cfg.ray.fetch_batch
+        for s in range(0, manifest.num_rows, n):
+            part = manifest.slice(s, n)
+            b = {k: np.asarray(part.column(k).to_pylist(), dtype=object) for k in stages.KEYS}
+            b, t = stages.timed(stages.fetch, b, cfg.fetch); timings["fetch"] += t
+            b, t = stages.timed(det, b); timings["detect"] += t
+            b, t = stages.timed(emb, b); timings["embed"] += t
+            b, t = stages.timed(mat, b); timings["match"] += t
+            col.add(b)
+    finally:
+        mat.matcher.close()
+    return {k: round(v, 3) for k, v in timings.items()}
+
+
+def init_ray(rcfg) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = rcfg.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level="WARNING")
+    else:
+        ray.init(num_cpus=rcfg.num_cpus, include_dashboard=False, logging_level="WARNING")
+
+
+def _run_ray(manifest: pa.Table, cfg: ScanConfig, ctx: dict, col: Collector) -> dict:
+    import ray
+
+    from logoscan.actors import DetectActor, EmbedActor, MatchActor
+    init_ray(cfg.ray)
+    dctx = ray.data.DataContext.get_current()
+    dctx.enable_progress_bars = False
+    r = cfg.ray
+    gpus = r.num_gpus_per_actor
+    lite = "://" not in cfg.milvus_uri
+    n_blocks = max(1, math.ceil(manifest.num_rows / r.fetch_batch))
+    ds = ray.data.from_arrow(manifest.select(list(stages.KEYS))).repartition(n_blocks)
+    ds = ds.map_batches(stages.fetch, fn_kwargs={"cfg": cfg.fetch}, batch_size=r.fetch_batch,
+                        batch_format="numpy", num_cpus=0.25)
+    ds = ds.map_batches(DetectActor, fn_constructor_kwargs=dict(
+        det_cfg=cfg.detector, crop_size=ctx["crop_size"], crop_pad=ctx["crop_pad"],
+        max_pixels=cfg.fetch.max_pixels, run_id=ctx["run_id"]),
+        batch_size=r.fetch_batch, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=r.detector_actors),
+        num_cpus=r.cpus_per_actor, num_gpus=gpus)
+    ds = ds.map_batches(EmbedActor, fn_constructor_kwargs=dict(emb_cfg=cfg.embedder, run_id=ctx["run_id"]),
+                        batch_size=cfg.embedder.batch_size, batch_format="numpy",
+                        compute=ray.data.ActorPoolStrategy(size=r.embedder_actors),
+                        num_cpus=r.cpus_per_actor, num_gpus=gpus)
+    match_kwargs = dict(milvus_uri=cfg.milvus_uri, collection=cfg.collection, match_cfg=cfg.match,
+                        policy=cfg.policy, default_threshold=ctx["threshold"],
+                        embedder_version=ctx["embedder_version"], run_id=ctx["run_id"])
+    if lite:
+        # Milvus Lite: one process owns the .db, so the driver matches the embedded batches itself
+        owner = MatchActor(**match_kwargs)
+        try:
+            for b in ds.iter_batches(batch_format="numpy", batch_size=cfg.match.search_batch):
+                col.add(owner(b))
+        finally:
+            owner.matcher.close()
+    else:
+        ds = ds.map_batches(MatchActor, fn_constructor_kwargs=match_kwargs,
+                            batch_size=cfg.match.search_batch, batch_format="numpy",
+                            compute=ray.data.ActorPoolStrategy(size=r.matcher_actors), num_cpus=0.25)
+        for b in ds.iter_batches(batch_format="numpy", batch_size=None):
+            col.add(b)
+    return {}
+
+
+# ------------------------------------------------------------------ the run
+
+def _table(rows: list[dict], schema: pa.Schema, fill: dict) -> pa.Table:
+    cols = {f.name: [r.get(f.name, fill.get(f.name)) for r in rows] for f in schema}
+    for name in ("runner_up_label",):
+        if name in cols:
+            cols[name] = [v or None for v in cols[name]]
+    return pa.table({k: pa.array(v, type=schema.field(k).type) for k, v in cols.items()}, schema=schema)
+
+
+def run_scan(cfg: ScanConfig) -> dict:
+    for name in ("manifest", "milvus_uri", "out"):
+        if not getattr(cfg, name):
+            raise ScanError(f"scan needs {name} (flag --{name.replace('_', '-')} or config key {name!r})")
+    if cfg.engine not in ("ray", "local"):
+        raise ScanError(f"engine must be 'ray' or 'local', not {cfg.engine!r}")
+    started = datetime.now(timezone.utc)
+    run_id = cfg.run_id or "scan-" + started.strftime("%Y%m%dT%H%M%SZ")
+    run_date = cfg.run_date or started.strftime("%Y-%m-%d")
+    configure(run_id)
+    t0 = time.time()
+
+    manifest = read_manifest(cfg.manifest, tuple(cfg.carry_columns))  # errors here: before any work
+    unique, dups = split_duplicates(manifest)
+    if cfg.engine == "ray":
+        # before any Milvus client: gRPC threads in the driver break the Ray head's fork
+        init_ray(cfg.ray)
+    det_cfg = artifact_config("detector", cfg.detector.artifact)
+    emb_cfg = artifact_config("embedder", cfg.embedder.artifact)
+    client = connect(cfg.milvus_uri)
+    try:
+        gmeta = read_metadata(client, cfg.collection)
+    finally:
+        client.close()
+    if gmeta["embedder_version"] != emb_cfg["version"]:
+        raise GalleryError(f"gallery {cfg.collection!r} holds {gmeta['embedder_version']} embeddings, "
+                           f"the sweep's embedder is {emb_cfg['version']}: rebuild the gallery")
+    threshold = cfg.policy.default_threshold if cfg.policy.default_threshold is not None \
+        else emb_cfg.get("default_threshold")
+    if threshold is None:
+        raise ScanError("no match threshold: set policy.default_threshold or per-category thresholds")
+    ctx = {"run_id": run_id, "crop_size": emb_cfg["input_size"], "crop_pad": emb_cfg["crop_pad"],
+           "threshold": float(threshold), "embedder_version": emb_cfg["version"]}
+    log.info("scan.start", manifest=cfg.manifest, rows=manifest.num_rows, duplicates=dups.num_rows,
+             engine=cfg.engine, collection=cfg.collection, gallery_version=gmeta["gallery_version"],
+             detector=det_cfg["version"], embedder=emb_cfg["version"], out=cfg.out)
+
+    col = Collector(unique.num_rows)
+    stage_s = (_run_local if cfg.engine == "local" else _run_ray)(unique, cfg, ctx, col)
+
+    now = datetime.now(timezone.utc)
+    for row in dups.to_pylist():
+        col.errors.append({**{k: row[k] for k in stages.KEYS}, "stage": "manifest",
+                           "error_type": "DuplicateRow",
+                           "message": "repeats an earlier (item_id, image_id); scanned once"})
+    model_version = f"{det_cfg['version']}+{emb_cfg['version']}"
+    common = {"run_id": run_id, "scanned_at": now, "model_version": model_version,
+              "gallery_version": gmeta["gallery_version"], "ocr_text": None}
+    col.flagged.sort(key=lambda r: (r["queue"], str(r["item_id"]), str(r["image_id"]), r["box"]))
+    by_queue: dict[str, list] = {}
+    for r in col.flagged:
+        by_queue.setdefault(r["queue"], []).append(r)
+    flagged_tables = {q: _carry(_table(rows, FLAGGED, common), manifest, cfg.carry_columns)
+                      for q, rows in by_queue.items()}
+    errors = _table(col.errors, ERRORS, {"run_id": run_id, "scanned_at": now})
+
+    rows_in = manifest.num_rows
+    rows_scanned, rows_errored = len(col.scanned), len(col.errored) + dups.num_rows
+    summary = {
+        "run_id": run_id, "run_date": run_date, "started_at": started.isoformat(),
+        "finished_at": datetime.now(timezone.utc).isoformat(), "seconds": round(time.time() - t0, 2),
+        "rows_in": rows_in, "rows_scanned": rows_scanned, "rows_errored": rows_errored,
+        "regions": col.regions, "flagged": len(col.flagged),
+        "flagged_by_queue": {q: len(v) for q, v in sorted(by_queue.items())},
+        "errors_by_stage": dict(Counter(e["stage"] for e in col.errors)),
+        "images_per_s": round(rows_in / max(time.time() - t0, 1e-9), 2),
+        "stage_seconds": stage_s,
+        "versions": {"detector": det_cfg["version"], "embedder": emb_cfg["version"],
+                     "gallery": gmeta["gallery_version"], "threshold_default": ctx["threshold"]},
+        "config": config_io.to_dict(cfg),
+    }
+    if rows_scanned + rows_errored != rows_in:
+        raise ScanError(f"accounting broken: {rows_in} rows in, {rows_scanned} scanned, "
+                        f"{rows_errored} errored — refusing to publish a run that lost rows")
+    summary["outputs"] = output.write_run(cfg.out, run_id, run_date, flagged_tables, errors, summary,
+                                          config_io.to_dict(cfg))
+    log.info("scan.done", **{k: summary[k] for k in ("rows_in", "rows_scanned", "rows_errored",
+                                                     "regions", "flagged", "seconds", "images_per_s")})
+    return summary
+
+
+def _carry(table: pa.Table, manifest: pa.Table, columns) -> pa.Table:
+    if not columns:
+        return table
+    lookup = {}
+    for row in manifest.select(["item_id", "image_id", *columns]).to_pylist():
+        lookup.setdefault((row["item_id"], row["image_id"]), row)
+    keys = list(zip(table.column("item_id").to_pylist(), table.column("image_id").to_pylist()))
+    for c in columns:
+        table = table.append_column(c, pa.array([lookup[k][c] for k in keys],
+                                                type=manifest.schema.field(c).type))
+    return table

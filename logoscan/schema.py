@@ -1,0 +1,96 @@
+"""The contracts users and their tools depend on, as Arrow schemas, validated at the edges.
+
+Manifest (input) · References (gallery input) · Flagged items (review queues) · Errors ·
+Run summary (JSON keys). See README.md "Contracts" for the prose version.
+"""
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+BOX = pa.list_(pa.float32(), 4)  # x1, y1, x2, y2 in original-image pixels
+
+MANIFEST_REQUIRED = pa.schema([("item_id", pa.string()), ("image_uri", pa.string())])
+MANIFEST_OPTIONAL = pa.schema([("image_id", pa.string())])
+
+REFERENCES_REQUIRED = pa.schema([("logo_id", pa.string()), ("label", pa.string()),
+                                 ("category", pa.string()), ("image_uri", pa.string())])
+REFERENCES_OPTIONAL = pa.schema([("text", pa.string()), ("box", BOX)])
+
+FLAGGED = pa.schema([
+    ("run_id", pa.string()), ("item_id", pa.string()), ("image_id", pa.string()),
+    ("image_uri", pa.string()), ("box", BOX), ("det_score", pa.float32()),
+    ("label", pa.string()), ("category", pa.string()), ("logo_id", pa.string()),
+    ("distance", pa.float32()), ("threshold", pa.float32()),
+    ("runner_up_label", pa.string()), ("runner_up_distance", pa.float32()),
+    ("ocr_text", pa.string()), ("model_version", pa.string()), ("gallery_version", pa.string()),
+    ("scanned_at", pa.timestamp("us", tz="UTC")), ("thumbnail_jpeg", pa.binary()),
+])
+
+ERRORS = pa.schema([
+    ("run_id", pa.string()), ("item_id", pa.string()), ("image_id", pa.string()),
+    ("image_uri", pa.string()), ("stage", pa.string()), ("error_type", pa.string()),
+    ("message", pa.string()), ("scanned_at", pa.timestamp("us", tz="UTC")),
+])
+
+# Keys of summary.json (values: see pipeline.RunSummary)
+RUN_SUMMARY_KEYS = ("run_id", "run_date", "started_at", "finished_at", "seconds", "rows_in",
+                    "rows_scanned", "rows_errored", "regions", "flagged", "flagged_by_queue",
+                    "errors_by_stage", "versions", "outputs", "config")
+
+
+class SchemaError(ValueError):
+    """Input that does not meet a contract. The message names the source, column and expectation."""
+
+
+def _check(table: pa.Table, source: str, required: pa.Schema, optional: pa.Schema, what: str,
+           ) -> pa.Table:
+    names = set(table.column_names)
+    missing = [f.name for f in required if f.name not in names]
+    if missing:
+        raise SchemaError(f"{source}: {what} is missing required column(s) {missing}; "
+                          f"expected {', '.join(f'{f.name}: {f.type}' for f in required)}")
+    for f in list(required) + [f for f in optional if f.name in names]:
+        col = table.column(f.name)
+        if col.type == f.type:
+            continue
+        if f.type == pa.string() and pa.types.is_large_string(col.type) or (
+                f.type == pa.string() and pa.types.is_dictionary(col.type)
+                and pa.types.is_string(col.type.value_type)):
+            table = table.set_column(table.schema.get_field_index(f.name), f.name, col.cast(pa.string()))
+            continue
+        if f.type == BOX and pa.types.is_list(col.type) and pa.types.is_floating(col.type.value_type) \
+                or f.type == BOX and pa.types.is_fixed_size_list(col.type):
+            table = table.set_column(table.schema.get_field_index(f.name), f.name, col.cast(BOX))
+            continue
+        raise SchemaError(f"{source}: column {f.name!r} has type {col.type}, expected {f.type}")
+    return table
+
+
+def validate_manifest(table: pa.Table, source: str) -> pa.Table:
+    """Check types; ``image_id`` defaults to ``image_uri`` (one product may have many images)."""
+    table = _check(table, source, MANIFEST_REQUIRED, MANIFEST_OPTIONAL, "manifest")
+    if "image_id" not in table.column_names:
+        table = table.append_column("image_id", table.column("image_uri"))
+    else:
+        table = table.set_column(table.schema.get_field_index("image_id"), "image_id",
+                                 pc.coalesce(table.column("image_id"), table.column("image_uri")))
+    return table
+
+
+def validate_references(table: pa.Table, source: str) -> pa.Table:
+    table = _check(table, source, REFERENCES_REQUIRED, REFERENCES_OPTIONAL, "references")
+    for name in ("logo_id", "label", "category", "image_uri"):
+        nulls = table.column(name).null_count
+        if nulls:
+            raise SchemaError(f"{source}: column {name!r} has {nulls} null value(s); every reference needs one")
+    ids = table.column("logo_id")
+    if pc.count_distinct(ids).as_py() != len(ids):
+        counts = pc.value_counts(ids)
+        dup = [v["values"].as_py() for v in counts if v["counts"].as_py() > 1][:5]
+        raise SchemaError(f"{source}: column 'logo_id' must be unique; duplicated: {dup}")
+    return table
+
+
+def empty(schema: pa.Schema) -> pa.Table:
+    return schema.empty_table()

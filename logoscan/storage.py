@@ -1,0 +1,125 @@
+"""Where bytes live: local paths, ``file://`` URIs and ``s3://bucket/key``.
+
+One pyarrow filesystem per scheme. S3 credentials come from the standard AWS chain (env vars,
+profile, instance role) — never from logoscan config. An S3-compatible endpoint is taken from
+``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3`` (how boto3 and the AWS CLI spell it too).
+"""
+from __future__ import annotations
+
+import functools
+import os
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+SUPPORTED_SCHEMES = ("", "file", "s3")
+
+
+class UnsupportedURI(ValueError):
+    pass
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def check_uri(uri: str) -> None:
+    scheme = urlparse(uri).scheme
+    # a Windows drive letter parses as a one-letter scheme; we do not support Windows paths anyway
+    if scheme not in SUPPORTED_SCHEMES:
+        raise UnsupportedURI(f"unsupported URI scheme {scheme!r} in {uri!r} (use a local path, "
+                             "file:// or s3://)")
+
+
+@functools.lru_cache(maxsize=4)
+def _s3(endpoint: str | None, region: str | None) -> pafs.S3FileSystem:
+    kw = {}
+    if endpoint:
+        u = urlparse(endpoint)
+        kw["endpoint_override"] = u.netloc or u.path
+        kw["scheme"] = u.scheme or "https"
+    return pafs.S3FileSystem(region=region or "us-east-1", **kw,
+                             retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=5))
+
+
+def s3_filesystem() -> pafs.S3FileSystem:
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    return _s3(endpoint, os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION"))
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it) for a URI."""
+    check_uri(uri)
+    if is_s3(uri):
+        return s3_filesystem(), uri[len("s3://"):]
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
+def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
+    fs, path = resolve(uri)
+    with fs.open_input_stream(path) as f:
+        data = f.read(max_bytes + 1) if max_bytes else f.read()
+    if max_bytes and len(data) > max_bytes:
+        raise ValueError(f"{uri} is larger than the {max_bytes}-byte limit")
+    return data
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    fs, path = resolve(uri)
+    parent = path.rsplit("/", 1)[0]
+    if parent:
+        fs.create_dir(parent, recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(data)
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
+
+
+def exists(uri: str) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def list_files(uri: str, suffix: str) -> list[str]:
+    """A single file, or every ``*suffix`` file under a folder / prefix (sorted, recursive).
+    Returns URIs in the same spelling as ``uri`` (s3:// stays s3://)."""
+    fs, path = resolve(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File:
+        return [uri]
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"no such file or prefix: {uri}")
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    found = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(suffix)
+                   and not any(part.startswith(("_", ".")) for part in i.path.split("/")))
+    return [("s3://" + p) if is_s3(uri) else p for p in found]
+
+
+def delete_dir(uri: str) -> None:
+    fs, path = resolve(uri)
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_dir(path)
+
+
+def move_file(src: str, dst: str) -> None:
+    """Publish one staged file: an atomic rename locally; copy + delete on S3 (which has no
+    rename — readers trust the run's _SUCCESS marker, written last, not the listing)."""
+    fs, s = resolve(src)
+    _, d = resolve(dst)
+    parent = d.rsplit("/", 1)[0]
+    fs.create_dir(parent, recursive=True)
+    if isinstance(fs, pafs.LocalFileSystem):
+        os.replace(s, d)
+    else:
+        fs.copy_file(s, d)
+        fs.delete_file(s)
+
+
+def delete_file(uri: str) -> None:
+    fs, path = resolve(uri)
+    if fs.get_file_info(path).type == pafs.FileType.File:
+        fs.delete_file(path)
