@@ -6,6 +6,7 @@ a cluster via ``ray.address`` / RAY_ADDRESS) and ``local`` (in-process, for test
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -156,7 +157,8 @@ def _run_ray(manifest: pa.Table, cfg: ScanConfig, ctx: dict, col: Collector) -> 
     from logoscan.actors import DetectActor, EmbedActor, MatchActor
     init_ray(cfg.ray)
     dctx = ray.data.DataContext.get_current()
-    dctx.enable_progress_bars = False
+    dctx.enable_progress_bars = False  # our own scan.progress log lines instead
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     r = cfg.ray
     gpus = r.num_gpus_per_actor
     lite = "://" not in cfg.milvus_uri

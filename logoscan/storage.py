@@ -68,11 +68,15 @@ def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
 
 def write_bytes(uri: str, data: bytes) -> None:
     fs, path = resolve(uri)
-    parent = path.rsplit("/", 1)[0]
-    if parent:
-        fs.create_dir(parent, recursive=True)
+    _ensure_parent(fs, path)
     with fs.open_output_stream(path) as f:
         f.write(data)
+
+
+def _ensure_parent(fs: pafs.FileSystem, path: str) -> None:
+    # S3 has no directories: creating one would leave marker objects behind
+    if isinstance(fs, pafs.LocalFileSystem):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
 
 
 def join(base: str, *parts: str) -> str:
@@ -110,8 +114,7 @@ def move_file(src: str, dst: str) -> None:
     rename — readers trust the run's _SUCCESS marker, written last, not the listing)."""
     fs, s = resolve(src)
     _, d = resolve(dst)
-    parent = d.rsplit("/", 1)[0]
-    fs.create_dir(parent, recursive=True)
+    _ensure_parent(fs, d)
     if isinstance(fs, pafs.LocalFileSystem):
         os.replace(s, d)
     else:

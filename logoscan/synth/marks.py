@@ -207,12 +207,13 @@ def render(mark: Mark, size: int = 128) -> Image.Image:
     if mark.kind == "wordmark":
         im = _text_image(mark.text, mark.font, size // 3, fg)
         if mark.extra.get("underline"):
-            pad = Image.new("RGBA", (im.width, im.height + size // 12), (0, 0, 0, 0))
+            bar = max(size // 12, 3)
+            pad = Image.new("RGBA", (im.width, im.height + bar), (0, 0, 0, 0))
             pad.paste(im, (0, 0))
             ImageDraw.Draw(pad).rectangle([0, im.height + 1, im.width, pad.height - 1], fill=fg)
             im = pad
         if mark.extra.get("boxed"):
-            m = size // 12
+            m = max(size // 12, 2)
             box = Image.new("RGBA", (im.width + 2 * m, im.height + 2 * m), (0, 0, 0, 0))
             ImageDraw.Draw(box).rounded_rectangle([0, 0, box.width - 1, box.height - 1], radius=m,
                                                   outline=fg, width=max(size // 40, 2))

@@ -70,7 +70,10 @@ class SceneStream(IterableDataset):
         info = torch.utils.data.get_worker_info()
         rng = random.Random(self.seed * 7919 + (info.id if info else 0))
         while True:
-            yield scene_sample(rng, self.marks, self.cfg)
+            try:
+                yield scene_sample(rng, self.marks, self.cfg)
+            except Exception as e:  # noqa: BLE001 - one bad rendering must not end a long run
+                log.warning("detector.scene_failed", error=f"{type(e).__name__}: {e}")
 
 
 def _collate(batch):

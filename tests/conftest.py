@@ -1,0 +1,80 @@
+"""Shared fixtures: a real S3 endpoint (moto's server on 127.0.0.1), one local Ray for the
+session, and a tiny sample catalog + gallery in Milvus Lite, made with the shipped models.
+
+Order matters: the S3 endpoint is put in the environment before Ray starts (so Ray's workers
+inherit it), and Ray starts before any Milvus client exists in this process (gRPC threads in a
+process break the Ray head's fork)."""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def s3_endpoint():
+    from moto.server import ThreadedMotoServer
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield endpoint
+    server.stop()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ray_local(s3_endpoint):
+    import ray
+
+    from logoscan.config import RayConfig
+    from logoscan.pipeline import init_ray
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    init_ray(RayConfig(num_cpus=2))
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def sample(tmp_path_factory):
+    """10 catalog images + 3 bad rows, the demo gallery built in Milvus Lite."""
+    from logoscan.demo import make_sample_data
+    from logoscan.gallery import build
+    from logoscan.models import default_artifact_path, load_artifact
+    work = tmp_path_factory.mktemp("sample")
+    paths = make_sample_data(work, n_images=10, seed=3)
+    model, cfg = load_artifact(default_artifact_path("embedder"))
+    paths["milvus"] = str(work / "milvus.db")
+    paths["meta"] = build(paths["references"], paths["milvus"], "logos", model, cfg)
+    paths["work"] = str(work)
+    return paths
+
+
+@pytest.fixture
+def s3(s3_endpoint):
+    import boto3
+    return boto3.client("s3", endpoint_url=s3_endpoint)
+
+
+def upload_dir(s3, bucket: str, local: Path, prefix: str) -> None:
+    for p in Path(local).rglob("*"):
+        if p.is_file():
+            s3.upload_file(str(p), bucket, f"{prefix}/{p.relative_to(local)}")
