@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import tempfile
-from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
@@ -45,7 +44,7 @@ def build_model(config: dict[str, Any]) -> torch.nn.Module:
 
 def default_artifact_path(kind: str) -> str:
     """Folder of the default artifact shipped inside the package (``detector`` or ``embedder``)."""
-    return str(resources.files("logoscan") / "weights" / kind)
+    return str(Path(__file__).resolve().parents[1] / "weights" / kind)
 
 
 def save_artifact(model: torch.nn.Module, config: dict[str, Any], folder: str | os.PathLike,

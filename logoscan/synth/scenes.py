@@ -150,7 +150,7 @@ def colourway(rng: random.Random, logo: Image.Image, under) -> Image.Image:
     ImageDraw.Draw(badge).rounded_rectangle([0, 0, badge.width - 1, badge.height - 1], radius=m,
                                             fill=col + (255,))
     ink = Image.new("RGBA", logo.size, ((255, 255, 255) if _lum(col) < 128 else (0, 0, 0)) + (255,))
-    ink.putalpha(alpha)
+    ink.putalpha(mono_alpha(logo))
     badge.alpha_composite(ink, (m, m))
     return badge
 
@@ -166,7 +166,7 @@ def ensure_contrast(logo: Image.Image, under) -> Image.Image:
         return logo
     col = (20, 20, 20) if _lum(under) > 128 else (240, 240, 240)
     out = Image.new("RGBA", logo.size, col + (255,))
-    out.putalpha(logo.getchannel("A"))
+    out.putalpha(mono_alpha(logo))
     return out
 
 

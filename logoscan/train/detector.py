@@ -186,6 +186,7 @@ def train(cfg: DetectorTrainConfig, resume: bool = True) -> dict:
         if step % cfg.checkpoint_every == 0:
             save_checkpoint(ckpt, {"model": model}, opt, {"step": step, "elapsed_s": budget.elapsed()})
     train_s = time.time() - t_train
+    resumed_at = state["step"] if state else None
     model.eval()
     scenes = eval_scenes(cfg, held)
     t0 = time.time()
@@ -193,7 +194,7 @@ def train(cfg: DetectorTrainConfig, resume: bool = True) -> dict:
     infer_s = time.time() - t0
     truths = [s[1] for s in scenes]
     thr = choose_threshold(preds, truths, cfg.max_fp_per_empty_image)
-    metrics = {"steps": step, "train_seconds": round(train_s, 1),
+    metrics = {"steps": step, "train_seconds": round(budget.elapsed(), 1), "resumed_at_step": resumed_at,
                "train_img_per_s": round(seen / max(train_s, 1e-9), 2),
                "eval": detection_metrics(preds, truths, score_thr=thr),
                "cpu_infer_img_per_s": round(len(scenes) / infer_s, 2)}
@@ -221,7 +222,8 @@ def model_card(cfg: DetectorTrainConfig, m: dict) -> str:
   20% logo-free; logos = {cfg.n_invented} invented marks + simplepycons brands ({int(cfg.holdout * 100)}% of
   brands and the demo's marks held out).
 - Trained on CPU (2 cores), budget {cfg.max_minutes} min / {cfg.max_steps} steps: {m['steps']} steps of batch
-  {cfg.batch_size} in {m['train_seconds']} s ({m['train_img_per_s']} img/s).
+  {cfg.batch_size} in {m['train_seconds']} s of wall-clock budget ({m['train_img_per_s']} img/s in the last
+  session{f"; resumed from the step-{m['resumed_at_step']} checkpoint" if m.get('resumed_at_step') else ''}).
 
 ## Measured at the end of training
 {cfg.eval_scenes} held-out scenes built only from held-out brands and unseen invented marks.
