@@ -93,6 +93,10 @@ def build(refs_uri: str, milvus_uri: str, collection: str, embedder, emb_cfg: di
             "categories": sorted(set(table.column("category").to_pylist())),
             "references": len(table), "built_at": datetime.now(timezone.utc).isoformat(),
             "index_type": index_type}
+    from logoscan.calibration import gallery_threshold
+    cal = gallery_threshold(embedder, emb_cfg, vectors, table.column("label").to_pylist())
+    meta["default_threshold"] = cal["threshold"]
+    meta["threshold_calibration"] = cal
     texts = table.column("text").to_pylist() if "text" in table.column_names else [""] * len(table)
     client = connect(milvus_uri)
     try:

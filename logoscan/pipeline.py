@@ -233,8 +233,9 @@ def run_scan(cfg: ScanConfig) -> dict:
     if gmeta["embedder_version"] != emb_cfg["version"]:
         raise GalleryError(f"gallery {cfg.collection!r} holds {gmeta['embedder_version']} embeddings, "
                            f"the sweep's embedder is {emb_cfg['version']}: rebuild the gallery")
-    threshold = cfg.policy.default_threshold if cfg.policy.default_threshold is not None \
-        else emb_cfg.get("default_threshold")
+    # policy > the gallery's own (measured at build for this gallery) > the embedder's fallback
+    threshold = next((t for t in (cfg.policy.default_threshold, gmeta.get("default_threshold"),
+                                  emb_cfg.get("default_threshold")) if t is not None), None)
     if threshold is None:
         raise ScanError("no match threshold: set policy.default_threshold or per-category thresholds")
     ctx = {"run_id": run_id, "crop_size": emb_cfg["input_size"], "crop_pad": emb_cfg["crop_pad"],
