@@ -49,7 +49,8 @@ class EmbedActor:
 
 
 class MatchActor:
-    """Owns a Milvus client. With a Milvus Lite .db there is exactly one of these (one owner)."""
+    """Owns a Milvus client; match + decide. The sweep's driver holds the one instance (a Milvus
+    Lite .db must have a single owner process)."""
 
     def __init__(self, milvus_uri: str, collection: str, match_cfg, policy, default_threshold: float,
                  embedder_version: str, run_id: str):

@@ -65,7 +65,6 @@ class RayConfig:
     fetch_batch: int = 16
     detector_actors: int = 1
     embedder_actors: int = 1
-    matcher_actors: int = 1                 # forced to 1 for a Milvus Lite .db (one owner)
     num_gpus_per_actor: float = 0.0         # > 0 puts detector and embedder actors on GPUs
     cpus_per_actor: float = 0.5
 

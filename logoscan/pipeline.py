@@ -161,7 +161,6 @@ def _run_ray(manifest: pa.Table, cfg: ScanConfig, ctx: dict, col: Collector) -> 
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     r = cfg.ray
     gpus = r.num_gpus_per_actor
-    lite = "://" not in cfg.milvus_uri
     n_blocks = max(1, math.ceil(manifest.num_rows / r.fetch_batch))
     ds = ray.data.from_arrow(manifest.select(list(stages.KEYS))).repartition(n_blocks)
     ds = ds.map_batches(stages.fetch, fn_kwargs={"cfg": cfg.fetch}, batch_size=r.fetch_batch,
@@ -176,23 +175,17 @@ def _run_ray(manifest: pa.Table, cfg: ScanConfig, ctx: dict, col: Collector) -> 
                         batch_size=cfg.embedder.batch_size, batch_format="numpy",
                         compute=ray.data.ActorPoolStrategy(size=r.embedder_actors),
                         num_cpus=r.cpus_per_actor, num_gpus=gpus)
-    match_kwargs = dict(milvus_uri=cfg.milvus_uri, collection=cfg.collection, match_cfg=cfg.match,
-                        policy=cfg.policy, default_threshold=ctx["threshold"],
-                        embedder_version=ctx["embedder_version"], run_id=ctx["run_id"])
-    if lite:
-        # Milvus Lite: one process owns the .db, so the driver matches the embedded batches itself
-        owner = MatchActor(**match_kwargs)
-        try:
-            for b in ds.iter_batches(batch_format="numpy", batch_size=cfg.match.search_batch):
-                col.add(owner(b))
-        finally:
-            owner.matcher.close()
-    else:
-        ds = ds.map_batches(MatchActor, fn_constructor_kwargs=match_kwargs,
-                            batch_size=cfg.match.search_batch, batch_format="numpy",
-                            compute=ray.data.ActorPoolStrategy(size=r.matcher_actors), num_cpus=0.25)
-        for b in ds.iter_batches(batch_format="numpy", batch_size=None):
-            col.add(b)
+    # The driver matches the embedded batches itself: with Milvus Lite it must (one process owns
+    # the .db), and with a server URI a Ray Data matcher actor pool hung on a 2-CPU node (see
+    # README "Known limits"); batched searches from one client keep up with the models here.
+    owner = MatchActor(milvus_uri=cfg.milvus_uri, collection=cfg.collection, match_cfg=cfg.match,
+                       policy=cfg.policy, default_threshold=ctx["threshold"],
+                       embedder_version=ctx["embedder_version"], run_id=ctx["run_id"])
+    try:
+        for b in ds.iter_batches(batch_format="numpy", batch_size=cfg.match.search_batch):
+            col.add(owner(b))
+    finally:
+        owner.matcher.close()
     return {}
 
 

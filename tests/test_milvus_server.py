@@ -1,5 +1,5 @@
-"""The cluster path: a Milvus *server* URI (Milvus Lite's own server mode on 127.0.0.1), searched
-by a pool of matcher actors instead of the driver. Flags must equal the embedded (.db) run's."""
+"""The cluster path: a Milvus *server* URI (Milvus Lite's own server mode on 127.0.0.1) instead of
+an embedded .db, through Ray. Flags must equal the embedded run's."""
 import shutil
 import socket
 import subprocess
@@ -56,7 +56,7 @@ def test_server_uri_sweep_matches_embedded_run(sample, milvus_server, tmp_path):
     def scan(uri, out, engine):
         return run_scan(ScanConfig(manifest=sample["manifest"], milvus_uri=uri, collection="logos", out=str(out),
                                    run_id="srv", engine=engine,
-                                   ray=RayConfig(num_cpus=2, fetch_batch=4, matcher_actors=2)))
+                                   ray=RayConfig(num_cpus=2, fetch_batch=4)))
 
     served = scan(milvus_server, tmp_path / "served", "ray")
     embedded = scan(sample["milvus"], tmp_path / "embedded", "local")

@@ -189,8 +189,9 @@ def finalize(out: str | Path, cfg: EmbedderTrainConfig | None = None) -> dict:
 
 def threshold_card(cal: dict) -> str:
     return f"""## Default threshold
-`default_threshold` = **{cal['threshold']}** (cosine distance), used by the sweep when the policy
-sets none. Chosen on held-out brands and unseen invented marks, shuffled: {cal['known_classes']} in a gallery,
+`default_threshold` = **{cal['threshold']}** (cosine distance): a fallback, used only for a gallery
+that carries no threshold of its own (`logoscan gallery build` measures one per gallery, see
+`logoscan/calibration.py`) and when the policy pins none. Chosen on held-out brands and unseen invented marks, shuffled: {cal['known_classes']} in a gallery,
 {cal['unknown_classes']} as unknown logos, {cal['queries_per_class']} scene crops each; target unknown-accept rate {cal['target_far']:.0%}.
 At it: unknown logos accepted {cal['unknown_accept_rate']:.3f}, known-class queries matched correctly
 and within the threshold {cal['known_recall_at_threshold']:.3f}. (Per-category calibration is issue #5.)
