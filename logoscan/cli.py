@@ -116,10 +116,9 @@ def parser() -> argparse.ArgumentParser:
     e.set_defaults(fn=cmd_evaluate)
 
     for kind in ("embedder", "detector"):
+        from logoscan.train.common import add_job_flags
         t = sub.add_parser(f"train-{kind}", help=f"train the {kind} (see jobs/train_{kind}.py)")
-        t.add_argument("--config")
-        t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-        t.add_argument("--no-resume", action="store_true")
+        add_job_flags(t)
         t.set_defaults(fn=cmd_train(kind))
     return p
 

@@ -60,3 +60,17 @@ class Budget:
 
     def done(self, step: int) -> bool:
         return self.frac(step) >= 1.0
+
+
+def job_parser(doc: str | None):
+    """The flags every training job takes: --config FILE, --set key=value, --no-resume."""
+    import argparse
+    ap = argparse.ArgumentParser(description=doc)
+    add_job_flags(ap)
+    return ap
+
+
+def add_job_flags(ap) -> None:
+    ap.add_argument("--config", help="YAML/TOML file with the training config's keys")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--no-resume", action="store_true", help="ignore <out>/checkpoint")
