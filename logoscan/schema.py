@@ -91,6 +91,3 @@ def validate_references(table: pa.Table, source: str) -> pa.Table:
         raise SchemaError(f"{source}: column 'logo_id' must be unique; duplicated: {dup}")
     return table
 
-
-def empty(schema: pa.Schema) -> pa.Table:
-    return schema.empty_table()

@@ -83,11 +83,6 @@ def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
 
 
-def exists(uri: str) -> bool:
-    fs, path = resolve(uri)
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
-
-
 def list_files(uri: str, suffix: str) -> list[str]:
     """A single file, or every ``*suffix`` file under a folder / prefix (sorted, recursive).
     Returns URIs in the same spelling as ``uri`` (s3:// stays s3://)."""

@@ -12,6 +12,7 @@ import pytest
 from logoscan.config import RayConfig, ScanConfig
 from logoscan.gallery import GalleryError
 from logoscan.pipeline import run_scan
+from logoscan.schema import RUN_SUMMARY_KEYS
 from tests.conftest import upload_dir
 
 
@@ -79,6 +80,7 @@ def test_reviewer_reads_one_queue_for_one_night(local_run):
     assert {"item_id", "label", "distance", "threshold", "box", "thumbnail_jpeg"} <= set(t.column_names)
     assert (Path(out) / "runs" / "t" / "_SUCCESS").exists()
     s = json.loads((Path(out) / "runs" / "t" / "summary.json").read_text())
+    assert set(RUN_SUMMARY_KEYS) <= set(s)
     assert s["versions"]["gallery"] == summary["versions"]["gallery"]
 
 

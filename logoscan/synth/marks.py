@@ -261,7 +261,7 @@ _DEMO_INVENTED = [
     ("banned-trident", "prohibited", dict(shape="triangle", glyph="trident", text="", colors=((20, 20, 20), (255, 255, 255)))),
     ("banned-eye", "prohibited", dict(shape="diamond", glyph="eye", text="", colors=((90, 0, 120), (255, 255, 255)))),
 ]
-DEMO_BRANDS = ("spotify", "nasa", "adidas", "lego", "shell", "mastercard")
+DEMO_BRANDS = ("spotify", "nasa", "adidas", "shell", "mastercard")
 DEMO_FONT = "DejaVuSans-Bold.ttf"
 
 

@@ -6,15 +6,6 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class CosineDistance:
-    """1 - cosine similarity on unit vectors; smaller is closer. Milvus' COSINE metric returns the
-    similarity, so distance = 1 - score there too."""
-    bigger_is_closer = False
-
-    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return 1 - a @ b.T
-
-
 class ProxyMarginLoss(nn.Module):
     """Each embedding is pulled to its class proxy and pushed from every other proxy:
     softmax over scale·(cos(x, proxy_c) − margin·[c = y]) (normalised-softmax / CosFace form)."""
