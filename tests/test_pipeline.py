@@ -153,3 +153,19 @@ def test_sweep_reads_and_writes_s3_through_ray(sample, tmp_path, s3):
                            filesystem=fs).to_pylist()
     missing = [e for e in errors if e["item_id"] == "bad-missing"]
     assert missing and missing[0]["error_type"] == "NotFound"
+
+
+def test_carry_columns_reach_the_flagged_rows(sample, tmp_path):
+    import pyarrow as pa
+    t = pq.read_table(sample["manifest"])
+    t = t.append_column("sku", pa.array([f"sku-{i}" for i in range(t.num_rows)]))
+    pq.write_table(t, tmp_path / "m.parquet")
+    sku = {}
+    for image_id, value in zip(t.column("image_id").to_pylist(), t.column("sku").to_pylist()):
+        sku.setdefault(image_id, value)  # a duplicate row is not scanned: the first row's columns win
+    s = run_scan(replace(_cfg(sample, tmp_path / "out", engine="local"), manifest=str(tmp_path / "m.parquet"),
+                         carry_columns=("sku",)))
+    rows = [r for p in s["outputs"]["queues"].values() for r in pq.read_table(p).to_pylist()]
+    assert rows and all(r["sku"] == sku[r["image_id"]] for r in rows)
+    with pytest.raises(Exception, match="carry_columns.*nope"):
+        run_scan(replace(_cfg(sample, tmp_path / "o2", engine="local"), carry_columns=("nope",)))
