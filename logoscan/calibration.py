@@ -20,8 +20,7 @@ TARGET_FAR = 0.01
 
 
 def probe_marks(emb_cfg: dict, exclude_labels: set[str], n: int = 300):
-    from logoscan.synth.marks import training_marks
-    from logoscan.train.embedder import unseen_invented
+    from logoscan.synth.marks import training_marks, unseen_invented
     tc = emb_cfg.get("train_config", {})
     _, held = training_marks(tc.get("seed", 0), tc.get("n_invented", 0), tc.get("n_brands"), tc.get("holdout", 0.1))
     low = {x.lower() for x in exclude_labels}
@@ -32,7 +31,7 @@ def probe_marks(emb_cfg: dict, exclude_labels: set[str], n: int = 300):
 
 def gallery_threshold(model, emb_cfg: dict, gallery: np.ndarray, labels: list[str], seed: int = 11,
                       n: int = 300, target_far: float = TARGET_FAR) -> dict:
-    from logoscan.train.embedder import scene_view
+    from logoscan.synth.crops import scene_view
     rng = random.Random(seed)
     marks = probe_marks(emb_cfg, set(labels), n)
     crops = [scene_view(rng, m, emb_cfg["input_size"], emb_cfg["crop_pad"]) for m in marks]

@@ -302,3 +302,28 @@ def training_marks(seed: int, n_invented: int, n_brands: int | None, holdout: fl
     n_hold = int(len(slugs) * holdout)
     brands = [brand_mark(s) for s in slugs]
     return invented + brands[n_hold:], brands[:n_hold]
+
+
+def design(m: Mark) -> tuple:
+    """What makes an invented mark a different logo: colour and font are colourway/augmentation,
+    so two emblems with the same shape, glyph and style are one design."""
+    if m.kind == "wordmark":
+        return ("wordmark", m.text.lower())
+    return ("emblem", m.shape, m.glyph, bool(m.text), m.extra.get("outline", False))
+
+
+def unseen_invented(seed: int, n: int) -> list[Mark]:
+    """Invented marks from a generator seed never used for training, one per design (demo
+    designs excluded), so that no two of them are the same logo in another colour."""
+    rng = random.Random(seed + 424242)
+    pairs, _ = demo_exclusions()
+    out, seen = [], set()
+    for _ in range(100 * n):
+        m = random_mark(rng, f"unseen-{len(out)}")
+        if (m.shape, m.glyph) in pairs or design(m) in seen:
+            continue
+        seen.add(design(m))
+        out.append(m)
+        if len(out) == n:
+            break
+    return out

@@ -7,7 +7,6 @@ used for a zero-shot recall@1 that goes into the model card.
 """
 from __future__ import annotations
 
-import io
 import multiprocessing as mp
 import random
 import time
@@ -16,14 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from logoscan.log import get_logger
 from logoscan.models.artifact import save_artifact
-from logoscan.models.embedder import LogoEmbedder, embed_crops, square_crop
-from logoscan.synth.marks import (Mark, demo_exclusions, demo_gallery, on_white, random_mark, render,
-                                  training_marks)
-from logoscan.synth.scenes import make_scene
+from logoscan.models.embedder import LogoEmbedder, embed_crops
+from logoscan.synth.crops import clean_view, scene_view
+from logoscan.synth.marks import Mark, demo_gallery, training_marks, unseen_invented
 from logoscan.train.common import Budget, cosine_lr, load_checkpoint, save_checkpoint
 from logoscan.train.losses import ProxyMarginLoss
 
@@ -56,35 +53,6 @@ class EmbedderTrainConfig:
     eval_queries_per_class: int = 3
     workers: int = 2
     version: str = "embedder-v1"
-
-
-def jpeg(rng: random.Random, im: Image.Image) -> Image.Image:
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=rng.randint(45, 95))
-    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
-
-
-def clean_view(mark: Mark, size: int, pad: float) -> Image.Image:
-    im = on_white(render(mark, 128))
-    return square_crop(im, (0, 0, im.width, im.height), pad, size)
-
-
-def scene_view(rng: random.Random, mark: Mark, size: int, pad: float) -> Image.Image:
-    """A crop of a product scene around the planted logo, with detector-like box jitter."""
-    for _ in range(5):
-        scene, planted = make_scene(rng, [mark], size=(256, 256), logo_px=(48, 160),
-                                    n_clutter=rng.randint(0, 4))
-        if planted:
-            break
-    else:
-        return clean_view(mark, size, pad)
-    x1, y1, x2, y2 = planted[0].box
-    w, h = x2 - x1, y2 - y1
-    j = 0.08
-    box = (x1 + rng.uniform(-j, j) * w, y1 + rng.uniform(-j, j) * h,
-           x2 + rng.uniform(-j, j) * w, y2 + rng.uniform(-j, j) * h)
-    crop = square_crop(scene, box, pad + rng.uniform(-0.05, 0.1), size)
-    return jpeg(rng, crop) if rng.random() < 0.5 else crop
 
 
 def _views_for(args) -> np.ndarray:
@@ -196,31 +164,6 @@ that carries no threshold of its own (`logoscan gallery build` measures one per 
 At it: unknown logos accepted {cal['unknown_accept_rate']:.3f}, known-class queries matched correctly
 and within the threshold {cal['known_recall_at_threshold']:.3f}. (Per-category calibration is issue #5.)
 """
-
-
-def design(m: Mark) -> tuple:
-    """What makes an invented mark a different logo: colour and font are colourway/augmentation,
-    so two emblems with the same shape, glyph and style are one design."""
-    if m.kind == "wordmark":
-        return ("wordmark", m.text.lower())
-    return ("emblem", m.shape, m.glyph, bool(m.text), m.extra.get("outline", False))
-
-
-def unseen_invented(seed: int, n: int) -> list[Mark]:
-    """Invented marks from a generator seed never used for training, one per design (demo
-    designs excluded), so that no two of them are the same logo in another colour."""
-    rng = random.Random(seed + 424242)
-    pairs, _ = demo_exclusions()
-    out, seen = [], set()
-    for _ in range(100 * n):
-        m = random_mark(rng, f"unseen-{len(out)}")
-        if (m.shape, m.glyph) in pairs or design(m) in seen:
-            continue
-        seen.add(design(m))
-        out.append(m)
-        if len(out) == n:
-            break
-    return out
 
 
 def train(cfg: EmbedderTrainConfig, resume: bool = True) -> dict:
