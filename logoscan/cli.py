@@ -12,7 +12,7 @@ from logoscan.pipeline import ScanError
 from logoscan.schema import SchemaError
 
 
-def _scan_config(a) -> "ScanConfig":  # noqa: F821
+def _scan_config(a):
     from logoscan.config import ScanConfig
     data = config_io.read_mapping(a.config)
     for key, val in (("manifest", a.manifest), ("milvus_uri", a.milvus_uri), ("collection", a.collection),

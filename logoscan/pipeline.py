@@ -12,7 +12,6 @@ import os
 import time
 from collections import Counter
 from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -47,7 +46,9 @@ def read_manifest(uri: str, extra_columns: tuple = ()) -> pa.Table:
     for f in files:
         fs, path = storage.resolve(f)
         try:
-            t = pq.read_table(path, filesystem=fs)
+            names = pq.read_schema(fs.open_input_file(path)).names
+            wanted = ["item_id", "image_uri", "image_id", *extra_columns]
+            t = pq.read_table(path, filesystem=fs, columns=[c for c in wanted if c in names])
         except Exception as e:
             raise SchemaError(f"{f}: not a readable Parquet file ({e})") from e
         t = validate_manifest(t, f)
@@ -155,7 +156,6 @@ def _run_ray(manifest: pa.Table, cfg: ScanConfig, ctx: dict, col: Collector) -> 
     import ray
 
     from logoscan.actors import DetectActor, EmbedActor, MatchActor
-    init_ray(cfg.ray)
     dctx = ray.data.DataContext.get_current()
     dctx.enable_progress_bars = False  # our own scan.progress log lines instead
     logging.getLogger("ray.data").setLevel(logging.WARNING)

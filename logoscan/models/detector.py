@@ -42,7 +42,6 @@ def freeze_early(model: FCOS, n_blocks: int = 3) -> None:
     for m in [body._conv_stem, body._bn0, *body._blocks[:n_blocks]]:
         m.requires_grad_(False)
         m.eval()
-    body._frozen = n_blocks
 
 
 def build_fcos(input_size: int = 384, fpn_channels: int = 64, score_thresh: float = 0.3,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from logoscan.synth.marks import Mark, _font, fonts, random_word, render
+from logoscan.synth.marks import Mark, _font, fonts, render
 
 _WORDS = ("sugar", "salt", "water", "organic", "flour", "cocoa", "net", "wt", "500g", "1L", "best",
           "before", "ingredients", "natural", "fresh", "new", "size", "cotton", "made", "in",
@@ -134,7 +134,6 @@ def mono_alpha(logo: Image.Image) -> Image.Image:
 
 def colourway(rng: random.Random, logo: Image.Image, under) -> Image.Image:
     """Recolour an RGBA logo as it may appear on a product: as designed, mono, or on a badge."""
-    alpha = logo.getchannel("A")
     style = rng.choices(("original", "mono", "badge"), weights=(0.5, 0.35, 0.15))[0]
     if style == "original":
         return logo
