@@ -22,6 +22,7 @@ _WORDS = ("sugar", "salt", "water", "organic", "flour", "cocoa", "net", "wt", "5
 class Planted:
     box: tuple[float, float, float, float]
     key: str
+    effects: tuple[str, ...] = ()
 
 
 def _lum(c) -> float:
@@ -169,9 +170,58 @@ def ensure_contrast(logo: Image.Image, under) -> Image.Image:
     return out
 
 
+def perspective(rng: random.Random, piece: Image.Image, strength: float = 0.18) -> Image.Image:
+    """The logo seen at an angle: its four corners moved by up to ``strength`` of its size."""
+    w, h = piece.size
+    pad = int(max(w, h) * strength) + 2
+    canvas = Image.new("RGBA", (w + 2 * pad, h + 2 * pad), (0, 0, 0, 0))
+    canvas.paste(piece, (pad, pad))
+    W, H = canvas.size
+    src = [(pad, pad), (pad + w, pad), (pad + w, pad + h), (pad, pad + h)]
+    dst = [(x + rng.uniform(-1, 1) * strength * w, y + rng.uniform(-1, 1) * strength * h) for x, y in src]
+    # coefficients mapping output (dst) pixels back to input (src) pixels
+    a = []
+    for (X, Y), (x, y) in zip(dst, src):
+        a.append([X, Y, 1, 0, 0, 0, -x * X, -x * Y])
+        a.append([0, 0, 0, X, Y, 1, -y * X, -y * Y])
+    coeffs = np.linalg.solve(np.array(a, np.float64), np.array([c for pt in src for c in pt], np.float64))
+    return canvas.transform((W, H), Image.PERSPECTIVE, tuple(coeffs), Image.BICUBIC)
+
+
+def curve(rng: random.Random, piece: Image.Image, strength: float = 0.15) -> Image.Image:
+    """The logo printed on a round surface (a bottle, a can): columns bent along a sine arc."""
+    arr = np.asarray(piece)
+    h, w = arr.shape[:2]
+    amp = max(int(h * rng.uniform(0.05, strength)), 1)
+    sign = rng.choice((-1, 1))
+    out = np.zeros((h + 2 * amp, w, 4), np.uint8)
+    for x in range(w):
+        dy = amp + int(round(sign * amp * np.sin(np.pi * x / max(w - 1, 1))))
+        out[dy:dy + h, x] = arr[:, x]
+    return Image.fromarray(out)
+
+
+def occlude(rng: random.Random, im: Image.Image, box) -> None:
+    """Cover one side of a planted logo (a sticker, a fold, another product): 10–35% of its box."""
+    x0, y0, x1, y1 = box
+    frac = rng.uniform(0.1, 0.35)
+    side = rng.choice(("left", "right", "top", "bottom"))
+    if side == "left":
+        r = (x0 - 2, y0 - 2, x0 + (x1 - x0) * frac, y1 + 2)
+    elif side == "right":
+        r = (x1 - (x1 - x0) * frac, y0 - 2, x1 + 2, y1 + 2)
+    elif side == "top":
+        r = (x0 - 2, y0 - 2, x1 + 2, y0 + (y1 - y0) * frac)
+    else:
+        r = (x0 - 2, y1 - (y1 - y0) * frac, x1 + 2, y1 + 2)
+    ImageDraw.Draw(im).rectangle(r, fill=_rand_color(rng))
+
+
 def plant(rng: random.Random, im: Image.Image, mark: Mark, size: int, max_rot: float,
-          taken: list, region=None) -> Planted | None:
-    """Paste ``mark`` at a random free place; returns its true box or None if it did not fit."""
+          taken: list, region=None, hard: bool = False) -> Planted | None:
+    """Paste ``mark`` at a random free place; returns its true box or None if it did not fit.
+    ``hard`` adds what real product photos do to logos: perspective, curved surfaces, faint
+    (low-contrast) prints and partial occlusion. The true box is the whole logo's extent."""
     logo = render(mark, size)
     w, h = im.size
     for _ in range(20):
@@ -188,6 +238,14 @@ def plant(rng: random.Random, im: Image.Image, mark: Mark, size: int, max_rot: f
         piece = ensure_contrast(colourway(rng, logo, under), under)
         if abs(rot) > 0.5:
             piece = piece.rotate(rot, resample=Image.BICUBIC, expand=True)
+        effects = ()
+        if hard:
+            effects = tuple(e for e, p in (("perspective", 0.3), ("curve", 0.2), ("faint", 0.15),
+                                           ("occlude", 0.15)) if rng.random() < p)
+            if "perspective" in effects:
+                piece = perspective(rng, piece)
+            if "curve" in effects:
+                piece = curve(rng, piece)
         bbox = piece.getchannel("A").point(lambda v: 255 if v > 40 else 0).getbbox()
         if bbox is None:
             return None
@@ -196,22 +254,34 @@ def plant(rng: random.Random, im: Image.Image, mark: Mark, size: int, max_rot: f
             continue
         if any(not (box[2] < t[0] or box[0] > t[2] or box[3] < t[1] or box[1] > t[3]) for t in taken):
             continue
+        if "faint" in effects:  # a faint print: the logo blends 40-65% into what is under it
+            piece.putalpha(piece.getchannel("A").point(lambda v, k=rng.uniform(0.4, 0.65): int(v * k)))
         im.paste(piece, (x, y), piece)
+        if "occlude" in effects:
+            occlude(rng, im, box)
         taken.append(box)
-        return Planted(tuple(float(v) for v in box), mark.key)
+        return Planted(tuple(float(v) for v in box), mark.key, effects)
     return None
 
 
 def make_scene(rng: random.Random, marks: list[Mark], size=(512, 512), logo_px=(40, 200),
-               max_rot: float = 20.0, n_clutter: int | None = None) -> tuple[Image.Image, list[Planted]]:
+               max_rot: float = 20.0, n_clutter: int | None = None, hard: bool = False
+               ) -> tuple[Image.Image, list[Planted]]:
+    """A product scene with ``marks`` planted. ``hard`` (detector training and its benchmark):
+    photo backgrounds (scikit-image's samples) and the effects of ``plant(hard=True)``; off, the
+    scene is exactly what the demo catalog has always been (same random stream)."""
     w, h = size
-    im = background(rng, w, h)
+    if hard and rng.random() < 0.35:
+        from logoscan.synth.photos import photo_background
+        im = photo_background(rng, w, h)
+    else:
+        im = background(rng, w, h)
     face = product(rng, im)
-    clutter(rng, im, face, rng.randint(0, 5) if n_clutter is None else n_clutter)
+    clutter(rng, im, face, rng.randint(0, 8 if hard else 5) if n_clutter is None else n_clutter)
     taken, planted = [], []
     for mark in marks:
         s = int(round(np.exp(rng.uniform(np.log(logo_px[0]), np.log(logo_px[1])))))
-        p = plant(rng, im, mark, s, max_rot, taken, region=face if rng.random() < 0.8 else None)
+        p = plant(rng, im, mark, s, max_rot, taken, region=face if rng.random() < 0.8 else None, hard=hard)
         if p:
             planted.append(p)
     if rng.random() < 0.3:

@@ -39,6 +39,7 @@ class DetectorTrainConfig:
     holdout: float = 0.1
     scene_px: tuple = (320, 640)      # scene side, before the model resizes to input_size
     logo_frac: tuple = (0.05, 0.45)   # logo longest side as a share of the scene side
+    hard_scenes: bool = True          # photo backgrounds, perspective, curvature, faint prints, occlusion
     batch_size: int = 8
     lr: float = 5e-4
     weight_decay: float = 1e-4
@@ -51,14 +52,18 @@ class DetectorTrainConfig:
     version: str = "detector-v1"
 
 
-def scene_sample(rng: random.Random, marks: list[Mark], cfg: DetectorTrainConfig):
+def scene_sample(rng: random.Random, marks: list[Mark], cfg: DetectorTrainConfig,
+                 n_logos: int | None = None, with_planted: bool = False):
+    """One training/evaluation scene: (HWC uint8 image, [K,4] true boxes[, planted records])."""
     side = rng.randint(*cfg.scene_px)
     aspect = rng.uniform(0.75, 1.33)
     w, h = int(side * min(aspect, 1)), int(side / max(aspect, 1))
-    n = rng.choices((0, 1, 2, 3), weights=(0.2, 0.5, 0.2, 0.1))[0]
+    n = rng.choices((0, 1, 2, 3), weights=(0.2, 0.5, 0.2, 0.1))[0] if n_logos is None else n_logos
     px = (max(12, int(cfg.logo_frac[0] * side)), int(cfg.logo_frac[1] * side))
-    im, planted = make_scene(rng, rng.sample(marks, n), size=(w, h), logo_px=px)
+    im, planted = make_scene(rng, rng.sample(marks, n), size=(w, h), logo_px=px, hard=cfg.hard_scenes)
     boxes = np.array([p.box for p in planted], np.float32).reshape(-1, 4)
+    if with_planted:
+        return np.asarray(im, dtype=np.uint8), boxes, planted
     return np.asarray(im, dtype=np.uint8), boxes
 
 
@@ -80,14 +85,16 @@ def _collate(batch):
     return batch
 
 
-def detection_metrics(preds, truths, iou_thr=0.5, score_thr=0.3) -> dict:
+def detection_metrics(preds, truths, iou_thr=0.5, score_thr=0.3, tags=None) -> dict:
     """AP50 (all-point), recall at ``score_thr`` overall and by size bucket, false detections
-    per logo-free image. preds: [(boxes, scores)], truths: [boxes]."""
+    per logo-free image. preds: [(boxes, scores)], truths: [boxes]. ``tags`` (optional): per image,
+    per true box, a list of labels (e.g. the logo's source, the effects on it) → recall by tag."""
     from torchvision.ops import box_iou
     recs, n_gt = [], sum(len(t) for t in truths)
     sizes = {"<32": [0, 0], "32-96": [0, 0], ">96": [0, 0]}
     fp_empty, n_empty = 0, 0
-    for (pb, ps), tb in zip(preds, truths):
+    by_tag: dict[str, list[int]] = {}
+    for idx, ((pb, ps), tb) in enumerate(zip(preds, truths)):
         order = np.argsort(-ps)
         pb, ps = pb[order], ps[order]
         matched = np.zeros(len(tb), bool)
@@ -103,9 +110,12 @@ def detection_metrics(preds, truths, iou_thr=0.5, score_thr=0.3) -> dict:
             s = max(b[2] - b[0], b[3] - b[1])
             bucket = "<32" if s < 32 else ("32-96" if s <= 96 else ">96")
             sizes[bucket][1] += 1
-            if iou is not None:
-                ok = (iou[:, k] >= iou_thr) & (ps >= score_thr)
-                sizes[bucket][0] += int(ok.any())
+            found_k = bool(iou is not None and ((iou[:, k] >= iou_thr) & (ps >= score_thr)).any())
+            sizes[bucket][0] += int(found_k)
+            for t in (tags[idx][k] if tags is not None else ()):
+                c = by_tag.setdefault(t, [0, 0])
+                c[0] += int(found_k)
+                c[1] += 1
         if len(tb) == 0:
             n_empty += 1
             fp_empty += int((ps >= score_thr).sum())
@@ -123,7 +133,8 @@ def detection_metrics(preds, truths, iou_thr=0.5, score_thr=0.3) -> dict:
             "recall_by_size": {k: (round(v[0] / v[1], 4) if v[1] else None) for k, v in sizes.items()},
             "gt_by_size": {k: v[1] for k, v in sizes.items()},
             "fp_per_empty_image": round(fp_empty / max(n_empty, 1), 4), "empty_images": n_empty,
-            "score_thresh": score_thr}
+            "score_thresh": score_thr,
+            "recall_by_tag": {t: (round(v[0] / v[1], 4), v[1]) for t, v in sorted(by_tag.items())}}
 
 
 def eval_scenes(cfg: DetectorTrainConfig, held: list[Mark]):
