@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test train-embedder train-detector clean
+.PHONY: setup demo test train-embedder train-detector bench-embedder bench-detector fonts clean
 
 setup: $(VENV)/.installed
 
@@ -19,13 +19,35 @@ demo: setup
 test: setup
 	RAY_AUTH_MODE=disabled $(PY) -m pytest -q
 
+# Extra fonts for embedder training: Debian font packages, downloaded with apt-get (a package
+# registry) and unpacked into build/fonts without a system install. Training only.
+FONT_DEBS := fonts-aenigma fonts-liberation2 fonts-urw-base35 fonts-croscore fonts-crosextra-carlito \
+	fonts-crosextra-caladea fonts-open-sans fonts-roboto-unhinted fonts-lato fonts-cantarell \
+	fonts-comfortaa fonts-freefont-ttf fonts-linuxlibertine fonts-ebgaramond fonts-firacode fonts-hack \
+	fonts-inconsolata fonts-league-spartan fonts-lobster fonts-oflb-euterpe fonts-adf-accanthis \
+	fonts-adf-gillius fonts-adf-universalis fonts-adf-berenis fonts-adf-tribun
+fonts: build/fonts/.unpacked
+build/fonts/.unpacked:
+	mkdir -p build/fonts/debs
+	cd build/fonts/debs && apt-get download $(FONT_DEBS)
+	for f in build/fonts/debs/*.deb; do dpkg -x $$f build/fonts; done
+	touch $@
+
 # Re-make the shipped default models (needs the train extra for the ImageNet init)
-train-embedder: setup
+train-embedder: setup fonts
 	$(PY) -m pip install -q -e '.[train,dev]'
 	$(PY) jobs/train_embedder.py --config jobs/configs/train_embedder.yaml
 train-detector: setup
 	$(PY) -m pip install -q -e '.[train,dev]'
 	$(PY) jobs/train_detector.py --config jobs/configs/train_detector.yaml
+
+# Benchmarks: print the tables committed under docs/bench/
+bench-embedder: setup fonts
+	$(PY) -m pip install -q -e '.[train,dev]'
+	$(PY) jobs/bench_embedder.py --write docs/bench/embedder.md
+bench-detector: setup
+	$(PY) -m pip install -q -e '.[train,dev]'
+	$(PY) jobs/bench_detector.py --write docs/bench/detector.md
 
 clean:
 	rm -rf demo-output build .pytest_cache

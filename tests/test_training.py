@@ -24,13 +24,26 @@ def _train(kind, out, *extra):
 def test_train_embedder_writes_artifact_and_resumes(tmp_path):
     out = tmp_path / "emb"
     m = _train("embedder", out, *TINY_EMB, "--set", "max_steps=2", "--set", "max_minutes=null")
-    assert m["steps"] == 2 and "zero_shot_heldout_brands" in m
+    assert m["steps"] == 2 and m["zero_shot_test"]["classes"] == 4
     assert {"config.json", "model.safetensors", "MODEL_CARD.md"} <= {p.name for p in out.iterdir()}
     model, cfg = load_artifact(str(out))
     assert cfg["kind"] == "embedder" and 0 < cfg["default_threshold"] < 2
     assert "jobs/train_embedder.py" in (out / "MODEL_CARD.md").read_text()
     m2 = _train("embedder", out, *TINY_EMB, "--set", "max_steps=4", "--set", "max_minutes=null")
     assert m2["steps"] == 4  # continued from the step-2 checkpoint, not from zero
+
+
+def test_train_embedder_with_text_hard_negatives(tmp_path):
+    """The full recipe: wordmark families, m-per-class batches with text-similar classes, pair loss."""
+    out = tmp_path / "emb-hn"
+    m = _train("embedder", out, *TINY_EMB, "--set", "n_families=5", "--set", "m_per_class=2",
+               "--set", "hard_share=1.0", "--set", "hard_weight=1.0", "--set", "max_steps=2",
+               "--set", "max_minutes=null")
+    assert m["steps"] == 2
+    assert m["train_classes_with_text_neighbours"] >= 6  # 3 training families of 2-4 similar names
+    assert m["zero_shot_text_similar"]["classes"] >= 2   # the held-out families
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "text-similar hard negatives" in card and "2 views per class" in card
 
 
 def test_train_detector_writes_artifact(tmp_path):

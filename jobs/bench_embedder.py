@@ -1,0 +1,202 @@
+"""Embedder benchmark with its ablation, in one run: print (and optionally write) the tables.
+
+  (a) the backbone untrained beyond its initialisation (ImageNet EfficientNet-Lite0, random head)
+  (b) proxy margin loss alone          (same data, sampler and budget as (c), no text pairing)
+  (c) proxy loss + text hard negatives (the shipped recipe: jobs/configs/train_embedder.yaml)
+
+(b) and (c) are trained here with the same wall-clock budget (resumable: an interrupted run
+continues from build/ablation/<variant>/checkpoint; a finished one is reused). Zero-shot test:
+brands and wordmark families held out of training; gallery = one clean rendering per test class;
+queries = scene crops cut by their true boxes; the same queries for every model.
+
+    make fonts && python jobs/bench_embedder.py --write docs/bench/embedder.md
+Needs the train extra: pip install -e '.[train]'.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from logoscan import config_io
+from logoscan.models.artifact import load_artifact
+from logoscan.models.embedder import embed_crops
+from logoscan.synth.marks import demo_gallery, unseen_invented
+from logoscan.train.embedder import (EmbedderTrainConfig, artifact_config, build_embedder, class_sets,
+                                     evaluate, train, zero_shot_report)
+
+
+def train_or_reuse(cfg: EmbedderTrainConfig, cache_dir: str):
+    out = Path(cfg.out)
+    if (out / "config.json").is_file():
+        done = json.loads((out / "config.json").read_text()).get("train_config")
+        if done is not None and done == json.loads(json.dumps(asdict(cfg))):
+            print(f"reusing {out} (trained with this exact config)", file=sys.stderr)
+            return load_artifact(str(out))
+    train(cfg, resume=True, cache_dir=cache_dir)
+    return load_artifact(str(out))
+
+
+def crops_per_second(model, config, device: str, batch: int = 64, n: int = 512) -> float:
+    size = config["input_size"]
+    rng = np.random.default_rng(0)
+    from PIL import Image
+    crops = [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(n)]
+    model.to(device)
+    embed_crops(model, config, crops[:batch], batch_size=batch, device=device)  # warm-up
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    embed_crops(model, config, crops, batch_size=batch, device=device)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    model.to("cpu")
+    return n / dt
+
+
+def histogram_png(path: Path, panels: list[tuple[str, np.ndarray, np.ndarray]], threshold: float | None):
+    """Genuine vs nearest-impostor cosine distances, one panel per model (PIL only)."""
+    from PIL import Image, ImageDraw
+    W, H, pad = 420, 260, 30
+    img = Image.new("RGB", (W * len(panels), H + 40), "white")
+    d = ImageDraw.Draw(img)
+    bins = np.linspace(0, 1.2, 49)
+    for p, (title, gen, imp) in enumerate(panels):
+        x0 = p * W + pad
+        hg = np.histogram(np.clip(gen, 0, 1.199), bins)[0] / max(len(gen), 1)
+        hi = np.histogram(np.clip(imp, 0, 1.199), bins)[0] / max(len(imp), 1)
+        top = max(hg.max(), hi.max(), 1e-9)
+        bw = (W - 2 * pad) / (len(bins) - 1)
+        for h, col in ((hi, (220, 60, 60)), (hg, (40, 110, 220))):
+            pts = []
+            for k in range(len(bins) - 1):
+                y = H - pad - (H - 2 * pad) * h[k] / top
+                pts += [(x0 + k * bw, y), (x0 + (k + 1) * bw, y)]
+            d.line(pts, fill=col, width=2)
+        d.line([x0, H - pad, x0 + W - 2 * pad, H - pad], fill="black")
+        for t in (0, 0.3, 0.6, 0.9, 1.2):
+            xt = x0 + t / 1.2 * (W - 2 * pad)
+            d.text((xt - 8, H - pad + 4), f"{t:.1f}", fill="black")
+        if threshold is not None:
+            xt = x0 + threshold / 1.2 * (W - 2 * pad)
+            d.line([xt, pad, xt, H - pad], fill=(0, 150, 0))
+        d.text((x0, 8), title, fill="black")
+    d.text((pad, H + 18), "cosine distance of each query to its own class (blue) and to the nearest other class "
+           "(red); green: the shipped default threshold", fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="jobs/configs/train_embedder.yaml", help="the recipe of (c)")
+    ap.add_argument("--set", action="append", default=[], help="override a key of (b) and (c), e.g. max_minutes=2")
+    ap.add_argument("--out", default="build/ablation")
+    ap.add_argument("--queries", type=int, default=3, help="scene crops per test class")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--write", default="", help="also write the report (markdown) here, and the PNG beside it")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    base = config_io.load(EmbedderTrainConfig, a.config, a.set)
+    cfg_c = replace(base, out=f"{a.out}/c-proxy-text-hn")
+    cfg_b = replace(base, out=f"{a.out}/b-proxy", hard_share=0.0, hard_weight=0.0,
+                    version=base.version + "-ablation-proxy-only")
+    cache = f"{a.out}/views"
+
+    t0 = time.time()
+    models = {}
+    torch.manual_seed(base.seed)
+    model_a = build_embedder(base).eval()
+    init = ("ImageNet backbone" if base.imagenet_init and base.backbone == "efficientnet_lite0"
+            else "weights file" if base.backbone_weights else "random backbone")
+    models[f"(a) init only ({init}, random head)"] = (model_a, artifact_config(base))
+    models["(b) proxy loss alone"] = train_or_reuse(cfg_b, cache)
+    models["(c) proxy + text hard negatives"] = train_or_reuse(cfg_c, cache)
+    train_s = time.time() - t0
+
+    _, held = class_sets(base)
+    inv = unseen_invented(base.seed, 200)
+    demo = [m for *_, m in demo_gallery()]
+    rows, panels = [], []
+    for name, (model, config) in models.items():
+        rep = zero_shot_report(model, config, held, base.seed + 1001, a.queries, base.crop_pad, base.text_min_sim)
+        ui = evaluate(model, config, inv, base.seed + 1004, a.queries, base.crop_pad)
+        dg = evaluate(model, config, demo, base.seed + 1002, 10, base.crop_pad)
+        rows.append((name, rep, ui, dg, config))
+        panels.append((name[:60], rep["genuine"], rep["impostor"]))
+
+    c_model, c_config = models["(c) proxy + text hard negatives"]
+    cpu = crops_per_second(c_model, c_config, "cpu")
+    gpu = ""
+    if torch.cuda.is_available():
+        gpu = f"{torch.cuda.get_device_name(0)}: {crops_per_second(c_model, c_config, 'cuda'):.0f} crops/s"
+    size_mb = Path(cfg_c.out, "model.safetensors").stat().st_size / 1e6
+    thr = c_config.get("default_threshold")
+
+    r0 = rows[0][1]
+    f = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+    lines = [
+        "# Embedder benchmark and ablation",
+        "",
+        f"Command: `python jobs/bench_embedder.py --config {a.config}"
+        + "".join(f" --set {s}" for s in a.set) + f" --queries {a.queries}`",
+        f"(b) and (c): same data, sampler and budget ({base.max_minutes} min wall clock each on "
+        f"{a.threads} CPU threads, batch {base.batch_size}, {base.m_per_class} views per class); trained and "
+        f"evaluated in {train_s / 60:.0f} min here.",
+        "",
+        f"Zero-shot test classes: {r0['all']['classes']} (brands and text-similar wordmark families held out "
+        f"of training: {r0['by_kind']['brand']['classes']} brands, {r0['by_kind']['wordmark family']['classes']} "
+        f"family wordmarks); gallery = one clean rendering each; {a.queries} scene-crop queries per class "
+        f"({r0['all']['queries']} queries, the same for every model). Text-similar subset: the "
+        f"{r0['text_similar']['classes']} test classes whose name is ≥ {base.text_min_sim} similar to another "
+        "test class's name (normalised edit / Jaro-Winkler similarity).",
+        "",
+        "| model | recall@1 | recall@5 | text-similar recall@1 | text-similar recall@5 | brands recall@1 "
+        "| families recall@1 | unseen emblems recall@1 | demo marks recall@1 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, rep, ui, dg, _ in rows:
+        lines.append(
+            f"| {name} | {f(rep['all']['recall@1'])} | {f(rep['all']['recall@5'])} "
+            f"| {f(rep['text_similar']['recall@1'])} | {f(rep['text_similar']['recall@5'])} "
+            f"| {f(rep['by_kind']['brand']['recall@1'])} | {f(rep['by_kind']['wordmark family']['recall@1'])} "
+            f"| {f(ui['recall@1'])} | {f(dg['recall@1'])} |")
+    lines += [
+        "",
+        "Median cosine distance of a query to its own class (genuine) and to the nearest other class (impostor):",
+        "",
+        "| model | genuine median | impostor median | queries whose own class is nearer than every impostor |",
+        "|---|---|---|---|",
+        *[f"| {name} | {np.median(rep['genuine']):.3f} | {np.median(rep['impostor']):.3f} "
+          f"| {float(np.mean(rep['genuine'] < rep['impostor'])):.3f} |" for name, rep, *_ in rows],
+        "",
+        "Histograms: `embedder_distances.png` beside this file.",
+        "",
+        f"Shipped artifact = (c): `model.safetensors` {size_mb:.1f} MB; default threshold {thr}.",
+        "",
+        "| throughput (model only, crops already cut to the input size) | crops/s |",
+        "|---|---|",
+        f"| CPU, {a.threads} threads ({platform.machine()}), batch 64, {c_config['input_size']} px | {cpu:.0f} |",
+        f"| GPU | {gpu or 'not measured: no GPU on the machine that ran this'} |",
+        "",
+    ]
+    report = "\n".join(lines)
+    print(report)
+    if a.write:
+        out = Path(a.write)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(report)
+        histogram_png(out.parent / "embedder_distances.png", panels, thr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

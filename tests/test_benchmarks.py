@@ -1,0 +1,33 @@
+"""The benchmark scripts run end to end (tiny sizes) and print their tables: they must not rot
+between the runs whose numbers are committed under docs/bench/."""
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args, timeout=600):
+    r = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout
+
+
+def test_bench_detector_prints_its_table(tmp_path):
+    out = _run("jobs/bench_detector.py", "--scenes", "4", "--empty", "2", "--threads", "1",
+               "--write", str(tmp_path / "d.md"))
+    assert "| AP50 | recall |" in out and "false det. / logo-free image" in out
+    assert "| AP50 | recall |" in (tmp_path / "d.md").read_text()
+
+
+def test_bench_embedder_runs_the_ablation(tmp_path):
+    tiny = ["--set", "backbone=tiny_cnn", "--set", "imagenet_init=false", "--set", "n_invented=12",
+            "--set", "n_brands=30", "--set", "holdout=0.4", "--set", "views_per_class=4",
+            "--set", "batch_size=8", "--set", "m_per_class=2", "--set", "max_steps=2",
+            "--set", "max_minutes=null", "--set", "n_families=5", "--set", "workers=1",
+            "--set", "font_dirs=[]"]
+    out = _run("jobs/bench_embedder.py", "--out", str(tmp_path / "abl"), "--queries", "1",
+               "--threads", "1", "--write", str(tmp_path / "e.md"), *tiny)
+    for row in ("(a) init only", "(b) proxy loss alone", "(c) proxy + text hard negatives"):
+        assert row in out
+    assert (tmp_path / "embedder_distances.png").stat().st_size > 1000
