@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test train-embedder train-detector bench-embedder bench-detector fonts clean
+.PHONY: setup demo test train-extra train-embedder train-detector bench-embedder bench-detector fonts clean
 
 setup: $(VENV)/.installed
 
@@ -33,20 +33,20 @@ build/fonts/.unpacked:
 	for f in build/fonts/debs/*.deb; do dpkg -x $$f build/fonts; done
 	touch $@
 
-# Re-make the shipped default models (needs the train extra for the ImageNet init)
-train-embedder: setup fonts
+# The train extra: ImageNet init, photo backgrounds, text similarity
+train-extra: setup
 	$(PY) -m pip install -q -e '.[train,dev]'
+
+# Re-make the shipped default models
+train-embedder: train-extra fonts
 	$(PY) jobs/train_embedder.py --config jobs/configs/train_embedder.yaml
-train-detector: setup
-	$(PY) -m pip install -q -e '.[train,dev]'
+train-detector: train-extra
 	$(PY) jobs/train_detector.py --config jobs/configs/train_detector.yaml
 
 # Benchmarks: print the tables committed under docs/bench/
-bench-embedder: setup fonts
-	$(PY) -m pip install -q -e '.[train,dev]'
+bench-embedder: train-extra fonts
 	$(PY) jobs/bench_embedder.py --write docs/bench/embedder.md
-bench-detector: setup
-	$(PY) -m pip install -q -e '.[train,dev]'
+bench-detector: train-extra
 	$(PY) jobs/bench_detector.py --write docs/bench/detector.md
 
 clean:

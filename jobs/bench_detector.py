@@ -25,6 +25,7 @@ import torch
 from logoscan.models.artifact import default_artifact_path, load_artifact
 from logoscan.models.detector import detect_images
 from logoscan.synth.marks import training_marks, unseen_invented
+from logoscan.train.common import emit_report
 from logoscan.train.detector import DetectorTrainConfig, detection_metrics, scene_sample
 
 
@@ -135,12 +136,7 @@ def main(argv=None) -> int:
         f"| GPU | {gpu or 'not measured: no GPU on the machine that ran this'} |",
         "",
     ]
-    report = "\n".join(lines)
-    print(report)
-    if a.write:
-        from pathlib import Path
-        Path(a.write).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.write).write_text(report)
+    emit_report("\n".join(lines), a.write)
     return 0
 
 

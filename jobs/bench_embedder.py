@@ -4,8 +4,10 @@
   (b) proxy margin loss alone          (same data, sampler and budget as (c), no text pairing)
   (c) proxy loss + text hard negatives (the shipped recipe: jobs/configs/train_embedder.yaml)
 
-(b) and (c) are trained here with the same wall-clock budget (resumable: an interrupted run
-continues from build/ablation/<variant>/checkpoint; a finished one is reused). Zero-shot test:
+(b) and (c) are trained here with the same wall-clock budget, ``--minutes`` (resumable: an
+interrupted run continues from build/ablation/<variant>/checkpoint; a finished one is reused).
+The shipped artifact (recipe (c), trained by jobs/train_embedder.py with the budget of its config)
+is measured on the same queries as a last row. Zero-shot test:
 brands and wordmark families held out of training; gallery = one clean rendering per test class;
 queries = scene crops cut by their true boxes; the same queries for every model.
 
@@ -26,9 +28,10 @@ import numpy as np
 import torch
 
 from logoscan import config_io
-from logoscan.models.artifact import load_artifact
+from logoscan.models.artifact import default_artifact_path, load_artifact
 from logoscan.models.embedder import embed_crops
 from logoscan.synth.marks import demo_gallery, unseen_invented
+from logoscan.train.common import emit_report
 from logoscan.train.embedder import (EmbedderTrainConfig, artifact_config, build_embedder, class_sets,
                                      evaluate, train, zero_shot_report)
 
@@ -39,27 +42,31 @@ def train_or_reuse(cfg: EmbedderTrainConfig, cache_dir: str):
         done = json.loads((out / "config.json").read_text()).get("train_config")
         if done is not None and done == json.loads(json.dumps(asdict(cfg))):
             print(f"reusing {out} (trained with this exact config)", file=sys.stderr)
-            return load_artifact(str(out))
+            return load_artifact(str(out)) + (True,)
     train(cfg, resume=True, cache_dir=cache_dir)
-    return load_artifact(str(out))
+    return load_artifact(str(out)) + (False,)
 
 
-def crops_per_second(model, config, device: str, batch: int = 64, n: int = 512) -> float:
+def crops_per_second(model, config, device: str, batch: int = 64, n: int = 512, repeats: int = 5
+                     ) -> list[float]:
+    """crops/s of ``repeats`` timed passes over ``n`` crops (after a warm-up batch)."""
     size = config["input_size"]
     rng = np.random.default_rng(0)
     from PIL import Image
     crops = [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(n)]
     model.to(device)
     embed_crops(model, config, crops[:batch], batch_size=batch, device=device)  # warm-up
-    if device == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    embed_crops(model, config, crops, batch_size=batch, device=device)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    dt = time.perf_counter() - t0
+    rates = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        embed_crops(model, config, crops, batch_size=batch, device=device)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        rates.append(n / (time.perf_counter() - t0))
     model.to("cpu")
-    return n / dt
+    return sorted(rates)
 
 
 def histogram_png(path: Path, panels: list[tuple[str, np.ndarray, np.ndarray]], threshold: float | None):
@@ -99,28 +106,39 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="jobs/configs/train_embedder.yaml", help="the recipe of (c)")
     ap.add_argument("--set", action="append", default=[], help="override a key of (b) and (c), e.g. max_minutes=2")
+    ap.add_argument("--minutes", type=float, default=15.0, help="training budget of (b) and (c) each")
+    ap.add_argument("--shipped", default=default_artifact_path("embedder"),
+                    help="the artifact to measure beside the ablation ('' to skip)")
     ap.add_argument("--out", default="build/ablation")
     ap.add_argument("--queries", type=int, default=3, help="scene crops per test class")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--write", default="", help="also write the report (markdown) here, and the PNG beside it")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    base = config_io.load(EmbedderTrainConfig, a.config, a.set)
+    base = replace(config_io.load(EmbedderTrainConfig, a.config, a.set), max_minutes=a.minutes)
     cfg_c = replace(base, out=f"{a.out}/c-proxy-text-hn")
     cfg_b = replace(base, out=f"{a.out}/b-proxy", hard_share=0.0, hard_weight=0.0,
                     version=base.version + "-ablation-proxy-only")
     cache = f"{a.out}/views"
 
     t0 = time.time()
+    reused = []
     models = {}
     torch.manual_seed(base.seed)
     model_a = build_embedder(base).eval()
     init = ("ImageNet backbone" if base.imagenet_init and base.backbone == "efficientnet_lite0"
             else "weights file" if base.backbone_weights else "random backbone")
     models[f"(a) init only ({init}, random head)"] = (model_a, artifact_config(base))
-    models["(b) proxy loss alone"] = train_or_reuse(cfg_b, cache)
-    models["(c) proxy + text hard negatives"] = train_or_reuse(cfg_c, cache)
+    for name, cfg in (("(b) proxy loss alone", cfg_b), ("(c) proxy + text hard negatives", cfg_c)):
+        model, config, was_reused = train_or_reuse(cfg, cache)
+        models[name] = (model, config)
+        reused.append(was_reused)
     train_s = time.time() - t0
+    if a.shipped:
+        shipped_model, shipped_cfg = load_artifact(a.shipped)
+        tc = shipped_cfg.get("train_config", {})
+        models[f"shipped: {shipped_cfg.get('version', '?')} ({tc.get('max_minutes', '?')} min, "
+               f"{'recipe (c)' if tc.get('hard_weight') else 'proxy loss alone'})"] = (shipped_model, shipped_cfg)
 
     _, held = class_sets(base)
     inv = unseen_invented(base.seed, 200)
@@ -133,12 +151,14 @@ def main(argv=None) -> int:
         rows.append((name, rep, ui, dg, config))
         panels.append((name[:60], rep["genuine"], rep["impostor"]))
 
-    c_model, c_config = models["(c) proxy + text hard negatives"]
+    art = a.shipped or cfg_c.out
+    c_model, c_config = load_artifact(art)
     cpu = crops_per_second(c_model, c_config, "cpu")
     gpu = ""
     if torch.cuda.is_available():
-        gpu = f"{torch.cuda.get_device_name(0)}: {crops_per_second(c_model, c_config, 'cuda'):.0f} crops/s"
-    size_mb = Path(cfg_c.out, "model.safetensors").stat().st_size / 1e6
+        g = crops_per_second(c_model, c_config, "cuda")
+        gpu = f"{torch.cuda.get_device_name(0)}: {np.median(g):.0f} crops/s (median of {len(g)})"
+    size_mb = Path(art, "model.safetensors").stat().st_size / 1e6
     thr = c_config.get("default_threshold")
 
     r0 = rows[0][1]
@@ -146,11 +166,14 @@ def main(argv=None) -> int:
     lines = [
         "# Embedder benchmark and ablation",
         "",
-        f"Command: `python jobs/bench_embedder.py --config {a.config}"
+        f"Command: `python jobs/bench_embedder.py --config {a.config} --minutes {a.minutes:g}"
         + "".join(f" --set {s}" for s in a.set) + f" --queries {a.queries}`",
-        f"(b) and (c): same data, sampler and budget ({base.max_minutes} min wall clock each on "
-        f"{a.threads} CPU threads, batch {base.batch_size}, {base.m_per_class} views per class); trained and "
-        f"evaluated in {train_s / 60:.0f} min here.",
+        f"(b) and (c): same data, sampler and budget ({base.max_minutes:g} min wall clock each on "
+        f"{a.threads} CPU threads, batch {base.batch_size}, "
+        f"{'one view per class' if base.m_per_class == 1 else f'{base.m_per_class} views per class'} "
+        f"(hard-negative classes ride along in (c)); "
+        + ("both reused from an earlier run of this command (same configs)." if all(reused)
+           else f"trained and evaluated in {train_s / 60:.0f} min here."),
         "",
         f"Zero-shot test classes: {r0['all']['classes']} (brands and text-similar wordmark families held out "
         f"of training: {r0['by_kind']['brand']['classes']} brands, {r0['by_kind']['wordmark family']['classes']} "
@@ -180,21 +203,19 @@ def main(argv=None) -> int:
         "",
         "Histograms: `embedder_distances.png` beside this file.",
         "",
-        f"Shipped artifact = (c): `model.safetensors` {size_mb:.1f} MB; default threshold {thr}.",
+        f"Artifact measured below: `{'logoscan/weights/embedder' if art == default_artifact_path('embedder') else art}` "
+        f"({c_config.get('version', '?')}): `model.safetensors` {size_mb:.1f} MB; default threshold {thr}.",
         "",
         "| throughput (model only, crops already cut to the input size) | crops/s |",
         "|---|---|",
-        f"| CPU, {a.threads} threads ({platform.machine()}), batch 64, {c_config['input_size']} px | {cpu:.0f} |",
+        f"| CPU, {a.threads} threads ({platform.machine()}), batch 64, {c_config['input_size']} px "
+        f"| {np.median(cpu):.0f} (median of {len(cpu)} passes of 512 crops; range {cpu[0]:.0f}–{cpu[-1]:.0f}) |",
         f"| GPU | {gpu or 'not measured: no GPU on the machine that ran this'} |",
         "",
     ]
-    report = "\n".join(lines)
-    print(report)
+    emit_report("\n".join(lines), a.write)
     if a.write:
-        out = Path(a.write)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(report)
-        histogram_png(out.parent / "embedder_distances.png", panels, thr)
+        histogram_png(Path(a.write).parent / "embedder_distances.png", panels, thr)
     return 0
 
 

@@ -33,7 +33,8 @@ def test_wordmark_families_are_text_similar():
         fam = wordmark_family(rng, f"f{i}", 3)
         names = [class_name(m) for m in fam]
         assert len({n.lower() for n in names}) == 3
-        assert len({m.font for m in fam}) == 1
+        subs = [m for m in fam if m.extra["design"] == f"f{i}-0"]
+        assert len({m.font for m in subs}) == 1 and subs[0].text == names[0]
         nb = hard_negative_classes(names, workers=1)
         assert any(nb), names
 
@@ -68,3 +69,15 @@ def test_losses_fall_as_intended():
         proxy.proxies.copy_(torch.eye(4, 16))
     good = F.normalize(torch.eye(4, 16)[labels] + 0.01, dim=1)
     assert proxy(good, labels) < proxy(good, labels.roll(2))
+
+
+def test_view_cache_is_keyed_by_the_classes_themselves():
+    """A change to a mark generator must never reuse views rendered for other classes."""
+    import dataclasses
+
+    from logoscan.train.embedder import EmbedderTrainConfig, _cache_key
+    fam = wordmark_family(random.Random(0), "f", 3)
+    cfg = EmbedderTrainConfig()
+    assert _cache_key(cfg, fam) == _cache_key(cfg, list(fam))
+    assert _cache_key(cfg, fam) != _cache_key(cfg, [dataclasses.replace(fam[0], text="Other"), *fam[1:]])
+    assert _cache_key(cfg, fam) != _cache_key(dataclasses.replace(cfg, views_per_class=5), fam)

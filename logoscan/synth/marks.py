@@ -76,7 +76,7 @@ def extra_fonts(dirs: tuple[str, ...]) -> list[str]:
 
 def refont(marks: list[Mark], font_list: list[str], seed: int) -> list[Mark]:
     """The same classes with their text set in fonts drawn from ``font_list`` (one per class;
-    a wordmark family keeps one font, as a brand's range does)."""
+    the sub-brands of one range keep one font, as in ``wordmark_family``)."""
     import dataclasses
     rng = random.Random(seed)
     by_family: dict[str, str] = {}
@@ -85,8 +85,8 @@ def refont(marks: list[Mark], font_list: list[str], seed: int) -> list[Mark]:
         if m.kind == "icon" or not m.text:
             out.append(m)
             continue
-        fam = m.extra.get("family")
-        font = by_family.setdefault(fam, rng.choice(font_list)) if fam else rng.choice(font_list)
+        design = m.extra.get("design")
+        font = by_family.setdefault(design, rng.choice(font_list)) if design else rng.choice(font_list)
         out.append(dataclasses.replace(m, font=font))
     return out
 
@@ -132,37 +132,51 @@ _SUFFIXES = ("Fresh", "Kids", "Plus", "Pro", "Bio", "Home", "Go", "Max", "Lite",
              "Sport", "Originals", "Pay", "Music")
 
 
-def _variant(rng: random.Random, word: str) -> str:
-    """A name close to ``word`` in text: one letter changed, a syllable added, a word appended."""
+def _variant(rng: random.Random, word: str) -> tuple[str, bool]:
+    """A name close to ``word`` in text → (name, same_range). A sub-brand ("Heinz" → "Heinz Baked
+    Beans") keeps the range's lettering; a look-alike name ("Heinz" → "Heineken": one letter
+    changed, a syllable added) belongs to another company with a design of its own."""
     how = rng.random()
     if how < 0.35:
         i = rng.randrange(len(word))
         c = rng.choice("aeiou" if word[i].lower() in "aeiou" else "bcdfgklmnprstvz")
         c = c.upper() if word[i].isupper() else c
-        return word[:i] + c + word[i + 1:]
+        return word[:i] + c + word[i + 1:], False
     if how < 0.65:
         syl = rng.choice(_SYLLABLES)
-        return word + (syl.upper() if word.isupper() else syl)
-    return f"{word} {rng.choice(_SUFFIXES)}"
+        return word + (syl.upper() if word.isupper() else syl), False
+    return f"{word} {rng.choice(_SUFFIXES)}", True
+
+
+def _palette(rng: random.Random) -> tuple:
+    return tuple((rng.randrange(256), rng.randrange(256), rng.randrange(256)) for _ in range(2))
 
 
 def wordmark_family(rng: random.Random, key: str, n: int) -> list[Mark]:
-    """``n`` wordmark classes whose names are text-similar ("Heinz", "Heinz Baked Beans",
-    "Heineken"), set in one font and palette: the hardest pairs for a logo embedder."""
+    """``n`` wordmark classes whose names are text-similar: a base name, sub-brands of it set in
+    the same font, palette and style ("Heinz", "Heinz Baked Beans"), and look-alike names of other
+    makers with their own design ("Heineken"). ``extra['design']`` groups one lettering."""
     base = random_word(rng, rng.randint(2, 3))
     base = base.upper() if rng.random() < 0.4 else base
-    font = rng.choice(fonts())
-    palette = tuple((rng.randrange(256), rng.randrange(256), rng.randrange(256)) for _ in range(2))
-    names = [base]
+    names, owner = [base], [0]  # owner: index of the class whose design a name uses
     for _ in range(50 * n):
         if len(names) == n:
             break
-        v = _variant(rng, base if rng.random() < 0.7 else rng.choice(names))
+        parent = 0 if rng.random() < 0.7 else rng.randrange(len(names))
+        v, same = _variant(rng, names[parent])
         if v.lower() not in {x.lower() for x in names}:
+            owner.append(owner[parent] if same else len(names))
             names.append(v)
-    style = {"underline": rng.random() < 0.3, "boxed": rng.random() < 0.3}
-    return [Mark(key=f"{key}-{i}", kind="wordmark", text=t, font=font, colors=palette,
-                 extra={**style, "family": key}) for i, t in enumerate(names)]
+    designs = {}
+    out = []
+    for i, (t, o) in enumerate(zip(names, owner)):
+        if o not in designs:
+            designs[o] = (rng.choice(fonts()), _palette(rng),
+                          {"underline": rng.random() < 0.3, "boxed": rng.random() < 0.3})
+        font, palette, style = designs[o]
+        out.append(Mark(key=f"{key}-{i}", kind="wordmark", text=t, font=font, colors=palette,
+                        extra={**style, "family": key, "design": f"{key}-{o}"}))
+    return out
 
 
 def class_name(m: Mark) -> str:

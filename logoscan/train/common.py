@@ -74,3 +74,11 @@ def add_job_flags(ap) -> None:
     ap.add_argument("--config", help="YAML/TOML file with the training config's keys")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--no-resume", action="store_true", help="ignore <out>/checkpoint")
+
+
+def emit_report(report: str, path: str = "") -> None:
+    """Print a benchmark's markdown report, and write it to ``path`` when one is given."""
+    print(report)
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(report)

