@@ -53,6 +53,8 @@ def test_sampler_puts_m_views_per_class_and_brings_hard_negatives():
     assert together > 20  # with hard_share=1 class 0 never comes without class 1 (and vice versa)
     with pytest.raises(ValueError):
         ClassBatchSampler(8, views_per_class=5, batch_size=9, m=2)
+    with pytest.raises(ValueError, match="neighbours lists 2 classes"):
+        ClassBatchSampler(8, views_per_class=5, batch_size=8, m=2, neighbours=[[1], [0]])
 
 
 def test_losses_fall_as_intended():

@@ -1,6 +1,8 @@
 """Logo embedder: backbone → global average pool → linear → unit vector."""
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -82,13 +84,12 @@ def load_backbone_weights(backbone: nn.Module, path: str) -> tuple[int, int]:
     ``weights_only=True``) into a backbone, local path or s3://. Keys of a classifier head, and
     a leading ``module.``/``visual.``/``net.`` prefix, are tolerated. Returns (loaded, expected)."""
     from logoscan import storage
-    import io
     data = storage.read_bytes(path)
     if path.endswith(".safetensors"):
         from safetensors.torch import load as load_st
         state = load_st(data)
     else:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)  # no unpickling of code
         state = state.get("state_dict", state) if isinstance(state, dict) else state
     target = backbone.net if isinstance(backbone, PooledBackbone) else backbone
     own = target.state_dict()

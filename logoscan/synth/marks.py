@@ -79,14 +79,14 @@ def refont(marks: list[Mark], font_list: list[str], seed: int) -> list[Mark]:
     the sub-brands of one range keep one font, as in ``wordmark_family``)."""
     import dataclasses
     rng = random.Random(seed)
-    by_family: dict[str, str] = {}
+    by_design: dict[str, str] = {}
     out = []
     for m in marks:
         if m.kind == "icon" or not m.text:
             out.append(m)
             continue
         design = m.extra.get("design")
-        font = by_family.setdefault(design, rng.choice(font_list)) if design else rng.choice(font_list)
+        font = by_design.setdefault(design, rng.choice(font_list)) if design else rng.choice(font_list)
         out.append(dataclasses.replace(m, font=font))
     return out
 

@@ -248,6 +248,8 @@ def train(cfg: EmbedderTrainConfig, resume: bool = True, cache_dir: str | None =
     train_marks, held = class_sets(cfg)
     views, gen_s = load_views(cfg, train_marks, Path(cache_dir) if cache_dir else out)
     n_cls, n_views = views.shape[:2]
+    if n_cls != len(train_marks):
+        raise RuntimeError(f"cached views hold {n_cls} classes, the config makes {len(train_marks)}")
     neighbours = hard_negative_classes([class_name(m) for m in train_marks], cfg.text_min_sim,
                                        cfg.text_neighbours)
     n_with = sum(1 for nb in neighbours if nb)

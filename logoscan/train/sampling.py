@@ -20,6 +20,8 @@ class ClassBatchSampler:
         self.n_classes, self.views, self.m = n_classes, views_per_class, m
         self.classes_per_batch = batch_size // m
         self.neighbours = neighbours or [[] for _ in range(n_classes)]
+        if len(self.neighbours) != n_classes:
+            raise ValueError(f"neighbours lists {len(self.neighbours)} classes, the data {n_classes}")
         self.hard_share = hard_share
         self.rng = np.random.default_rng(seed)
 
