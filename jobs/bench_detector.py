@@ -17,15 +17,14 @@ import platform
 import random
 import sys
 import time
-from dataclasses import fields, replace
+from dataclasses import replace
 
-import numpy as np
 import torch
 
 from logoscan.models.artifact import default_artifact_path, load_artifact
 from logoscan.models.detector import detect_images
 from logoscan.synth.marks import training_marks, unseen_invented
-from logoscan.train.common import emit_report
+from logoscan.train.common import config_from, emit_report
 from logoscan.train.detector import DetectorTrainConfig, detection_metrics, scene_sample
 
 
@@ -70,10 +69,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
 
     model, config = load_artifact(a.artifact)
-    known = {f.name for f in fields(DetectorTrainConfig)}
-    tc = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.get("train_config", {}).items()
-          if k in known}
-    cfg = replace(DetectorTrainConfig(**tc), hard_scenes=True)
+    cfg = replace(config_from(DetectorTrainConfig, config.get("train_config", {})), hard_scenes=True)
     thr = float(config["score_thresh"])
     t0 = time.time()
     images, truths, tags, n_brands, n_inv = held_out_scenes(cfg, a.scenes, a.empty, a.seed)

@@ -56,13 +56,3 @@ def photo_background(rng: random.Random, w: int, h: int) -> Image.Image:
         im = im.transpose(Image.FLIP_LEFT_RIGHT)
     im = ImageEnhance.Color(im).enhance(rng.uniform(0.3, 1.4))
     return ImageEnhance.Brightness(im).enhance(rng.uniform(0.6, 1.3))
-
-
-def available() -> bool:
-    try:
-        return bool(photo_paths())
-    except RuntimeError:
-        return False
-
-
-__all__ = ["photo_background", "photo_paths", "available"]

@@ -76,6 +76,14 @@ def add_job_flags(ap) -> None:
     ap.add_argument("--no-resume", action="store_true", help="ignore <out>/checkpoint")
 
 
+def config_from(cls, saved: dict):
+    """A training config dataclass from the ``train_config`` an artifact saved (JSON: lists back
+    to tuples; keys this version no longer knows are ignored)."""
+    from dataclasses import fields
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in saved.items() if k in known})
+
+
 def emit_report(report: str, path: str = "") -> None:
     """Print a benchmark's markdown report, and write it to ``path`` when one is given."""
     print(report)

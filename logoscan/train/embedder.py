@@ -29,10 +29,10 @@ from logoscan.models.embedder import LogoEmbedder, embed_crops, load_backbone_we
 from logoscan.synth.crops import clean_view, scene_view
 from logoscan.synth.marks import (Mark, class_name, demo_gallery, extra_fonts, refont, training_marks,
                                   unseen_invented)
-from logoscan.train.common import Budget, cosine_lr, load_checkpoint, save_checkpoint
+from logoscan.train.common import Budget, config_from, cosine_lr, load_checkpoint, save_checkpoint
 from logoscan.train.losses import HardNegativePairLoss, ProxyMarginLoss, hard_matrix
 from logoscan.train.sampling import ClassBatchSampler
-from logoscan.train.textsim import DEFAULT_MIN_SIM, hard_negative_classes
+from logoscan.train.textsim import DEFAULT_MIN_SIM, hard_negative_classes, similarity_matrix
 
 log = get_logger(__name__)
 MEAN, STD = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
@@ -107,11 +107,11 @@ def _augment_batch(x: torch.Tensor) -> torch.Tensor:
     return ((x - 0.5) * c + 0.5 + br).clamp(0, 1)
 
 
-def recall_at_k(gallery: np.ndarray, queries: np.ndarray, q_labels: np.ndarray, ks=(1, 5)) -> dict:
+def retrieval_hits(gallery: np.ndarray, queries: np.ndarray, q_labels: np.ndarray, ks=(1, 5)):
+    """(query × gallery cosine similarities, {k: per query, is its class among the k nearest})."""
     sims = queries @ gallery.T
     order = np.argsort(-sims, axis=1)
-    return {f"recall@{k}": float(np.mean([q_labels[i] in order[i, :k] for i in range(len(queries))]))
-            for k in ks}
+    return sims, {k: (order[:, :k] == q_labels[:, None]).any(1) for k in ks}
 
 
 def gallery_and_queries(model, config: dict, marks: list[Mark], seed: int, per_class: int, pad: float):
@@ -129,7 +129,8 @@ def gallery_and_queries(model, config: dict, marks: list[Mark], seed: int, per_c
 
 
 def evaluate(model, config: dict, marks: list[Mark], seed: int, per_class: int, pad: float) -> dict:
-    return recall_at_k(*gallery_and_queries(model, config, marks, seed, per_class, pad))
+    _, hits = retrieval_hits(*gallery_and_queries(model, config, marks, seed, per_class, pad))
+    return {f"recall@{k}": float(h.mean()) for k, h in hits.items()}
 
 
 def suggest_threshold(model, config: dict, marks: list[Mark], seed: int, per_class: int, pad: float,
@@ -163,7 +164,7 @@ def finalize(out: str | Path, cfg: EmbedderTrainConfig | None = None) -> dict:
 
     from logoscan.models.artifact import load_artifact
     model, config = load_artifact(str(out))
-    cfg = cfg or EmbedderTrainConfig(**{k: v for k, v in config.get("train_config", {}).items()})
+    cfg = cfg or config_from(EmbedderTrainConfig, config.get("train_config", {}))
     _, held = class_sets(cfg)
     held = held + unseen_invented(cfg.seed, max(len(held) // 2, 4))
     random.Random(cfg.seed + 5).shuffle(held)  # known and unknown halves hold both kinds
@@ -337,12 +338,9 @@ def zero_shot_report(model, config: dict, marks: list[Mark], seed: int, per_clas
     ``per_class`` scene crops per class. recall@1/@5 on all classes and on the text-similar
     subset (classes with a text-similar neighbour among the other test classes), and the
     genuine (own class) and nearest-impostor cosine distances of every query."""
-    from logoscan.train.textsim import similarity_matrix
     gal, q, labels = gallery_and_queries(model, config, marks, seed, per_class, pad)
-    sims = q @ gal.T
-    order = np.argsort(-sims, axis=1)
-    hit1 = order[:, 0] == labels
-    hit5 = (order[:, :5] == labels[:, None]).any(1)
+    sims, hits = retrieval_hits(gal, q, labels)
+    hit1, hit5 = hits[1], hits[5]
     text_sim = similarity_matrix([class_name(m) for m in marks])
     similar_cls = (text_sim >= text_min_sim).any(1)
     sub = similar_cls[labels]
