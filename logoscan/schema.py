@@ -17,12 +17,18 @@ REFERENCES_REQUIRED = pa.schema([("logo_id", pa.string()), ("label", pa.string()
                                  ("category", pa.string()), ("image_uri", pa.string())])
 REFERENCES_OPTIONAL = pa.schema([("text", pa.string()), ("box", BOX)])
 
+# Labelled crops for `logoscan calibrate`: each image is one region (or ``box`` of it); ``label``
+# is a gallery label, or null/'' for a crop that must not be flagged (unknown logo, look-alike,
+# no logo). ``kind`` is a free tag the report groups by; ``ocr_text`` skips reading the crop.
+LABELLED_CROPS_REQUIRED = pa.schema([("image_uri", pa.string()), ("label", pa.string())])
+LABELLED_CROPS_OPTIONAL = pa.schema([("box", BOX), ("kind", pa.string()), ("ocr_text", pa.string())])
+
 FLAGGED = pa.schema([
     ("run_id", pa.string()), ("item_id", pa.string()), ("image_id", pa.string()),
     ("image_uri", pa.string()), ("box", BOX), ("det_score", pa.float32()),
     ("label", pa.string()), ("category", pa.string()), ("logo_id", pa.string()),
-    ("distance", pa.float32()), ("threshold", pa.float32()),
-    ("runner_up_label", pa.string()), ("runner_up_distance", pa.float32()),
+    ("distance", pa.float32()), ("threshold", pa.float32()), ("threshold_source", pa.string()),
+    ("runner_up_label", pa.string()), ("runner_up_distance", pa.float32()), ("margin", pa.float32()),
     ("ocr_text", pa.string()), ("model_version", pa.string()), ("gallery_version", pa.string()),
     ("scanned_at", pa.timestamp("us", tz="UTC")), ("thumbnail_jpeg", pa.binary()),
 ])
@@ -91,3 +97,13 @@ def validate_references(table: pa.Table, source: str) -> pa.Table:
         raise SchemaError(f"{source}: column 'logo_id' must be unique; duplicated: {dup}")
     return table
 
+
+
+def validate_labelled_crops(table: pa.Table, source: str) -> pa.Table:
+    table = _check(table, source, LABELLED_CROPS_REQUIRED, LABELLED_CROPS_OPTIONAL, "labelled crops")
+    nulls = table.column("image_uri").null_count
+    if nulls:
+        raise SchemaError(f"{source}: column 'image_uri' has {nulls} null value(s)")
+    if table.num_rows == 0:
+        raise SchemaError(f"{source}: no labelled crops")
+    return table

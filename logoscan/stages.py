@@ -14,7 +14,8 @@ import numpy as np
 from PIL import Image
 
 from logoscan import storage
-from logoscan.config import DetectorConfig, EmbedderConfig, FetchConfig, MatchConfig, PolicyConfig
+from logoscan.calibration import Thresholds
+from logoscan.config import DetectorConfig, EmbedderConfig, FetchConfig, MatchConfig, OcrConfig, PolicyConfig
 from logoscan.images import ImageRejected, decode, jpeg_bytes
 from logoscan.models.detector import detect_images
 from logoscan.models.embedder import embed_crops, square_crop
@@ -144,23 +145,65 @@ def embed(batch: dict, model, model_cfg: dict, cfg: EmbedderConfig, device: str 
     return out
 
 
+# ------------------------------------------------------------------ OCR (optional)
+
+def read_text(batch: dict, reader, cfg: OcrConfig) -> dict:
+    """The text in each region's crop (easyocr), as ``ocr_text``; '' for rows without a region.
+    A failure of the OCR model leaves the regions without text (image-only matching), never
+    drops them: OCR is an extra feature, not a stage an image can fail."""
+    from logoscan.ocr import read_crops
+    kinds = batch["kind"]
+    sel = np.flatnonzero(kinds == "region")
+    text = [""] * len(kinds)
+    if len(sel):
+        try:
+            for i, t in zip(sel, read_crops(reader, list(batch["crop"][sel]), cfg.min_confidence)):
+                text[i] = t
+        except Exception as e:  # noqa: BLE001
+            from logoscan.log import get_logger
+            get_logger(__name__).warning("ocr.failed", regions=len(sel), error=f"{type(e).__name__}: {e}"[:300])
+    out = dict(batch)
+    out["ocr_text"] = _obj(text)
+    return out
+
+
 # ------------------------------------------------------------------ match + decide
 
 MATCH_FIELDS = ("label", "category", "logo_id", "runner_up_label")
 
 
-def match(batch: dict, matcher, cfg: MatchConfig) -> dict:
-    """Nearest references for each region (batched Milvus searches). distance = 1 − cosine."""
+def fuse(hits: list[dict], ocr_text: str, weight: float, floor: float) -> list[dict]:
+    """Re-rank image neighbours by what the region reads: a candidate whose reference ``text``
+    the OCR text resembles moves closer, one it clearly does not resemble moves away:
+    distance − weight × (similarity − floor). Candidates without text, and regions where OCR read
+    nothing, keep their image distance."""
+    from logoscan.textfeat import similarity
+    if not ocr_text:
+        return hits
+    out = []
+    for h in hits:
+        s = similarity(ocr_text, h.get("text"))
+        out.append(h if s is None else {**h, "distance": h["distance"] - weight * (s - floor)})
+    return sorted(out, key=lambda h: h["distance"])
+
+
+def match(batch: dict, matcher, cfg: MatchConfig, ocr: OcrConfig | None = None) -> dict:
+    """Nearest references for each region (batched Milvus searches). distance = 1 − cosine, or
+    the fused distance when OCR is on (``ocr_text`` in the batch)."""
     n = len(batch["kind"])
     sel = np.flatnonzero(batch["kind"] == "region")
+    fusing = ocr is not None and ocr.enabled and "ocr_text" in batch
+    k = max(cfg.top_k, cfg.ocr_candidates) if fusing else cfg.top_k
     out = dict(batch)
-    cols = {k: [""] * n for k in MATCH_FIELDS}
+    cols = {f: [""] * n for f in MATCH_FIELDS}
     dist = np.full(n, np.nan, np.float32)
     ru = np.full(n, np.nan, np.float32)
     for s in range(0, len(sel), cfg.search_batch):
         part = sel[s:s + cfg.search_batch]
-        hits = matcher.search(batch["embedding"][part], cfg.top_k)
+        hits = matcher.search(batch["embedding"][part], k)
         for i, h in zip(part, hits):
+            if fusing:
+                h = fuse(h, batch["ocr_text"][i], ocr.weight, ocr.floor)
             if not h:
                 continue
             cols["label"][i], cols["category"][i], cols["logo_id"][i] = h[0]["label"], h[0]["category"], h[0]["logo_id"]
@@ -168,31 +211,32 @@ def match(batch: dict, matcher, cfg: MatchConfig) -> dict:
             other = next((x for x in h[1:] if x["label"] != h[0]["label"]), None)
             if other:
                 cols["runner_up_label"][i], ru[i] = other["label"], other["distance"]
-    for k, v in cols.items():
-        out[k] = _obj(v)
+    for f, v in cols.items():
+        out[f] = _obj(v)
     out["distance"], out["runner_up_distance"] = dist, ru
     out.pop("embedding", None)
     return out
 
 
-def decide(batch: dict, policy: PolicyConfig, default_threshold: float) -> dict:
-    """Open-set decision: a region is flagged when its nearest reference is within its category's
-    threshold; otherwise it is an unknown logo and is not flagged."""
+def decide(batch: dict, policy: PolicyConfig, thresholds: Thresholds) -> dict:
+    """Open-set decision: a region is flagged when its nearest reference is within the threshold
+    for that reference (policy pin > calibrated class > calibrated category > default);
+    otherwise it is an unknown logo and is not flagged. The margin to the runner-up class is kept
+    so reviewers see regions that sit between two classes."""
     n = len(batch["kind"])
     thr = np.full(n, np.nan, np.float32)
-    queue = [""] * n
+    queue, source = [""] * n, [""] * n
     flagged = np.zeros(n, bool)
     for i in np.flatnonzero(batch["kind"] == "region"):
         cat = batch["category"][i]
         if not cat:
             continue
-        p = policy.for_category(cat)
-        t = p.threshold if p.threshold is not None else default_threshold
-        thr[i] = t
-        queue[i] = p.queue or cat
-        flagged[i] = batch["distance"][i] <= t
+        thr[i], source[i] = thresholds.lookup(batch["label"][i], cat)
+        queue[i] = policy.for_category(cat).queue or cat
+        flagged[i] = batch["distance"][i] <= thr[i]
     out = dict(batch)
-    out["threshold"], out["queue"], out["flagged"] = thr, _obj(queue), flagged
+    out["threshold"], out["threshold_source"], out["queue"], out["flagged"] = thr, _obj(source), _obj(queue), flagged
+    out["margin"] = (batch["runner_up_distance"] - batch["distance"]).astype(np.float32)
     return out
 
 
