@@ -141,7 +141,7 @@ def choose_threshold(d: np.ndarray, correct: np.ndarray, positives: int, crops: 
 def choose_thresholds(true_label, true_category, top_label, top_category, distance, target_far: float,
                       mode: str = "far", min_class_crops: int = 20) -> dict:
     """Per-category thresholds (and per-class ones where a class has ≥ ``min_class_crops``
-    labelled crops) from the decisions on a labelled crop set. ``true_label`` is '' for a crop
+    labelled crops and its share of the budget is at least one false accept) from the decisions on a labelled crop set. ``true_label`` is '' for a crop
     whose class is not in the gallery (unknown logos, look-alikes, non-logo crops).
 
     The false-accept rate is the share of all crops flagged with a label they do not carry. The
@@ -160,8 +160,8 @@ def choose_thresholds(true_label, true_category, top_label, top_category, distan
         out["categories"][cat] = r
         for label in sorted(set(tl[tc == cat])):
             n_lab = int((tl == label).sum())
-            if n_lab < min_class_crops:
-                continue
+            if n_lab < min_class_crops or budget * n_lab / known < 1:
+                continue  # too few crops: one impostor would set the threshold
             rc = choose_threshold(d[pl == label], correct[pl == label], n_lab, n, budget * n_lab / known,
                                   mode, cap=r["threshold"])
             if rc["threshold"] < r["threshold"]:

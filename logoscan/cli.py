@@ -8,6 +8,7 @@ import sys
 from logoscan import config_io
 from logoscan.config_io import ConfigError
 from logoscan.gallery import GalleryError
+from logoscan.ocr import OcrUnavailable
 from logoscan.pipeline import ScanError
 from logoscan.schema import SchemaError
 
@@ -42,6 +43,33 @@ def cmd_gallery_build(a) -> int:
     model, cfg = load_artifact(a.embedder or default_artifact_path("embedder"))
     meta = build(a.refs, a.milvus_uri, a.collection, model, cfg, index_type=a.index_type)
     print(json.dumps(meta, indent=2))
+    return 0
+
+
+def cmd_calibrate(a) -> int:
+    from logoscan.calibration import calibrate
+    from logoscan.config import CalibrateConfig
+    from logoscan.log import configure
+    configure()
+    data = config_io.read_mapping(a.config)
+    for key, val in (("crops", a.crops), ("milvus_uri", a.milvus_uri), ("collection", a.collection),
+                     ("out", a.out), ("target_far", a.target_far), ("mode", a.mode)):
+        if val is not None:
+            data[key] = val
+    if a.ocr:
+        config_io.set_dotted(data, "ocr.enabled", True)
+    if a.embedder:
+        config_io.set_dotted(data, "embedder.artifact", a.embedder)
+    for o in a.set:
+        config_io.set_dotted(data, *config_io.parse_override(o))
+    r = calibrate(config_io.build(CalibrateConfig, data))
+    print(json.dumps({"gallery_version": r["gallery_version"], "crops": r["crops"],
+                      "thresholds": {m: {c: v["threshold"] for c, v in x["categories"].items()}
+                                     for m, x in r["modes"].items()},
+                      "class_thresholds": {m: len(x["classes"]) for m, x in r["modes"].items()},
+                      "outcome": {m: {k: x["outcome"][k] for k in ("recall_known", "false_accept_rate", "precision")}
+                                  for m, x in r["modes"].items()},
+                      "plots": r["plots"]}, indent=2))
     return 0
 
 
@@ -101,6 +129,21 @@ def parser() -> argparse.ArgumentParser:
                    help="override any config key, e.g. --set detector.score_thresh=0.4")
     s.set_defaults(fn=cmd_scan)
 
+    c = sub.add_parser("calibrate", help="per-category/class thresholds for a gallery from labelled crops")
+    c.add_argument("--crops", help="labelled crops Parquet: image_uri, label (null = must not be flagged), "
+                                   "optional box, kind, ocr_text")
+    c.add_argument("--milvus-uri")
+    c.add_argument("--collection")
+    c.add_argument("--out", help="folder or s3:// prefix for calibration.json and the PNG plots")
+    c.add_argument("--target-far", type=float, help="share of crops flagged with a wrong label (default 0.01)")
+    c.add_argument("--mode", choices=("far", "f1"), help="far: loosest threshold within the target; "
+                                                         "f1: best F1 within it")
+    c.add_argument("--ocr", action="store_true", help="also calibrate OCR-fused distances (needs the ocr extra)")
+    c.add_argument("--embedder", help="embedder artifact (default: shipped)")
+    c.add_argument("--config", help="YAML/TOML file with CalibrateConfig keys (flags win over it)")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    c.set_defaults(fn=cmd_calibrate)
+
     d = sub.add_parser("demo", help="make sample data, build a gallery, sweep it, print recall/precision")
     d.add_argument("--workdir", default="demo-output")
     d.add_argument("--images", type=int, default=300)
@@ -127,7 +170,7 @@ def main(argv=None) -> int:
     a = parser().parse_args(argv)
     try:
         return a.fn(a)
-    except (SchemaError, ConfigError, GalleryError, ScanError, FileNotFoundError) as e:
+    except (SchemaError, ConfigError, GalleryError, ScanError, OcrUnavailable, FileNotFoundError) as e:
         print(f"logoscan: error: {e}", file=sys.stderr)
         return 2
 

@@ -8,6 +8,8 @@ Sample data (all made here, deterministic from --seed):
                                     scales, rotations and colourways; logos *not* in the gallery
                                     (must not be flagged); images with no logo; and a few bad rows
   truth.parquet                     (item_id, label, category) of every planted gallery logo
+  calibration/labelled_crops.parquet  labelled crops for `calibrate`: the gallery's logos in
+                                    scenes, look-alikes of them, other logos and no-logo patches
 """
 from __future__ import annotations
 
@@ -80,11 +82,29 @@ def make_sample_data(workdir: str | Path, n_images: int = 300, seed: int = 7) ->
             "truth": str(work / "truth.parquet")}
 
 
+def make_calibration_crops(workdir: str | Path, seed: int = 7, per_class: int = 24, n_other: int = 60,
+                           n_no_logo: int = 100) -> str:
+    """A labelled crop set for the demo gallery (its own seed: none of these images is in the
+    catalog): ``per_class`` boxes per gallery logo, 3 look-alikes of each, ``n_other`` other brands
+    and as many invented logos, ``n_no_logo`` logo-free boxes."""
+    from logoscan.synth.labelled import look_alikes, write_labelled_crops
+    from logoscan.synth.marks import unseen_invented
+    rng = random.Random(seed + 1000)
+    gallery = demo_gallery()
+    _, demo_brands = demo_exclusions()
+    others = [brand_mark(s) for s in rng.sample([s for s in brand_slugs() if s not in demo_brands], n_other)]
+    similar = [x for *_, m in gallery for x in look_alikes(rng, m, 3)]
+    return write_labelled_crops(Path(workdir) / "calibration", [(label, cat, m) for _, label, cat, m in gallery],
+                                per_class, similar, others + unseen_invented(seed + 1000, n_other), n_no_logo,
+                                seed + 2000)
+
+
 def run_demo(workdir: str = "demo-output", n_images: int = 300, seed: int = 7, engine: str = "ray",
              num_cpus: int | None = None) -> dict:
     import time
 
-    from logoscan.config import RayConfig, ScanConfig
+    from logoscan.calibration import calibrate
+    from logoscan.config import CalibrateConfig, RayConfig, ScanConfig
     from logoscan.evaluate import evaluate, format_table
     from logoscan.gallery import build
     from logoscan.models import default_artifact_path, load_artifact
@@ -92,23 +112,31 @@ def run_demo(workdir: str = "demo-output", n_images: int = 300, seed: int = 7, e
 
     t0 = time.time()
     work = Path(workdir).resolve()
-    print(f"[1/4] making sample data in {work} ({n_images} catalog images) ...", flush=True)
+    print(f"[1/5] making sample data in {work} ({n_images} catalog images) ...", flush=True)
     paths = make_sample_data(work, n_images, seed)
     if engine == "ray":  # start Ray before any Milvus client exists in this process (gRPC + fork)
         from logoscan.pipeline import init_ray
         init_ray(RayConfig(num_cpus=num_cpus))
-    print(f"[2/4] building the gallery in Milvus Lite ({work / 'milvus.db'}) ...", flush=True)
+    print(f"[2/5] building the gallery in Milvus Lite ({work / 'milvus.db'}) ...", flush=True)
     emb, emb_cfg = load_artifact(default_artifact_path("embedder"))
     meta = build(paths["references"], str(work / "milvus.db"), "demo_logos", emb, emb_cfg)
     del emb
     print(f"      {meta['references']} references, categories {meta['categories']}, "
           f"version {meta['gallery_version']}", flush=True)
-    print(f"[3/4] sweeping the catalog on {'local Ray' if engine == 'ray' else 'one process'} ...", flush=True)
+    print("[3/5] calibrating its thresholds on labelled crops (1% false accepts) ...", flush=True)
+    paths["crops"] = make_calibration_crops(work, seed)
+    cal = calibrate(CalibrateConfig(crops=paths["crops"], milvus_uri=str(work / "milvus.db"),
+                                    collection="demo_logos", out=str(work / "calibration")))["modes"]["image"]
+    print(f"      {cal['outcome']['crops']} crops; thresholds "
+          + ", ".join(f"{c} {v['threshold']:.3f}" for c, v in cal["categories"].items())
+          + f" (+{len(cal['classes'])} stricter class thresholds); on these crops recall "
+            f"{cal['outcome']['recall_known']:.3f}, false accepts {cal['outcome']['false_accept_rate']:.3%}", flush=True)
+    print(f"[4/5] sweeping the catalog on {'local Ray' if engine == 'ray' else 'one process'} ...", flush=True)
     cfg = ScanConfig(manifest=paths["manifest"], milvus_uri=str(work / "milvus.db"), collection="demo_logos",
                      out=str(work / "out"), run_id="demo", engine=engine,
                      ray=replace(RayConfig(), num_cpus=num_cpus))
     summary = run_scan(cfg)
-    print("[4/4] evaluating the review queues against the truth ...", flush=True)
+    print("[5/5] evaluating the review queues against the truth ...", flush=True)
     result = evaluate(summary["outputs"]["summary"], paths["truth"])
     print()
     print(f"rows in {summary['rows_in']} = scanned {summary['rows_scanned']} + errored {summary['rows_errored']}"

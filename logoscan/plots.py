@@ -61,6 +61,7 @@ def curves(path: str | Path, panels: list[tuple[str, np.ndarray, dict[str, tuple
             if len(pts) > 1:
                 d.line(pts, fill=col, width=2)
         d.line([x0, pad, x0, H - pad], fill=GREY)
+        d.text((x0 - 12, pad - 6), "1", fill="black")
         _axes(d, x0, W, H, pad, xmax, title)
         if threshold is not None:
             xt = x0 + min(threshold, xmax) / xmax * (W - 2 * pad)
