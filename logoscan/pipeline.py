@@ -157,6 +157,20 @@ def init_ray(rcfg) -> None:
         ray.init(num_cpus=rcfg.num_cpus, include_dashboard=False, logging_level="WARNING")
 
 
+def actor_cpus(r, n_actors: int, cluster_cpus: float) -> float:
+    """CPUs each model actor reserves. Ray Data's own tasks (reading and splitting the manifest)
+    need a whole free CPU: with the actors holding more than the cluster minus one, the sweep
+    stalls without an error (seen on 2 CPUs with detector + OCR + embedder at 0.5 each). So the
+    reservation is lowered to fit, and said so."""
+    free = cluster_cpus - 0.25 - 1.0  # the fetch tasks' 0.25 and one CPU for Ray Data
+    if n_actors * r.cpus_per_actor <= free or n_actors == 0:
+        return r.cpus_per_actor
+    cpa = max(round(free / n_actors, 3), 0.05)
+    log.warning("ray.actor_cpus_lowered", configured=r.cpus_per_actor, used=cpa, actors=n_actors,
+                cluster_cpus=cluster_cpus, note="actors would leave no whole CPU for Ray Data's tasks")
+    return cpa
+
+
 def _run_ray(manifest: pa.Table, cfg: ScanConfig, ctx: dict, col: Collector) -> dict:
     import ray
 
@@ -166,6 +180,8 @@ def _run_ray(manifest: pa.Table, cfg: ScanConfig, ctx: dict, col: Collector) -> 
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     r = cfg.ray
     gpus = r.num_gpus_per_actor
+    cpa = actor_cpus(r, r.detector_actors + r.embedder_actors + (cfg.ocr.actors if cfg.ocr.enabled else 0),
+                     ray.cluster_resources().get("CPU", 0.0))
     n_blocks = max(1, math.ceil(manifest.num_rows / r.fetch_batch))
     ds = ray.data.from_arrow(manifest.select(list(stages.KEYS))).repartition(n_blocks)
     ds = ds.map_batches(stages.fetch, fn_kwargs={"cfg": cfg.fetch}, batch_size=r.fetch_batch,
@@ -175,16 +191,16 @@ def _run_ray(manifest: pa.Table, cfg: ScanConfig, ctx: dict, col: Collector) -> 
         max_pixels=cfg.fetch.max_pixels, run_id=ctx["run_id"]),
         batch_size=r.fetch_batch, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=r.detector_actors),
-        num_cpus=r.cpus_per_actor, num_gpus=gpus)
+        num_cpus=cpa, num_gpus=gpus)
     if cfg.ocr.enabled:
         ds = ds.map_batches(OcrActor, fn_constructor_kwargs=dict(ocr_cfg=cfg.ocr, run_id=ctx["run_id"]),
                             batch_size=r.fetch_batch, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=cfg.ocr.actors),
-                            num_cpus=r.cpus_per_actor, num_gpus=gpus)
+                            num_cpus=cpa, num_gpus=gpus)
     ds = ds.map_batches(EmbedActor, fn_constructor_kwargs=dict(emb_cfg=cfg.embedder, run_id=ctx["run_id"]),
                         batch_size=cfg.embedder.batch_size, batch_format="numpy",
                         compute=ray.data.ActorPoolStrategy(size=r.embedder_actors),
-                        num_cpus=r.cpus_per_actor, num_gpus=gpus)
+                        num_cpus=cpa, num_gpus=gpus)
     # The driver matches the embedded batches itself: with Milvus Lite it must (one process owns
     # the .db), and with a server URI a Ray Data matcher actor pool hung on a 2-CPU node (see
     # README "Known limits"); batched searches from one client keep up with the models here.

@@ -1,0 +1,142 @@
+"""Calibrated thresholds: how they are chosen, stored with the gallery version, and applied by a
+sweep; what a sweep records for regions between two classes."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from logoscan.calibration import Thresholds, choose_thresholds, outcome
+from logoscan.config import CalibrateConfig, PolicyConfig, ScanConfig
+
+
+def _synthetic(seed=0):
+    """600 known crops of two categories (close), 400 not in the gallery (farther, overlapping)."""
+    rng = np.random.default_rng(seed)
+    tl = np.array(["a"] * 300 + ["b"] * 300 + [""] * 400, object)
+    tc = np.array(["x"] * 300 + ["y"] * 300 + [""] * 400, object)
+    d = np.r_[rng.normal(0.2, 0.06, 600), rng.normal(0.5, 0.1, 400)]
+    pl = tl.copy()
+    pl[600:] = rng.choice(["a", "b"], 400)
+    pc = np.where(pl == "a", "x", "y").astype(object)
+    return tl, tc, pl, pc, d
+
+
+@pytest.mark.parametrize("target", [0.005, 0.01, 0.05])
+def test_thresholds_meet_the_false_accept_target_on_their_data(target):
+    tl, tc, pl, pc, d = _synthetic()
+    r = choose_thresholds(tl, tc, pl, pc, d, target, min_class_crops=50)
+    th = Thresholds(9.9, {c: v["threshold"] for c, v in r["categories"].items()}, r["classes"])
+    o = outcome(tl, np.where(tl == "", "unknown", "known"), pl, pc, d, th)
+    assert o["false_accept_rate"] <= target
+    assert o["recall_known"] > 0.8
+    # looser target, higher recall
+    assert all(0 < v["threshold"] < 1 for v in r["categories"].values())
+    for label, t in r["classes"].items():  # a class threshold is never looser than its category's
+        assert t < r["categories"]["x" if label == "a" else "y"]["threshold"]
+
+
+def test_f1_mode_and_tiny_classes():
+    tl, tc, pl, pc, d = _synthetic(1)
+    far = choose_thresholds(tl, tc, pl, pc, d, 0.01)
+    f1 = choose_thresholds(tl, tc, pl, pc, d, 0.01, mode="f1")
+    assert f1["categories"]["x"]["threshold"] <= far["categories"]["x"]["threshold"] + 1e-6
+    # a class whose share of the budget is under one false accept gets no threshold of its own
+    few = choose_thresholds(tl[::10], tc[::10], pl[::10], pc[::10], d[::10], 0.01, min_class_crops=5)
+    assert few["classes"] == {}
+
+
+def test_threshold_precedence():
+    th = Thresholds(0.5, by_category={"brand": 0.4, "prohibited": 0.3}, by_class={"nike": 0.2},
+                    pinned={"prohibited": 0.1})
+    assert th.lookup("nike", "brand") == (0.2, "class")
+    assert th.lookup("adidas", "brand") == (0.4, "category")
+    assert th.lookup("spiral", "prohibited") == (0.1, "policy")
+    assert th.lookup("leaf", "sustainability") == (0.5, "default")
+
+
+@pytest.fixture(scope="module")
+def calibrated(sample, tmp_path_factory):
+    """The sample gallery built into its own collection and calibrated on a small labelled set."""
+    from logoscan.calibration import calibrate
+    from logoscan.demo import make_calibration_crops
+    from logoscan.gallery import build
+    from logoscan.models import default_artifact_path, load_artifact
+    work = tmp_path_factory.mktemp("cal")
+    model, cfg = load_artifact(default_artifact_path("embedder"))
+    meta = build(sample["references"], sample["milvus"], "logos_cal", model, cfg)
+    crops = make_calibration_crops(work, seed=5, per_class=4, n_other=15, n_no_logo=20)
+    result = calibrate(CalibrateConfig(crops=crops, milvus_uri=sample["milvus"], collection="logos_cal",
+                                       out=str(work / "out"), target_far=0.02))
+    return {"meta": meta, "result": result, "work": work, "crops": crops}
+
+
+def test_calibrate_writes_thresholds_plots_and_stores_them_with_the_gallery(sample, calibrated):
+    from logoscan.calibration import read_calibration
+    from logoscan.gallery import connect, read_metadata
+    r, work = calibrated["result"], calibrated["work"]
+    img = r["modes"]["image"]
+    assert set(img["categories"]) == {"brand", "prohibited", "sustainability"}
+    assert img["outcome"]["false_accept_rate"] <= 0.02 and img["outcome"]["recall_known"] >= 0.8
+    assert set(img["outcome"]["by_kind"]) == {"known", "look-alike", "unknown", "no-logo"}
+    on_disk = json.loads((work / "out" / "calibration.json").read_text())
+    assert on_disk["gallery_version"] == calibrated["meta"]["gallery_version"]
+    for p in r["plots"]:
+        assert open(p, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    client = connect(sample["milvus"])
+    try:
+        stored = read_calibration(client, "logos_cal", read_metadata(client, "logos_cal"))
+    finally:
+        client.close()
+    assert stored["modes"]["image"]["categories"] == img["categories"]
+
+
+def test_sweep_applies_the_gallery_calibration_and_policy_pins_win(sample, calibrated, tmp_path):
+    from logoscan.pipeline import run_scan
+    pinned = {"prohibited": {"threshold": 0.05}}
+    s = run_scan(ScanConfig(manifest=sample["manifest"], milvus_uri=sample["milvus"], collection="logos_cal",
+                            out=str(tmp_path), run_id="cal", engine="local",
+                            policy=PolicyConfig(categories=pinned)))
+    cal = s["versions"]["calibration"]
+    assert cal["applied"] and cal["mode"] == "image"
+    assert s["versions"]["thresholds_pinned"] == {"prohibited": 0.05}
+    cats = calibrated["result"]["modes"]["image"]["categories"]
+    rows = [r for p in s["outputs"]["queues"].values() for r in pq.read_table(p).to_pylist()]
+    assert rows
+    for r in rows:
+        if r["category"] == "prohibited":
+            assert r["threshold_source"] == "policy" and r["threshold"] == pytest.approx(0.05)
+        else:
+            assert r["threshold_source"] in ("category", "class")
+            assert r["threshold"] <= cats[r["category"]]["threshold"] + 1e-6
+        assert r["distance"] <= r["threshold"]
+        if r["runner_up_label"] is not None:  # the margin to the runner-up class is recorded
+            assert r["runner_up_label"] != r["label"]
+            assert r["margin"] == pytest.approx(r["runner_up_distance"] - r["distance"], abs=1e-5)
+
+
+def test_rebuilt_gallery_starts_uncalibrated(sample, calibrated, tmp_path):
+    from logoscan.calibration import read_calibration
+    from logoscan.gallery import build, connect, read_metadata
+    from logoscan.models import default_artifact_path, load_artifact
+    model, cfg = load_artifact(default_artifact_path("embedder"))
+    build(sample["references"], sample["milvus"], "logos_cal2", model, cfg)
+    client = connect(sample["milvus"])
+    try:
+        assert read_calibration(client, "logos_cal2", read_metadata(client, "logos_cal2")) is None
+    finally:
+        client.close()
+
+
+def test_calibrate_cli_names_the_bad_column(sample, tmp_path):
+    bad = tmp_path / "crops.parquet"
+    pq.write_table(pa.table({"image_uri": ["a.png"], "lbl": ["x"]}), bad)
+    r = subprocess.run([sys.executable, "-m", "logoscan", "calibrate", "--crops", str(bad), "--milvus-uri",
+                        str(tmp_path / "x.db"), "--collection", "c", "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "label" in r.stderr and "crops.parquet" in r.stderr
