@@ -211,6 +211,7 @@ def read_labelled_crops(uri: str) -> pa.Table:
 
 def gallery_labels(client, collection: str) -> dict[str, str]:
     """label → category of every reference in the collection."""
+    client.load_collection(collection)
     it = client.query_iterator(collection, batch_size=1000, filter='logo_id != ""',
                                output_fields=["label", "category"])
     out = {}

@@ -20,22 +20,31 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from logoscan.synth.marks import brand_mark, brand_slugs, demo_exclusions, demo_gallery, on_white, random_mark, render
+from logoscan.synth.marks import Mark, brand_mark, brand_slugs, demo_exclusions, demo_gallery, on_white, random_mark, render
 from logoscan.synth.scenes import make_scene
 
 
-def make_sample_data(workdir: str | Path, n_images: int = 300, seed: int = 7) -> dict[str, str]:
+def write_references(workdir: str | Path, gallery: list[tuple[str, str, str, Mark]]) -> str:
+    """Reference images (PNG) and references.parquet for (logo_id, label, category, mark). A
+    reference's ``text`` is what the logo itself reads (a brand icon shows no name)."""
     work = Path(workdir)
     (work / "refs").mkdir(parents=True, exist_ok=True)
-    (work / "catalog").mkdir(parents=True, exist_ok=True)
-    gallery = demo_gallery()
     refs = []
     for logo_id, label, category, mark in gallery:
         path = work / "refs" / f"{logo_id}.png"
         on_white(render(mark, 256)).save(path)
         refs.append({"logo_id": logo_id, "label": label, "category": category,
-                     "image_uri": str(path.resolve()), "text": mark.text or None})
-    pq.write_table(pa.Table.from_pylist(refs), work / "references.parquet")
+                     "image_uri": str(path.resolve()), "text": None if mark.kind == "icon" else (mark.text or None)})
+    pq.write_table(pa.Table.from_pylist(refs, schema=pa.schema([(k, pa.string()) for k in (
+        "logo_id", "label", "category", "image_uri", "text")])), work / "references.parquet")
+    return str(work / "references.parquet")
+
+
+def make_sample_data(workdir: str | Path, n_images: int = 300, seed: int = 7) -> dict[str, str]:
+    work = Path(workdir)
+    (work / "catalog").mkdir(parents=True, exist_ok=True)
+    gallery = demo_gallery()
+    write_references(work, gallery)
 
     rng = random.Random(seed)
     pairs, demo_brands = demo_exclusions()
@@ -88,12 +97,13 @@ def make_calibration_crops(workdir: str | Path, seed: int = 7, per_class: int = 
     catalog): ``per_class`` boxes per gallery logo, 3 look-alikes of each, ``n_other`` other brands
     and as many invented logos, ``n_no_logo`` logo-free boxes."""
     from logoscan.synth.labelled import look_alikes, write_labelled_crops
-    from logoscan.synth.marks import unseen_invented
+    from logoscan.synth.marks import design, unseen_invented
     rng = random.Random(seed + 1000)
     gallery = demo_gallery()
     _, demo_brands = demo_exclusions()
     others = [brand_mark(s) for s in rng.sample([s for s in brand_slugs() if s not in demo_brands], n_other)]
-    similar = [x for *_, m in gallery for x in look_alikes(rng, m, 3)]
+    designs = {design(m) for *_, m in gallery}
+    similar = [x for *_, m in gallery for x in look_alikes(rng, m, 3, designs)]
     return write_labelled_crops(Path(workdir) / "calibration", [(label, cat, m) for _, label, cat, m in gallery],
                                 per_class, similar, others + unseen_invented(seed + 1000, n_other), n_no_logo,
                                 seed + 2000)

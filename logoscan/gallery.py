@@ -39,6 +39,10 @@ def connect(uri: str):
         raise GalleryError("no Milvus URI given (a *.db path for Milvus Lite, or http://host:19530)")
     if "://" not in uri:
         os.makedirs(os.path.dirname(os.path.abspath(uri)) or ".", exist_ok=True)
+        # A dedicated connection for Lite: pymilvus 3.0 keeps shared connections in a registry,
+        # and reopening a .db more than 30 s after the last client closed tries to "recover" the
+        # old connection to a Lite server that is gone ("Fail connecting to server on 127.0.0.1").
+        return MilvusClient(uri, token=os.environ.get("MILVUS_TOKEN", ""), dedicated=True)
     return MilvusClient(uri, token=os.environ.get("MILVUS_TOKEN", ""))
 
 

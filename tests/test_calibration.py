@@ -140,3 +140,20 @@ def test_calibrate_cli_names_the_bad_column(sample, tmp_path):
                         str(tmp_path / "x.db"), "--collection", "c", "--out", str(tmp_path / "o")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "label" in r.stderr and "crops.parquet" in r.stderr
+
+
+def test_a_lite_gallery_reopens_after_its_clients_were_idle(sample):
+    """pymilvus keeps shared connections; reopening a Milvus Lite .db over 30 s after the last
+    client closed used to fail ('Fail connecting to server'): a sweep whose Ray start-up took
+    that long could not open its gallery again."""
+    import time
+
+    from logoscan.gallery import connect, read_metadata
+    client = connect(sample["milvus"])
+    client.close()
+    time.sleep(31)
+    client = connect(sample["milvus"])
+    try:
+        assert read_metadata(client, "logos")["references"] == sample["meta"]["references"]
+    finally:
+        client.close()

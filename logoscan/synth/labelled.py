@@ -19,20 +19,23 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from logoscan.schema import BOX
-from logoscan.synth.marks import GLYPHS, SHAPES, Mark, _variant, fonts
+from logoscan.synth.marks import GLYPHS, SHAPES, Mark, _variant, design, fonts
 from logoscan.synth.scenes import make_scene
 
 SCHEMA = pa.schema([("image_uri", pa.string()), ("box", BOX), ("label", pa.string()), ("kind", pa.string()),
                     ("category", pa.string()), ("name", pa.string())])
 
 
-def look_alikes(rng: random.Random, mark: Mark, n: int) -> list[Mark]:
+def look_alikes(rng: random.Random, mark: Mark, n: int, exclude: set | frozenset = frozenset()) -> list[Mark]:
     """Other logos close to ``mark``. A name one edit or a syllable away, set as another maker's
     wordmark (for wordmarks and named brand icons), or the same emblem shape with another glyph,
     or the same glyph in another shape. (An emblem with one letter of its caption changed is not
-    a look-alike here: by ``marks.design`` it is the same design in another colourway.)"""
+    a look-alike here: by ``marks.design`` it is the same design in another colourway.) Designs in
+    ``exclude`` (those of the gallery) are never made: they would be the gallery's own logos."""
     out = []
-    for k in range(n):
+    for k in range(50 * n):
+        if len(out) == n:
+            break
         key, colors = f"{mark.key}~{k}", tuple(tuple(rng.randrange(256) for _ in range(3)) for _ in range(2))
         if mark.kind == "emblem":
             if k % 2 == 0:
@@ -47,6 +50,10 @@ def look_alikes(rng: random.Random, mark: Mark, n: int) -> list[Mark]:
             font = mark.font if mark.kind == "wordmark" and rng.random() < 0.5 else rng.choice(fonts())
             out.append(Mark(key=key, kind="wordmark", text=text, font=font, colors=colors,
                             extra={"underline": rng.random() < 0.3, "boxed": rng.random() < 0.3}))
+        else:
+            break  # an icon without a name: nothing to vary
+        if design(out[-1]) in exclude or design(out[-1]) == design(mark):
+            out.pop()
     return out
 
 
