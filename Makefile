@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test train-extra train-embedder train-detector bench-embedder bench-detector fonts clean
+.PHONY: setup demo test train-extra train-embedder train-detector bench-embedder bench-detector bench-calibration fonts clean
 
 setup: $(VENV)/.installed
 
@@ -48,6 +48,8 @@ bench-embedder: train-extra fonts
 	$(PY) jobs/bench_embedder.py --write docs/bench/embedder.md
 bench-detector: train-extra
 	$(PY) jobs/bench_detector.py --write docs/bench/detector.md
+bench-calibration: setup
+	$(PY) jobs/bench_calibration.py --write docs/bench/calibration.md
 
 clean:
 	rm -rf demo-output build .pytest_cache

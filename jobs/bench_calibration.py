@@ -44,7 +44,7 @@ from logoscan.gallery import Matcher, build
 from logoscan.models import default_artifact_path, load_artifact
 from logoscan.models.embedder import embed_crops
 from logoscan.synth.labelled import look_alikes, write_labelled_crops
-from logoscan.synth.marks import class_name, design, training_marks, unseen_invented
+from logoscan.synth.marks import class_name, design, on_white, render, training_marks, unseen_invented
 from logoscan.train.common import emit_report
 
 
@@ -54,7 +54,8 @@ def classes(emb_cfg: dict, n_brands: int, seed: int):
     _, held = training_marks(tc["seed"], tc["n_invented"], tc.get("n_brands"), tc["holdout"],
                              tc.get("n_families", 0))
     rng = random.Random(seed)
-    brands = [m for m in held if m.kind == "icon"]
+    # brand icons in a colour that vanishes on white (e.g. "effect") can't be references
+    brands = [m for m in held if m.kind == "icon" and np.asarray(on_white(render(m, 64))).std(axis=(0, 1)).max() >= 8]
     rng.shuffle(brands)
     families = defaultdict(list)
     for m in held:
@@ -198,6 +199,9 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", default="build/bench-calibration")
     ap.add_argument("--brands", type=int, default=300, help="held-out brands in the large gallery")
     ap.add_argument("--per-class", type=int, default=3, help="labelled boxes per large-gallery logo and set")
+    ap.add_argument("--demo-per-class", type=int, default=24, help="labelled boxes per demo-gallery logo and set")
+    ap.add_argument("--demo-others", type=int, default=60, help="other brands (and as many invented marks) "
+                                                                  "as unknowns in each demo-gallery set")
     ap.add_argument("--no-logo", type=int, default=200, help="logo-free boxes per set")
     ap.add_argument("--target-far", type=float, default=0.01)
     ap.add_argument("--no-ocr", action="store_true")
@@ -218,7 +222,7 @@ def main(argv=None) -> int:
     demo = [(label, cat, m) for _, label, cat, m in demo_gallery()]
 
     def demo_sets(split, folder, seed):
-        path = make_calibration_crops(folder, seed, per_class=24)
+        path = make_calibration_crops(folder, seed, per_class=a.demo_per_class, n_other=a.demo_others)
         return path, [x or "" for x in pq.read_table(path, columns=["name"]).column("name").to_pylist()]
 
     small = run_case(work / "demo-gallery", demo, demo_sets, model, emb_cfg, a, reader)
@@ -252,7 +256,8 @@ def main(argv=None) -> int:
         "",
         "## 1. The demo gallery (12 logos the embedder never saw: 7 invented marks, 5 brand icons)",
         "",
-        f"24 boxes per logo and set, 3 look-alikes per logo, 60 other brands + 60 invented unknowns, 100 no-logo "
+        f"{a.demo_per_class} boxes per logo and set, 3 look-alikes per logo, {a.demo_others} other brands + "
+        f"{a.demo_others} invented unknowns, 100 no-logo "
         f"(`logoscan.demo.make_calibration_crops`, seeds {a.seed + 10} / {a.seed + 11}).",
         "",
         *tables(small),

@@ -26,6 +26,7 @@ from logoscan.schema import validate_references
 
 log = get_logger(__name__)
 META_KEY = "logoscan.meta"
+BLANK_STD = 2.0  # a reference crop whose every channel varies less than this (of 255) is blank
 
 
 class GalleryError(RuntimeError):
@@ -59,9 +60,9 @@ def read_metadata(client, collection: str) -> dict:
 def load_reference_crops(table: pa.Table, size: int, pad: float, max_pixels: int = 50_000_000
                          ) -> list[Image.Image]:
     """Reference images are logo crops, embedded whole (or the ``box`` of a larger image)."""
-    crops = []
+    crops, blank = [], []
     boxes = table.column("box").to_pylist() if "box" in table.column_names else [None] * len(table)
-    for uri, box in zip(table.column("image_uri").to_pylist(), boxes):
+    for logo_id, uri, box in zip(table.column("logo_id").to_pylist(), table.column("image_uri").to_pylist(), boxes):
         try:
             arr = decode(storage.read_bytes(uri), max_pixels)
         except Exception as e:
@@ -69,6 +70,12 @@ def load_reference_crops(table: pa.Table, size: int, pad: float, max_pixels: int
         im = Image.fromarray(arr)
         b = tuple(box) if box else (0, 0, im.width, im.height)
         crops.append(square_crop(im, b, pad, size))
+        if np.asarray(crops[-1], np.float32).std(axis=(0, 1)).max() < BLANK_STD:
+            blank.append(logo_id)
+    if blank:
+        # a blank reference is the nearest neighbour of every plain patch: it would flag them all
+        raise GalleryError(f"{len(blank)} reference image(s) show nothing (a single flat colour, e.g. a white "
+                           f"logo on white): {blank[:10]}; fix or remove them")
     return crops
 
 

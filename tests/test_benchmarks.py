@@ -31,3 +31,12 @@ def test_bench_embedder_runs_the_ablation(tmp_path):
     for row in ("(a) init only", "(b) proxy loss alone", "(c) proxy + text hard negatives"):
         assert row in out
     assert (tmp_path / "embedder_distances.png").stat().st_size > 1000
+
+
+def test_bench_calibration_prints_both_cases(tmp_path):
+    out = _run("jobs/bench_calibration.py", "--brands", "5", "--per-class", "1", "--no-logo", "5",
+               "--demo-per-class", "2", "--demo-others", "5", "--no-ocr", "--workdir", str(tmp_path / "w"),
+               "--write", str(tmp_path / "c.md"))
+    assert "## 1. The demo gallery" in out and "## 2. A large held-out gallery" in out
+    assert "| image only | calibrated |" in out
+    assert (tmp_path / "calibration_demo_image_distances.png").stat().st_size > 1000

@@ -157,3 +157,17 @@ def test_a_lite_gallery_reopens_after_its_clients_were_idle(sample):
         assert read_metadata(client, "logos")["references"] == sample["meta"]["references"]
     finally:
         client.close()
+
+
+def test_a_blank_reference_is_refused_by_name(tmp_path):
+    """A white logo on white would be every plain patch's nearest reference."""
+    from PIL import Image
+
+    from logoscan.gallery import GalleryError, build
+    from logoscan.models import default_artifact_path, load_artifact
+    Image.new("RGB", (64, 64), "white").save(tmp_path / "blank.png")
+    pq.write_table(pa.table({"logo_id": ["ref-white"], "label": ["white"], "category": ["brand"],
+                             "image_uri": [str(tmp_path / "blank.png")]}), tmp_path / "refs.parquet")
+    model, cfg = load_artifact(default_artifact_path("embedder"))
+    with pytest.raises(GalleryError, match="ref-white"):
+        build(str(tmp_path / "refs.parquet"), str(tmp_path / "g.db"), "g", model, cfg)
