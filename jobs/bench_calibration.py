@@ -48,6 +48,11 @@ from logoscan.synth.marks import class_name, design, on_white, render, training_
 from logoscan.train.common import emit_report
 
 
+def logo_key(m):
+    """What makes an invented mark another logo here: its (shape, glyph); wordmarks: the text."""
+    return (m.shape, m.glyph) if m.kind == "emblem" else design(m)
+
+
 def classes(emb_cfg: dict, n_brands: int, seed: int):
     """(gallery [(label, category, mark)], impostors {split: {kind: [marks]}})."""
     tc = emb_cfg["train_config"]
@@ -61,7 +66,13 @@ def classes(emb_cfg: dict, n_brands: int, seed: int):
     for m in held:
         if m.extra.get("family"):
             families[m.extra["family"]].append(m)
-    invented = unseen_invented(seed, 200)
+    # Invented marks: as in the demo catalog, another logo is another (shape, glyph) pair; a mark
+    # that differs only by a caption or an outline ring counts as the same logo.
+    invented, pairs = [], set()
+    for m in unseen_invented(seed, 400):
+        if logo_key(m) not in pairs:
+            pairs.add(logo_key(m))
+            invented.append(m)
     gallery = [(m.extra["slug"], "brand", m) for m in brands[:n_brands]]
     gallery += [(m.key, "sustainability", m) for m in invented[:40]]
     gallery += [(m.key, "prohibited", m) for m in invented[40:80]]
@@ -71,13 +82,13 @@ def classes(emb_cfg: dict, n_brands: int, seed: int):
         out = rng.randrange(len(members))  # one member of each family stays out of the gallery
         gallery += [(m.key, "brand", m) for j, m in enumerate(members) if j != out]
         imp["calibration" if i % 2 == 0 else "test"]["look-alike"].append(members[out])
-    designs = {design(m) for *_, m in gallery}
+    keys = {logo_key(m) for *_, m in gallery}
     for split, r in (("calibration", random.Random(seed + 1)), ("test", random.Random(seed + 2))):
         imp[split]["look-alike"] += [x for _, cat, m in gallery if cat != "brand"
-                                     for x in look_alikes(r, m, 1, designs)]
+                                     for x in look_alikes(r, m, 1, keys, key=logo_key)]
     rest = brands[n_brands:]
-    imp["calibration"]["unknown"] = rest[0::2] + invented[80:140]
-    imp["test"]["unknown"] = rest[1::2] + invented[140:200]
+    imp["calibration"]["unknown"] = rest[0::2] + invented[80:80 + (len(invented) - 80) // 2]
+    imp["test"]["unknown"] = rest[1::2] + invented[80 + (len(invented) - 80) // 2:]
     return gallery, imp
 
 
@@ -268,7 +279,10 @@ def main(argv=None) -> int:
         "text-similar names (one member of each family is left out of the gallery and is a look-alike: a sub-brand "
         "in the same lettering, \"Heinz\" → \"Heinz Kids\", or another maker's near-name, \"Heineken\"); "
         f"sustainability: 40 and prohibited: 40 invented marks. {a.per_class} boxes per logo and set; other held-out "
-        f"brands and invented marks as unknowns; {a.no_logo} no-logo boxes per set.",
+        f"brands and invented marks as unknowns; {a.no_logo} no-logo boxes per set. As in the demo catalog, an "
+        "invented mark is another logo when its (shape, glyph) pair differs: unknown and look-alike emblems never "
+        "share one with a gallery mark (marks differing only by a caption or an outline ring would count as the "
+        "same logo).",
         "",
         *tables(large),
         "",

@@ -26,33 +26,34 @@ SCHEMA = pa.schema([("image_uri", pa.string()), ("box", BOX), ("label", pa.strin
                     ("category", pa.string()), ("name", pa.string())])
 
 
-def look_alikes(rng: random.Random, mark: Mark, n: int, exclude: set | frozenset = frozenset()) -> list[Mark]:
+def look_alikes(rng: random.Random, mark: Mark, n: int, exclude: set | frozenset = frozenset(),
+                key=design) -> list[Mark]:
     """Other logos close to ``mark``. A name one edit or a syllable away, set as another maker's
     wordmark (for wordmarks and named brand icons), or the same emblem shape with another glyph,
     or the same glyph in another shape. (An emblem with one letter of its caption changed is not
-    a look-alike here: by ``marks.design`` it is the same design in another colourway.) Designs in
-    ``exclude`` (those of the gallery) are never made: they would be the gallery's own logos."""
+    a look-alike here: by ``marks.design`` it is the same design in another colourway.) Marks whose
+    ``key`` is in ``exclude`` (the gallery's) are never made: they would be the gallery's own logos."""
     out = []
     for k in range(50 * n):
         if len(out) == n:
             break
-        key, colors = f"{mark.key}~{k}", tuple(tuple(rng.randrange(256) for _ in range(3)) for _ in range(2))
+        name, colors = f"{mark.key}~{k}", tuple(tuple(rng.randrange(256) for _ in range(3)) for _ in range(2))
         if mark.kind == "emblem":
             if k % 2 == 0:
-                out.append(replace(mark, key=key, glyph=rng.choice([g for g in GLYPHS if g != mark.glyph])))
+                out.append(replace(mark, key=name, glyph=rng.choice([g for g in GLYPHS if g != mark.glyph])))
             else:
-                out.append(replace(mark, key=key, shape=rng.choice([s for s in SHAPES if s != mark.shape])))
+                out.append(replace(mark, key=name, shape=rng.choice([s for s in SHAPES if s != mark.shape])))
         elif mark.text:
             for _ in range(20):
                 text, same = _variant(rng, mark.text)
                 if not same:
                     break
             font = mark.font if mark.kind == "wordmark" and rng.random() < 0.5 else rng.choice(fonts())
-            out.append(Mark(key=key, kind="wordmark", text=text, font=font, colors=colors,
+            out.append(Mark(key=name, kind="wordmark", text=text, font=font, colors=colors,
                             extra={"underline": rng.random() < 0.3, "boxed": rng.random() < 0.3}))
         else:
             break  # an icon without a name: nothing to vary
-        if design(out[-1]) in exclude or design(out[-1]) == design(mark):
+        if key(out[-1]) in exclude or key(out[-1]) == key(mark):
             out.pop()
     return out
 
