@@ -53,6 +53,14 @@ def logo_key(m):
     return (m.shape, m.glyph) if m.kind == "emblem" else design(m)
 
 
+def drawn(m) -> bool:
+    """An invented mark that shows something: not a bare shape (no glyph, no caption), and its two
+    colours apart enough that the glyph is visible (a bare hexagon would be every hexagon's match)."""
+    (a, b) = m.colors
+    contrast = abs(0.299 * (a[0] - b[0]) + 0.587 * (a[1] - b[1]) + 0.114 * (a[2] - b[2]))
+    return contrast >= 60 and (m.kind != "emblem" or m.glyph != "none" or bool(m.text))
+
+
 def classes(emb_cfg: dict, n_brands: int, seed: int):
     """(gallery [(label, category, mark)], impostors {split: {kind: [marks]}})."""
     tc = emb_cfg["train_config"]
@@ -70,7 +78,7 @@ def classes(emb_cfg: dict, n_brands: int, seed: int):
     # that differs only by a caption or an outline ring counts as the same logo.
     invented, pairs = [], set()
     for m in unseen_invented(seed, 400):
-        if logo_key(m) not in pairs:
+        if logo_key(m) not in pairs and drawn(m):
             pairs.add(logo_key(m))
             invented.append(m)
     gallery = [(m.extra["slug"], "brand", m) for m in brands[:n_brands]]
@@ -282,7 +290,7 @@ def main(argv=None) -> int:
         f"brands and invented marks as unknowns; {a.no_logo} no-logo boxes per set. As in the demo catalog, an "
         "invented mark is another logo when its (shape, glyph) pair differs: unknown and look-alike emblems never "
         "share one with a gallery mark (marks differing only by a caption or an outline ring would count as the "
-        "same logo).",
+        "same logo); bare shapes and marks whose two colours are too close to show the glyph are left out.",
         "",
         *tables(large),
         "",

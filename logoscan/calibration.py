@@ -195,15 +195,9 @@ def outcome(true_label, kinds, top_label, top_category, distance, thresholds: Th
 # ------------------------------------------------------------------ `logoscan calibrate`
 
 def read_labelled_crops(uri: str) -> pa.Table:
-    from logoscan.schema import SchemaError, validate_labelled_crops
-    try:
-        files = storage.list_files(uri, ".parquet")
-    except FileNotFoundError as e:
-        raise SchemaError(f"labelled crops not found: {uri}") from e
-    if not files:
-        raise SchemaError(f"no .parquet files under {uri}")
+    from logoscan.schema import parquet_files, validate_labelled_crops
     tables = []
-    for f in files:
+    for f in parquet_files(uri, "labelled crops"):
         fs, path = storage.resolve(f)
         tables.append(validate_labelled_crops(pq.read_table(path, filesystem=fs), f))
     return pa.concat_tables(tables, promote_options="default")

@@ -24,7 +24,7 @@ from logoscan.config import ScanConfig
 from logoscan.gallery import GalleryError, connect, read_metadata
 from logoscan.log import configure, get_logger
 from logoscan.models import default_artifact_path
-from logoscan.schema import ERRORS, FLAGGED, SchemaError, validate_manifest
+from logoscan.schema import ERRORS, FLAGGED, SchemaError, parquet_files, validate_manifest
 
 log = get_logger(__name__)
 
@@ -37,14 +37,8 @@ class ScanError(RuntimeError):
 
 def read_manifest(uri: str, extra_columns: tuple = ()) -> pa.Table:
     """A Parquet file, a folder of them, or an s3:// prefix; validated per file before any work."""
-    try:
-        files = storage.list_files(uri, ".parquet")
-    except FileNotFoundError as e:
-        raise SchemaError(f"manifest not found: {uri}") from e
-    if not files:
-        raise SchemaError(f"no .parquet files under manifest location {uri}")
     tables = []
-    for f in files:
+    for f in parquet_files(uri, "manifest"):
         fs, path = storage.resolve(f)
         try:
             names = pq.read_schema(fs.open_input_file(path)).names

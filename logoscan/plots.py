@@ -9,12 +9,22 @@ from PIL import Image, ImageDraw
 BLUE, RED, GREEN, GREY = (40, 110, 220), (220, 60, 60), (0, 150, 0), (120, 120, 120)
 
 
-def _axes(d: ImageDraw.ImageDraw, x0: int, W: int, H: int, pad: int, xmax: float, title: str):
+def _axes(d: ImageDraw.ImageDraw, x0: int, W: int, H: int, pad: int, xmax: float, title: str,
+          threshold: float | None):
     d.line([x0, H - pad, x0 + W - 2 * pad, H - pad], fill="black")
     for t in np.linspace(0, xmax, 5):
         xt = x0 + t / xmax * (W - 2 * pad)
         d.text((xt - 8, H - pad + 4), f"{t:.2f}", fill="black")
     d.text((x0, 8), title, fill="black")
+    if threshold is not None:
+        xt = x0 + min(threshold, xmax) / xmax * (W - 2 * pad)
+        d.line([xt, pad, xt, H - pad], fill=GREEN)
+
+
+def _save(img: Image.Image, d: ImageDraw.ImageDraw, caption: str, pad: int, H: int, path) -> None:
+    d.text((pad, H + 18), caption, fill="black")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
 
 
 def histograms(path: str | Path, panels: list[tuple[str, np.ndarray, np.ndarray, float | None]],
@@ -37,13 +47,8 @@ def histograms(path: str | Path, panels: list[tuple[str, np.ndarray, np.ndarray,
                 y = H - pad - (H - 2 * pad) * h[k] / top
                 pts += [(x0 + k * bw, y), (x0 + (k + 1) * bw, y)]
             d.line(pts, fill=col, width=2)
-        _axes(d, x0, W, H, pad, xmax, title)
-        if threshold is not None:
-            xt = x0 + min(threshold, xmax) / xmax * (W - 2 * pad)
-            d.line([xt, pad, xt, H - pad], fill=GREEN)
-    d.text((pad, H + 18), caption, fill="black")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
+        _axes(d, x0, W, H, pad, xmax, title, threshold)
+    _save(img, d, caption, pad, H, path)
 
 
 def curves(path: str | Path, panels: list[tuple[str, np.ndarray, dict[str, tuple[tuple, np.ndarray]], float | None]],
@@ -62,10 +67,5 @@ def curves(path: str | Path, panels: list[tuple[str, np.ndarray, dict[str, tuple
                 d.line(pts, fill=col, width=2)
         d.line([x0, pad, x0, H - pad], fill=GREY)
         d.text((x0 - 12, pad - 6), "1", fill="black")
-        _axes(d, x0, W, H, pad, xmax, title)
-        if threshold is not None:
-            xt = x0 + min(threshold, xmax) / xmax * (W - 2 * pad)
-            d.line([xt, pad, xt, H - pad], fill=GREEN)
-    d.text((pad, H + 18), caption, fill="black")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
+        _axes(d, x0, W, H, pad, xmax, title, threshold)
+    _save(img, d, caption, pad, H, path)

@@ -107,3 +107,15 @@ def validate_labelled_crops(table: pa.Table, source: str) -> pa.Table:
     if table.num_rows == 0:
         raise SchemaError(f"{source}: no labelled crops")
     return table
+
+
+def parquet_files(uri: str, what: str) -> list[str]:
+    """The .parquet files at a file, folder or s3:// prefix; a SchemaError naming ``what`` if none."""
+    from logoscan import storage
+    try:
+        files = storage.list_files(uri, ".parquet")
+    except FileNotFoundError as e:
+        raise SchemaError(f"{what} not found: {uri}") from e
+    if not files:
+        raise SchemaError(f"no .parquet files under {what} location {uri}")
+    return files
