@@ -151,17 +151,21 @@ def init_ray(rcfg) -> None:
         ray.init(num_cpus=rcfg.num_cpus, include_dashboard=False, logging_level="WARNING")
 
 
+FREE_FOR_RAY_DATA = 0.75  # measured on 2 CPUs: 0.75 free ran, 0.5 and 0.25 free stalled
+
+
 def actor_cpus(r, n_actors: int, cluster_cpus: float) -> float:
     """CPUs each model actor reserves. Ray Data's own tasks (reading and splitting the manifest)
-    need a whole free CPU: with the actors holding more than the cluster minus one, the sweep
-    stalls without an error (seen on 2 CPUs with detector + OCR + embedder at 0.5 each). So the
-    reservation is lowered to fit, and said so."""
-    free = cluster_cpus - 0.25 - 1.0  # the fetch tasks' 0.25 and one CPU for Ray Data
+    need CPU left over: with detector + OCR + embedder actors at 0.5 each on 2 CPUs the sweep
+    stalled with every actor idle and no error. So the reservation is lowered to leave
+    ``FREE_FOR_RAY_DATA`` besides the fetch tasks' 0.25, and a warning says so."""
+    free = cluster_cpus - 0.25 - FREE_FOR_RAY_DATA  # the fetch tasks hold 0.25
     if n_actors * r.cpus_per_actor <= free or n_actors == 0:
         return r.cpus_per_actor
     cpa = max(round(free / n_actors, 3), 0.05)
     log.warning("ray.actor_cpus_lowered", configured=r.cpus_per_actor, used=cpa, actors=n_actors,
-                cluster_cpus=cluster_cpus, note="actors would leave no whole CPU for Ray Data's tasks")
+                cluster_cpus=cluster_cpus,
+                note="the actors would leave too little CPU for Ray Data's own tasks (the sweep would stall)")
     return cpa
 
 

@@ -169,3 +169,13 @@ def test_carry_columns_reach_the_flagged_rows(sample, tmp_path):
     assert rows and all(r["sku"] == sku[r["image_id"]] for r in rows)
     with pytest.raises(Exception, match="carry_columns.*nope"):
         run_scan(replace(_cfg(sample, tmp_path / "o2", engine="local"), carry_columns=("nope",)))
+
+
+def test_actor_cpu_reservation_leaves_room_for_ray_data():
+    """Three 0.5-CPU actors on 2 CPUs stalled the sweep silently; the reservation is lowered."""
+    from logoscan.pipeline import FREE_FOR_RAY_DATA, actor_cpus
+    r = RayConfig(cpus_per_actor=0.5)
+    assert actor_cpus(r, 2, 2.0) == 0.5          # detector + embedder on 2 CPUs: as configured
+    low = actor_cpus(r, 3, 2.0)                  # + OCR: lowered to fit
+    assert 0 < low < 0.5 and 3 * low + 0.25 + FREE_FOR_RAY_DATA <= 2.0 + 1e-9
+    assert actor_cpus(r, 3, 16.0) == 0.5         # a cluster with room: untouched
