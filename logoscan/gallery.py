@@ -58,13 +58,16 @@ def read_metadata(client, collection: str) -> dict:
 
 
 def load_reference_crops(table: pa.Table, size: int, pad: float, max_pixels: int = 50_000_000
-                         ) -> list[Image.Image]:
-    """Reference images are logo crops, embedded whole (or the ``box`` of a larger image)."""
-    crops, blank = [], []
+                         ) -> tuple[list[Image.Image], list[str]]:
+    """Reference images are logo crops, embedded whole (or the ``box`` of a larger image).
+    Returns the crops and the SHA-1 of each image file."""
+    crops, blank, sums = [], [], []
     boxes = table.column("box").to_pylist() if "box" in table.column_names else [None] * len(table)
     for logo_id, uri, box in zip(table.column("logo_id").to_pylist(), table.column("image_uri").to_pylist(), boxes):
         try:
-            arr = decode(storage.read_bytes(uri), max_pixels)
+            data = storage.read_bytes(uri)
+            sums.append(hashlib.sha1(data).hexdigest())
+            arr = decode(data, max_pixels)
         except Exception as e:
             raise GalleryError(f"reference image {uri!r} could not be read: {e}") from e
         im = Image.fromarray(arr)
@@ -76,7 +79,7 @@ def load_reference_crops(table: pa.Table, size: int, pad: float, max_pixels: int
         # a blank reference is the nearest neighbour of every plain patch: it would flag them all
         raise GalleryError(f"{len(blank)} reference image(s) show nothing (a single flat colour, e.g. a white "
                            f"logo on white): {blank[:10]}; fix or remove them")
-    return crops
+    return crops, sums
 
 
 def build(refs_uri: str, milvus_uri: str, collection: str, embedder, emb_cfg: dict,
@@ -92,13 +95,17 @@ def build(refs_uri: str, milvus_uri: str, collection: str, embedder, emb_cfg: di
     table = pa.concat_tables(tables, promote_options="default")
     validate_references(table, refs_uri)  # logo_id unique across files too
     t0 = time.time()
-    crops = load_reference_crops(table, emb_cfg["input_size"], emb_cfg["crop_pad"])
+    crops, sums = load_reference_crops(table, emb_cfg["input_size"], emb_cfg["crop_pad"])
     vectors = embed_crops(embedder, emb_cfg, crops)
-    digest = hashlib.sha1()
+    # the version names what went in (references, their images, the embedder), not float bits:
+    # the same inputs embedded with another thread count must give the same version
+    texts = table.column("text").to_pylist() if "text" in table.column_names else [None] * len(table)
+    boxes = table.column("box").to_pylist() if "box" in table.column_names else [None] * len(table)
+    digest = hashlib.sha1(emb_cfg["version"].encode())
     for row in sorted(zip(table.column("logo_id").to_pylist(), table.column("label").to_pylist(),
-                          table.column("category").to_pylist())):
+                          table.column("category").to_pylist(), [t or "" for t in texts],
+                          [repr(b) for b in boxes], sums)):
         digest.update(repr(row).encode())
-    digest.update(vectors.round(4).tobytes())
     meta = {"gallery_version": f"{collection}-{digest.hexdigest()[:12]}",
             "embedder_version": emb_cfg["version"], "dim": int(vectors.shape[1]),
             "categories": sorted(set(table.column("category").to_pylist())),
@@ -108,7 +115,6 @@ def build(refs_uri: str, milvus_uri: str, collection: str, embedder, emb_cfg: di
     cal = gallery_threshold(embedder, emb_cfg, vectors, table.column("label").to_pylist())
     meta["default_threshold"] = cal["threshold"]
     meta["threshold_calibration"] = cal
-    texts = table.column("text").to_pylist() if "text" in table.column_names else [""] * len(table)
     client = connect(milvus_uri)
     try:
         if client.has_collection(collection):
