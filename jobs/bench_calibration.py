@@ -169,9 +169,7 @@ def run_case(work: Path, gallery, sets_for, model, emb_cfg, a, reader) -> dict:
     for mode in dec:
         c = cal["modes"][mode]
         for name, th in (("gallery default", Thresholds(meta["default_threshold"])),
-                         ("calibrated", Thresholds(meta["default_threshold"],
-                                                   {k: v["threshold"] for k, v in c["categories"].items()},
-                                                   c["classes"]))):
+                         ("calibrated", Thresholds.calibrated(meta["default_threshold"], c))):
             o = outcome(tl, kinds, dec[mode]["label"], dec[mode]["category"], dec[mode]["distance"], th)
             pl = np.asarray(dec[mode]["label"], object)
             d = np.asarray(dec[mode]["distance"], float)

@@ -69,6 +69,12 @@ class Thresholds:
     by_class: dict = field(default_factory=dict)
     pinned: dict = field(default_factory=dict)
 
+    @classmethod
+    def calibrated(cls, default: float, mode_result: dict, pinned: dict | None = None) -> "Thresholds":
+        """From one mode ("image" or "ocr") of a calibration result."""
+        return cls(float(default), {c: r["threshold"] for c, r in mode_result["categories"].items()},
+                   dict(mode_result.get("classes", {})), dict(pinned or {}))
+
     def lookup(self, label: str, category: str) -> tuple[float, str]:
         if category in self.pinned:
             return self.pinned[category], "policy"
@@ -85,8 +91,7 @@ def resolve_thresholds(policy, default: float, calibration: dict | None, mode: s
     cal = (calibration or {}).get("modes", {}).get(mode) if policy.use_calibration else None
     if not cal:
         return Thresholds(float(default), pinned=pinned)
-    return Thresholds(float(default), {c: r["threshold"] for c, r in cal["categories"].items()},
-                      dict(cal.get("classes", {})), pinned)
+    return Thresholds.calibrated(default, cal, pinned)
 
 
 def read_calibration(client, collection: str, gallery_meta: dict) -> dict | None:
@@ -272,12 +277,9 @@ def _plots(out: str, mode: str, dec: dict, tl: np.ndarray, result: dict) -> list
 def calibrate(cfg) -> dict:
     """Thresholds for a gallery from a labelled crop set; stored with the gallery version."""
     import time
-    from datetime import datetime, timezone
 
-    from logoscan.gallery import GalleryError, Matcher, connect, read_metadata
-    from logoscan.log import get_logger
+    from logoscan.gallery import GalleryError, Matcher
     from logoscan.models import default_artifact_path, load_artifact
-    log = get_logger(__name__)
     for name in ("crops", "milvus_uri", "out"):
         if not getattr(cfg, name):
             raise GalleryError(f"calibrate needs {name} (flag --{name.replace('_', '-')})")
@@ -286,15 +288,20 @@ def calibrate(cfg) -> dict:
     t0 = time.time()
     table = read_labelled_crops(cfg.crops)
     model, emb_cfg = load_artifact(cfg.embedder.artifact or default_artifact_path("embedder"))
-    client = connect(cfg.milvus_uri)
+    matcher = Matcher(cfg.milvus_uri, cfg.collection, expect_embedder=emb_cfg["version"])
     try:
-        gmeta = read_metadata(client, cfg.collection)
-        cats = gallery_labels(client, cfg.collection)
+        return _calibrate(cfg, table, model, emb_cfg, matcher, t0)
     finally:
-        client.close()
-    if gmeta["embedder_version"] != emb_cfg["version"]:
-        raise GalleryError(f"gallery {cfg.collection!r} holds {gmeta['embedder_version']} embeddings, "
-                           f"the embedder is {emb_cfg['version']}")
+        matcher.close()
+
+
+def _calibrate(cfg, table: pa.Table, model, emb_cfg: dict, matcher, t0: float) -> dict:
+    import time
+    from datetime import datetime, timezone
+
+    from logoscan.log import get_logger
+    log = get_logger(__name__)
+    gmeta, cats = matcher.meta, gallery_labels(matcher.client, cfg.collection)
     labels = [x or "" for x in table.column("label").to_pylist()]
     strangers = sorted({x for x in labels if x and x not in cats})
     if strangers:
@@ -318,11 +325,7 @@ def calibrate(cfg) -> dict:
             t1 = time.time()
             modes["ocr"] = read_crops(reader, [np.asarray(c) for c in crops], cfg.ocr.min_confidence)
             ocr_seconds = time.time() - t1
-    matcher = Matcher(cfg.milvus_uri, cfg.collection, expect_embedder=emb_cfg["version"])
-    try:
-        decisions = {m: _decisions(vectors, text, matcher, cfg) for m, text in modes.items()}
-    finally:
-        matcher.close()
+    decisions = {m: _decisions(vectors, text, matcher, cfg) for m, text in modes.items()}
     result = {"gallery_version": gmeta["gallery_version"], "embedder_version": emb_cfg["version"],
               "collection": cfg.collection, "created_at": datetime.now(timezone.utc).isoformat(),
               "crops_uri": cfg.crops, "crops": len(tl), "known_crops": int((tl != "").sum()),
@@ -334,18 +337,13 @@ def calibrate(cfg) -> dict:
     for m, dec in decisions.items():
         r = choose_thresholds(tl, tc, dec["label"], dec["category"], dec["distance"], cfg.target_far,
                               cfg.mode, cfg.min_class_crops)
-        th = Thresholds(gmeta.get("default_threshold", 0.0),
-                        {c: v["threshold"] for c, v in r["categories"].items()}, r["classes"])
+        th = Thresholds.calibrated(gmeta.get("default_threshold", 0.0), r)
         r["outcome"] = outcome(tl, kinds, dec["label"], dec["category"], dec["distance"], th)
         result["modes"][m] = r
         result["plots"] += _plots(cfg.out, m, dec, tl, r)
     storage.write_bytes(storage.join(cfg.out, "calibration.json"), json.dumps(result, indent=2).encode())
     if cfg.store:
-        client = connect(cfg.milvus_uri)
-        try:
-            client.alter_collection_properties(cfg.collection, properties={CALIBRATION_KEY: json.dumps(result)})
-        finally:
-            client.close()
+        matcher.client.alter_collection_properties(cfg.collection, properties={CALIBRATION_KEY: json.dumps(result)})
     log.info("calibrate.done", gallery_version=gmeta["gallery_version"], seconds=round(time.time() - t0, 1),
              **{f"{m}_{c}": v["threshold"] for m, r in result["modes"].items() for c, v in r["categories"].items()})
     return result

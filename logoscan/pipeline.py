@@ -263,7 +263,7 @@ def run_scan(cfg: ScanConfig) -> dict:
     thresholds = resolve_thresholds(cfg.policy, threshold, calibration, mode)
     _check_calibration(cfg, calibration, mode, thresholds)
     ctx = {"run_id": run_id, "crop_size": emb_cfg["input_size"], "crop_pad": emb_cfg["crop_pad"],
-           "threshold": float(threshold), "thresholds": thresholds, "embedder_version": emb_cfg["version"]}
+           "thresholds": thresholds, "embedder_version": emb_cfg["version"]}
     log.info("scan.start", manifest=cfg.manifest, rows=manifest.num_rows, duplicates=dups.num_rows,
              engine=cfg.engine, collection=cfg.collection, gallery_version=gmeta["gallery_version"],
              detector=det_cfg["version"], embedder=emb_cfg["version"], out=cfg.out)
@@ -299,7 +299,7 @@ def run_scan(cfg: ScanConfig) -> dict:
         "images_per_s": round(rows_in / max(time.time() - t0, 1e-9), 2),
         "stage_seconds": stage_s,
         "versions": {"detector": det_cfg["version"], "embedder": emb_cfg["version"],
-                     "gallery": gmeta["gallery_version"], "threshold_default": ctx["threshold"],
+                     "gallery": gmeta["gallery_version"], "threshold_default": thresholds.default,
                      "calibration": {"created_at": calibration["created_at"], "mode": mode,
                                      "applied": bool(thresholds.by_category),
                                      "categories": thresholds.by_category,
