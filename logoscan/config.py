@@ -94,6 +94,8 @@ class ScanConfig:
     run_date: str | None = None             # default: today (UTC), YYYY-MM-DD
     engine: str = "ray"                     # ray | local (in-process, same stage functions)
     carry_columns: tuple = ()               # manifest columns copied to the flagged rows
+    checkpoint_every: int = 256             # finished images per checkpoint part (0: no checkpoints)
+    resume: bool = True                     # same run_id + same inputs/settings: skip finished images
     fetch: FetchConfig = FetchConfig()
     detector: DetectorConfig = DetectorConfig()
     embedder: EmbedderConfig = EmbedderConfig()

@@ -5,6 +5,8 @@ a cluster via ``ray.address`` / RAY_ADDRESS) and ``local`` (in-process, for test
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -20,6 +22,7 @@ import pyarrow.parquet as pq
 
 from logoscan import config_io, output, stages, storage
 from logoscan.calibration import read_calibration, resolve_thresholds
+from logoscan.checkpoint import Checkpoint, fingerprint
 from logoscan.config import ScanConfig
 from logoscan.gallery import GalleryError, connect, read_metadata
 from logoscan.log import configure, get_logger
@@ -70,40 +73,74 @@ def artifact_config(kind: str, uri: str) -> dict:
 
 # ------------------------------------------------------------------ collecting results
 
-class Collector:
-    """Consumes output batches: error rows, flagged regions, and which images were scanned."""
+FLAG_KEYS = ("item_id", "image_id", "image_uri", "box", "det_score", "label", "category", "logo_id",
+             "distance", "threshold", "threshold_source", "runner_up_label", "runner_up_distance", "margin",
+             "queue", "thumbnail_jpeg")
 
-    def __init__(self, total: int):
+
+class Collector:
+    """Consumes output batches. An image is finished when all of its rows (one per region, or
+    one "empty"/"error" row) have come back; only then does it count as scanned or errored, and
+    every ``checkpoint_every`` finished images go to the run's checkpoint."""
+
+    def __init__(self, total: int, checkpoint=None, every: int = 0, resumed: list[dict] = ()):
         self.total, self.errors, self.flagged = total, [], []
         self.scanned, self.errored = set(), set()
         self.regions = 0
+        self.pending: dict[tuple, dict] = {}
+        self.unsaved: list[dict] = []
+        self.checkpoint, self.every = checkpoint, every
+        for img in resumed:
+            self._count(img)
+        self.resumed = len(resumed)
         self.t0 = self.last = time.time()
 
     def add(self, b: dict) -> None:
         kind = np.asarray(b["kind"])
         for i in range(len(kind)):
             key = (b["item_id"][i], b["image_id"][i])
+            img = self.pending.setdefault(key, {"key": key, "image_uri": b["image_uri"][i], "left": int(
+                b["rows_of_image"][i]), "status": "scanned", "regions": 0, "error": None, "flagged": []})
+            img["left"] -= 1
             if kind[i] == "error":
-                self.errored.add(key)
-                self.errors.append({k: b[k][i] for k in ("item_id", "image_id", "image_uri")} |
-                                   {"stage": b["error_stage"][i], "error_type": b["error_type"][i],
-                                    "message": b["error_message"][i]})
-                continue
-            self.scanned.add(key)
-            if kind[i] == "region":
-                self.regions += 1
+                img["status"] = "errored"
+                img["error"] = {"stage": b["error_stage"][i], "error_type": b["error_type"][i],
+                                "message": b["error_message"][i]}
+            elif kind[i] == "region":
+                img["regions"] += 1
                 if b["flagged"][i]:
-                    self.flagged.append({k: (b[k][i].tolist() if k == "box" else b[k][i])
-                                         for k in ("item_id", "image_id", "image_uri", "box", "det_score",
-                                                   "label", "category", "logo_id", "distance", "threshold",
-                                                   "threshold_source", "runner_up_label", "runner_up_distance",
-                                                   "margin", "queue", "thumbnail_jpeg")} |
-                                        {"ocr_text": (b["ocr_text"][i] or None) if "ocr_text" in b else None})
+                    img["flagged"].append({k: (b[k][i].tolist() if k == "box" else b[k][i]) for k in FLAG_KEYS} |
+                                          {"ocr_text": (b["ocr_text"][i] or None) if "ocr_text" in b else None})
+            if img["left"] <= 0:
+                self._count(self.pending.pop(key))
+                self.unsaved.append(img)
+        if self.checkpoint is not None and self.every and len(self.unsaved) >= self.every:
+            self.save()
+        self._progress()
+
+    def _count(self, img: dict) -> None:
+        item_id, image_id = img["key"]
+        if img["status"] == "errored":
+            self.errored.add(img["key"])
+            self.errors.append({"item_id": item_id, "image_id": image_id, "image_uri": img["image_uri"],
+                                **img["error"]})
+        else:
+            self.scanned.add(img["key"])
+            self.regions += img["regions"]
+            self.flagged.extend(img["flagged"])
+
+    def save(self) -> None:
+        """Checkpoint the images finished since the last save."""
+        if self.checkpoint is not None and self.unsaved:
+            self.checkpoint.write(self.unsaved)
+            self.unsaved = []
+
+    def _progress(self) -> None:
         now = time.time()
-        if now - self.last >= 5 or len(self.scanned) + len(self.errored) == self.total:
+        done = len(self.scanned) + len(self.errored)
+        if now - self.last >= 5 or done == self.total:
             self.last = now
-            done = len(self.scanned) + len(self.errored)
-            rate = done / max(now - self.t0, 1e-9)
+            rate = (done - self.resumed) / max(now - self.t0, 1e-9)
             log.info("scan.progress", done=done, total=self.total, pct=round(100 * done / max(self.total, 1), 1),
                      img_per_s=round(rate, 2), eta_s=round((self.total - done) / rate, 1) if rate else None,
                      flagged=len(self.flagged), errors=len(self.errors))
@@ -234,7 +271,11 @@ def run_scan(cfg: ScanConfig) -> dict:
         raise ScanError(f"engine must be 'ray' or 'local', not {cfg.engine!r}")
     started = datetime.now(timezone.utc)
     run_id = cfg.run_id or "scan-" + started.strftime("%Y%m%dT%H%M%SZ")
-    run_date = cfg.run_date or started.strftime("%Y-%m-%d")
+    run_date = str(cfg.run_date) if cfg.run_date else started.strftime("%Y-%m-%d")  # YAML reads dates as dates
+    try:
+        datetime.strptime(run_date, "%Y-%m-%d")
+    except ValueError:
+        raise ScanError(f"run_date must look like YYYY-MM-DD, not {cfg.run_date!r}") from None
     configure(run_id)
     t0 = time.time()
 
@@ -264,19 +305,30 @@ def run_scan(cfg: ScanConfig) -> dict:
     _check_calibration(cfg, calibration, mode, thresholds)
     ctx = {"run_id": run_id, "crop_size": emb_cfg["input_size"], "crop_pad": emb_cfg["crop_pad"],
            "thresholds": thresholds, "embedder_version": emb_cfg["version"]}
+    model_version = f"{det_cfg['version']}+{emb_cfg['version']}"
+    ckpt, resumed = _resume(cfg, run_id, unique, model_version, gmeta["gallery_version"], thresholds)
+    if resumed:
+        run_date = str(cfg.run_date) if cfg.run_date else ckpt.meta.get("run_date", run_date)
+    todo = _without(unique, {img["key"] for img in resumed})
     log.info("scan.start", manifest=cfg.manifest, rows=manifest.num_rows, duplicates=dups.num_rows,
+             resumed=len(resumed), to_scan=todo.num_rows,
              engine=cfg.engine, collection=cfg.collection, gallery_version=gmeta["gallery_version"],
              detector=det_cfg["version"], embedder=emb_cfg["version"], out=cfg.out)
+    if ckpt is not None:
+        ckpt.start(run_date)
 
-    col = Collector(unique.num_rows)
-    stage_s = (_run_local if cfg.engine == "local" else _run_ray)(unique, cfg, ctx, col)
+    col = Collector(unique.num_rows, ckpt, cfg.checkpoint_every, resumed)
+    stage_s = (_run_local if cfg.engine == "local" else _run_ray)(todo, cfg, ctx, col) if todo.num_rows else {}
+    if col.pending:
+        raise ScanError(f"{len(col.pending)} image(s) came back incomplete (fewer region rows than detected): "
+                        "refusing to publish")
+    col.save()
 
     now = datetime.now(timezone.utc)
     for row in dups.to_pylist():
         col.errors.append({**{k: row[k] for k in stages.KEYS}, "stage": "manifest",
                            "error_type": "DuplicateRow",
                            "message": "repeats an earlier (item_id, image_id); scanned once"})
-    model_version = f"{det_cfg['version']}+{emb_cfg['version']}"
     common = {"run_id": run_id, "scanned_at": now, "model_version": model_version,
               "gallery_version": gmeta["gallery_version"]}
     col.flagged.sort(key=lambda r: (r["queue"], str(r["item_id"]), str(r["image_id"]), r["box"]))
@@ -293,6 +345,7 @@ def run_scan(cfg: ScanConfig) -> dict:
         "run_id": run_id, "run_date": run_date, "started_at": started.isoformat(),
         "finished_at": datetime.now(timezone.utc).isoformat(), "seconds": round(time.time() - t0, 2),
         "rows_in": rows_in, "rows_scanned": rows_scanned, "rows_errored": rows_errored,
+        "rows_resumed": col.resumed,
         "regions": col.regions, "flagged": len(col.flagged),
         "flagged_by_queue": {q: len(v) for q, v in sorted(by_queue.items())},
         "errors_by_stage": dict(Counter(e["stage"] for e in col.errors)),
@@ -312,9 +365,45 @@ def run_scan(cfg: ScanConfig) -> dict:
                         f"{rows_errored} errored — refusing to publish a run that lost rows")
     summary["outputs"] = output.write_run(cfg.out, run_id, run_date, flagged_tables, errors, summary,
                                           config_io.to_dict(cfg))
-    log.info("scan.done", **{k: summary[k] for k in ("rows_in", "rows_scanned", "rows_errored",
+    if ckpt is not None:
+        ckpt.clear()  # published: nothing left to resume
+    log.info("scan.done", **{k: summary[k] for k in ("rows_in", "rows_scanned", "rows_errored", "rows_resumed",
                                                      "regions", "flagged", "seconds", "images_per_s")})
     return summary
+
+
+def _resume(cfg: ScanConfig, run_id: str, unique: pa.Table, model_version: str, gallery_version: str,
+            thresholds) -> tuple[Checkpoint | None, list[dict]]:
+    """This run's checkpoint, and the images an earlier attempt of it finished (if its inputs
+    and settings were the same). A default run id (a timestamp) is never resumed."""
+    if not cfg.checkpoint_every:
+        return None, []
+    settings = config_io.to_dict(cfg)
+    for k in ("run_id", "run_date", "engine", "ray", "checkpoint_every", "resume"):
+        settings.pop(k, None)
+    for part, keys in (("detector", ("batch_size", "device", "threads")), ("match", ("search_batch",)),
+                       ("embedder", ("batch_size", "device", "threads")), ("ocr", ("actors", "device", "threads"))):
+        for k in keys:  # how fast, not what: a resumed run may change these
+            settings[part].pop(k, None)
+    keys = hashlib.sha256("\n".join(f"{a}\t{b}\t{c}" for a, b, c in zip(
+        *(unique.column(k).to_pylist() for k in stages.KEYS))).encode()).hexdigest()
+    fp = fingerprint({"settings": settings, "manifest_rows": keys, "models": model_version,
+                      "gallery": gallery_version, "thresholds": dataclasses.asdict(thresholds)})
+    ckpt = Checkpoint(cfg.out, run_id, fp)
+    if not cfg.resume:
+        ckpt.clear()
+        return ckpt, []
+    done = ckpt.load() or []
+    if done:
+        log.info("scan.resuming", from_checkpoint=ckpt.dir, images_done=len(done), parts=ckpt.parts_written)
+    return ckpt, done
+
+
+def _without(table: pa.Table, keys: set) -> pa.Table:
+    if not keys:
+        return table
+    mask = [k not in keys for k in zip(table.column("item_id").to_pylist(), table.column("image_id").to_pylist())]
+    return table.filter(pa.array(mask))
 
 
 def _check_calibration(cfg: ScanConfig, calibration: dict | None, mode: str, thresholds) -> None:

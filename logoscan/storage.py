@@ -84,7 +84,8 @@ def join(base: str, *parts: str) -> str:
 
 
 def list_files(uri: str, suffix: str) -> list[str]:
-    """A single file, or every ``*suffix`` file under a folder / prefix (sorted, recursive).
+    """A single file, or every ``*suffix`` file under a folder / prefix (sorted, recursive),
+    skipping names below it that start with "_" or "." (staging, checkpoints, markers).
     Returns URIs in the same spelling as ``uri`` (s3:// stays s3://)."""
     fs, path = resolve(uri)
     info = fs.get_file_info(path)
@@ -93,8 +94,9 @@ def list_files(uri: str, suffix: str) -> list[str]:
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"no such file or prefix: {uri}")
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    base = path.rstrip("/") + "/"
     found = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(suffix)
-                   and not any(part.startswith(("_", ".")) for part in i.path.split("/")))
+                   and not any(part.startswith(("_", ".")) for part in i.path[len(base):].split("/")))
     return [("s3://" + p) if is_s3(uri) else p for p in found]
 
 
