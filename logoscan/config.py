@@ -15,6 +15,9 @@ class FetchConfig:
     max_bytes: int = 50 * 1024 * 1024       # larger objects become error rows, unread
     max_pixels: int = 50_000_000            # decompression-bomb guard, checked before decoding
     allowed_roots: tuple = ()               # local paths must lie under one of these (empty: any)
+    retries: int = 2                        # transient read errors (S3 throttling, 5xx) tried again, each
+                                            # time with the SDK's own 3 tries: 9 GETs per object at most
+    retry_base_s: float = 0.5               # backoff: base * 2^attempt, jittered
 
 
 @dataclass(frozen=True)

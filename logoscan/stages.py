@@ -60,7 +60,7 @@ def fetch(batch: dict, cfg: FetchConfig) -> dict:
             storage.check_uri(uri)
             if not storage.is_s3(uri):
                 _check_local(uri, cfg)
-            data.append(storage.read_bytes(uri, cfg.max_bytes))
+            data.append(storage.read_bytes_retrying(uri, cfg.max_bytes, cfg.retries, cfg.retry_base_s)[0])
             errs.append(None)
         except FileNotFoundError as e:
             data.append(b"")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import os
+import random
+import time
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
@@ -31,6 +33,9 @@ def check_uri(uri: str) -> None:
                              "file:// or s3://)")
 
 
+S3_SDK_ATTEMPTS = 3  # the AWS SDK's own tries per request, under fetch.retries (so 3 × (1 + retries) GETs at most)
+
+
 @functools.lru_cache(maxsize=4)
 def _s3(endpoint: str | None, region: str | None) -> pafs.S3FileSystem:
     kw = {}
@@ -39,7 +44,7 @@ def _s3(endpoint: str | None, region: str | None) -> pafs.S3FileSystem:
         kw["endpoint_override"] = u.netloc or u.path
         kw["scheme"] = u.scheme or "https"
     return pafs.S3FileSystem(region=region or "us-east-1", **kw,
-                             retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=5))
+                             retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=S3_SDK_ATTEMPTS))
 
 
 def s3_filesystem() -> pafs.S3FileSystem:
@@ -64,6 +69,39 @@ def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
     if max_bytes and len(data) > max_bytes:
         raise ValueError(f"{uri} is larger than the {max_bytes}-byte limit")
     return data
+
+
+# What an S3 endpoint (or the network on the way) says when trying again later can succeed:
+# throttling, 5xx, dropped connections. pyarrow's own retry does not cover all of them (a 503
+# SlowDown on GetObject surfaced as a non-retryable INTERNAL_FAILURE in our drill).
+TRANSIENT = ("SlowDown", "SLOW_DOWN", "Throttl", "THROTTL", "SERVICE_UNAVAILABLE", "TooManyRequests", "RequestTimeout", "InternalError", "INTERNAL_FAILURE",
+             "ServiceUnavailable", "NETWORK_CONNECTION", "Connection", "Timeout", "timed out",
+             " 500", " 502", " 503", " 504")
+
+
+def is_transient(e: BaseException) -> bool:
+    return isinstance(e, (OSError, ConnectionError, TimeoutError)) and not isinstance(
+        e, (FileNotFoundError, PermissionError, IsADirectoryError)) and any(t in str(e) for t in TRANSIENT)
+
+
+def read_bytes_retrying(uri: str, max_bytes: int | None, retries: int, base_s: float,
+                        sleep=time.sleep) -> tuple[bytes, int]:
+    """read_bytes with bounded retries and jittered exponential backoff on transient errors.
+    Returns (data, retries used); the last error is raised when they are spent."""
+    for attempt in range(retries + 1):
+        try:
+            return read_bytes(uri, max_bytes), attempt
+        except Exception as e:  # noqa: BLE001
+            if attempt == retries or not is_transient(e):
+                if not attempt:
+                    raise
+                try:
+                    again = type(e)(f"{e} (after {attempt + 1} attempts)")
+                except Exception:  # noqa: BLE001 - an exception type with other arguments
+                    again = OSError(f"{e} (after {attempt + 1} attempts)")
+                raise again from e
+            sleep(base_s * (2 ** attempt) * (0.5 + random.random()))
+    raise AssertionError("unreachable")
 
 
 def write_bytes(uri: str, data: bytes) -> None:

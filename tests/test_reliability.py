@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from logoscan.config import RayConfig, ScanConfig
+from logoscan.config import MatchConfig, RayConfig, ScanConfig
 from logoscan.pipeline import run_scan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,3 +129,139 @@ def test_checkpoint_of_other_settings_is_not_reused(sample, clean, tmp_path):
     s = run_scan(_cfg(manifest, sample["milvus"], out, engine="local"))
     assert s["rows_resumed"] == 0 and s["run_date"] == "2026-11-23"
     assert flags(s) == flags(ref)
+
+
+def test_worker_actor_killed_mid_run_is_retried_by_ray(sample, clean, tmp_path):
+    """SIGKILL the detector actor's process while the Ray sweep runs: Ray restarts the actor and
+    re-runs its batch; the output equals a clean run's."""
+    import threading
+
+    import psutil
+    manifest, ref = clean
+    out = tmp_path / "out"
+    killed = []
+
+    def killer():
+        deadline = time.time() + 240
+        while time.time() < deadline and not killed:
+            if list((out / "_checkpoints" / "r1" / "parts").glob("*.parquet")):  # mid-run
+                for p in psutil.process_iter(["cmdline"]):
+                    if "DetectActor" in " ".join(p.info["cmdline"] or []):
+                        p.kill()
+                        killed.append(p.pid)
+            time.sleep(0.05)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    s = run_scan(_cfg(manifest, sample["milvus"], out, engine="ray", checkpoint_every=2,
+                      match=MatchConfig(search_batch=4)))
+    t.join(timeout=1)
+    assert killed, "no detector actor was killed (the run ended first)"
+    assert s["rows_in"] == s["rows_scanned"] + s["rows_errored"] == ref["rows_in"]
+    assert flags(s) == flags(ref)
+    assert errors(s) == errors(ref)
+
+
+# ------------------------------------------------------------------ S3 throttling and 5xx
+
+class FlakyS3:
+    """An HTTP proxy in front of the S3 endpoint that answers 503 SlowDown to a share of GETs:
+    every ``every``-th GET of an object fails, and keys containing "always-503" always do."""
+
+    def __init__(self, upstream: str, every: int = 2):
+        import http.client
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlparse
+        self.gets, self.failed, self.every = {}, 0, every
+        up = urlparse(upstream)
+        lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _forward(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.command == "GET" and "/img/" in self.path:
+                    with lock:
+                        n = proxy.gets[self.path] = proxy.gets.get(self.path, 0) + 1
+                        fail = "always-503" in self.path or n % proxy.every == 1
+                        proxy.failed += fail
+                    if fail:
+                        msg = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+                        self.send_response(503)
+                        self.send_header("Content-Type", "application/xml")
+                        self.send_header("Content-Length", str(len(msg)))
+                        self.end_headers()
+                        self.wfile.write(msg)
+                        return
+                conn = http.client.HTTPConnection(up.hostname, up.port, timeout=30)
+                conn.request(self.command, self.path, body=body or None,
+                             headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
+                r = conn.getresponse()
+                data = r.read()
+                self.send_response(r.status)
+                for k, v in r.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", r.getheader("Content-Length") if self.command == "HEAD"
+                                 else str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_s3_throttling_is_retried_with_backoff_then_becomes_error_rows(sample, s3, s3_endpoint, tmp_path,
+                                                                       monkeypatch):
+    """Half of all image GETs answer 503 SlowDown: bounded retries read them all. Objects that
+    always answer 503 end as fetch error rows after the bounded retries; the run completes."""
+    s3.create_bucket(Bucket="flaky")
+    t = pq.read_table(sample["manifest"]).to_pylist()
+    rows = []
+    for r in t:
+        p = Path(r["image_uri"])
+        if p.is_file():
+            s3.upload_file(str(p), "flaky", f"img/{p.name}")
+            rows.append({**r, "image_uri": f"s3://flaky/img/{p.name}"})
+    good = len(rows)
+    s3.upload_file(str(Path(t[0]["image_uri"])), "flaky", "img/always-503.jpg")
+    rows.append({"item_id": "throttled", "image_id": "throttled", "image_uri": "s3://flaky/img/always-503.jpg"})
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), manifest)
+
+    direct = run_scan(_cfg(str(manifest), sample["milvus"], tmp_path / "direct", engine="local"))
+    proxy = FlakyS3(s3_endpoint, every=2)
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        t0 = time.time()
+        s = run_scan(_cfg(str(manifest), sample["milvus"], tmp_path / "flaky", engine="local"))
+        took = time.time() - t0
+    finally:
+        proxy.close()
+    assert proxy.failed >= good, proxy.gets  # every good object failed at least once before it was read
+    # the direct run reads the always-503 object; through the proxy it is the one extra error row
+    assert s["rows_scanned"] == direct["rows_scanned"] - 1, errors_full(s)
+    assert s["rows_errored"] == direct["rows_errored"] + 1
+    err = [e for e in errors_full(s) if e["item_id"] == "throttled"][0]
+    assert err["stage"] == "fetch" and "SLOW_DOWN" in err["message"] and "attempts" in err["message"]
+    attempts = proxy.gets["/flaky/img/always-503.jpg"]
+    assert attempts == 3 * 3, attempts  # bounded: (1 + fetch.retries) x the SDK's 3 tries
+    assert flags(s) == [f for f in flags(direct) if f[0] != "throttled"]
+    print(f"throttled run: {took:.1f} s, {proxy.failed} GETs answered 503, always-503 object tried {attempts}x")
+
+
+def errors_full(summary) -> list[dict]:
+    return [{k: r[k] for k in ("item_id", "stage", "error_type", "message")}
+            for r in pq.read_table(summary["outputs"]["errors"]).to_pylist()]
