@@ -70,7 +70,8 @@ class MatchActor:
                  embedder_version: str, run_id: str, ocr_cfg=None):
         from logoscan.gallery import Matcher
         configure(run_id)
-        self.matcher = Matcher(milvus_uri, collection, expect_embedder=embedder_version)
+        self.matcher = Matcher(milvus_uri, collection, expect_embedder=embedder_version,
+                               unavailable_s=match_cfg.unavailable_s)
         self.cfg, self.policy, self.thresholds, self.ocr = match_cfg, policy, thresholds, ocr_cfg
 
     def __call__(self, batch: dict) -> dict:

@@ -57,6 +57,8 @@ class MatchConfig:
     top_k: int = 2                          # top-1 decides; the runner-up is recorded
     search_batch: int = 512
     ocr_candidates: int = 10                # with OCR on: image neighbours re-ranked by text
+    unavailable_s: float = 120.0            # an unreachable Milvus is retried this long, then the run
+                                            # fails without publishing (its checkpoint stays)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,25 @@ class GalleryError(RuntimeError):
     pass
 
 
+class MilvusUnavailable(GalleryError):
+    """Milvus stayed unreachable past the sweep's patience: the run stops without publishing."""
+
+
+def _unreachable(e: BaseException) -> bool:
+    text = f"{type(e).__name__} {e}"
+    return any(t in text for t in ("Fail connecting", "UNAVAILABLE", "unavailable", "Socket closed",
+                                   "DEADLINE_EXCEEDED", "Connection refused", "connect", "RpcError"))
+
+
+def redact(uri: str) -> str:
+    """A URI fit for logs: user:password@ removed."""
+    from urllib.parse import urlparse
+    u = urlparse(uri)
+    if u.password or u.username:
+        return uri.replace(u.netloc, u.hostname + (f":{u.port}" if u.port else ""), 1)
+    return uri
+
+
 def connect(uri: str):
     from pymilvus import MilvusClient
 
@@ -40,11 +59,11 @@ def connect(uri: str):
         raise GalleryError("no Milvus URI given (a *.db path for Milvus Lite, or http://host:19530)")
     if "://" not in uri:
         os.makedirs(os.path.dirname(os.path.abspath(uri)) or ".", exist_ok=True)
-        # A dedicated connection for Lite: pymilvus 3.0 keeps shared connections in a registry,
-        # and reopening a .db more than 30 s after the last client closed tries to "recover" the
-        # old connection to a Lite server that is gone ("Fail connecting to server on 127.0.0.1").
-        return MilvusClient(uri, token=os.environ.get("MILVUS_TOKEN", ""), dedicated=True)
-    return MilvusClient(uri, token=os.environ.get("MILVUS_TOKEN", ""))
+    # Dedicated connections: pymilvus 3.0 keeps shared connections in a registry, and a new
+    # client whose predecessor lost its server "recovers" that dead connection instead of
+    # dialling again ("Fail connecting to server on 127.0.0.1:…"): reopening a Lite .db more
+    # than 30 s after the last client closed, and a sweep started again after a server outage.
+    return MilvusClient(uri, token=os.environ.get("MILVUS_TOKEN", ""), dedicated=True)
 
 
 def read_metadata(client, collection: str) -> dict:
@@ -144,9 +163,10 @@ def build(refs_uri: str, milvus_uri: str, collection: str, embedder, emb_cfg: di
 class Matcher:
     """Batched nearest-reference search. distance = 1 − cosine similarity (smaller is closer)."""
 
-    def __init__(self, milvus_uri: str, collection: str, expect_embedder: str | None = None):
+    def __init__(self, milvus_uri: str, collection: str, expect_embedder: str | None = None,
+                 unavailable_s: float | None = None):
         self.client = connect(milvus_uri)
-        self.collection = collection
+        self.uri, self.collection, self.unavailable_s = milvus_uri, collection, unavailable_s
         self.meta = read_metadata(self.client, collection)
         if expect_embedder and self.meta["embedder_version"] != expect_embedder:
             raise GalleryError(
@@ -157,13 +177,43 @@ class Matcher:
     def search(self, vectors: np.ndarray, top_k: int) -> list[list[dict]]:
         if len(vectors) == 0:
             return []
-        res = self.client.search(self.collection, data=[v.tolist() for v in vectors], limit=top_k,
-                                 output_fields=["label", "category", "text"],
-                                 search_params={"metric_type": "COSINE"})
+        res = self._search_retrying([v.tolist() for v in vectors], top_k)
         return [[{"logo_id": h["id"] if "id" in h else h["logo_id"], "label": h["entity"]["label"],
                   "category": h["entity"]["category"], "text": h["entity"].get("text", ""),
                   "distance": float(1.0 - h["distance"])}
                  for h in hits] for hits in res]
+
+    def _search_retrying(self, data: list, top_k: int):
+        """A Milvus server that stops answering (restart, network partition) is tried again with
+        backoff, on a fresh connection, for up to ``unavailable_s``; then MilvusUnavailable."""
+        t0, attempt = time.time(), 0
+        while True:
+            try:
+                return self.client.search(self.collection, data=data, limit=top_k,
+                                          output_fields=["label", "category", "text"],
+                                          search_params={"metric_type": "COSINE"})
+            except Exception as e:  # noqa: BLE001
+                waited = time.time() - t0
+                if "://" not in self.uri or not self.unavailable_s or not _unreachable(e) \
+                        or waited >= self.unavailable_s:
+                    if "://" in self.uri and _unreachable(e):
+                        raise MilvusUnavailable(
+                            f"Milvus at {redact(self.uri)} did not answer a search for {waited:.0f} s "
+                            f"(limit match.unavailable_s={self.unavailable_s}): {str(e)[:300]}") from e
+                    raise
+                pause = min(0.5 * 2 ** attempt, 8.0, max(self.unavailable_s - waited, 0.05))
+                log.warning("milvus.retry", uri=redact(self.uri), attempt=attempt + 1, waited_s=round(waited, 1),
+                            next_in_s=round(pause, 1), error=str(e)[:200])
+                time.sleep(pause)
+                attempt += 1
+                try:
+                    self.client.close()
+                except Exception:  # noqa: BLE001
+                    pass
+                try:
+                    self.client = connect(self.uri)
+                except Exception:  # noqa: BLE001 - still down: the next search attempt says so
+                    pass
 
     def close(self):
         self.client.close()

@@ -24,7 +24,7 @@ from logoscan import config_io, output, stages, storage
 from logoscan.calibration import read_calibration, resolve_thresholds
 from logoscan.checkpoint import Checkpoint, fingerprint
 from logoscan.config import ScanConfig
-from logoscan.gallery import GalleryError, connect, read_metadata
+from logoscan.gallery import GalleryError, MilvusUnavailable, connect, read_metadata
 from logoscan.log import configure, get_logger
 from logoscan.models import default_artifact_path
 from logoscan.schema import ERRORS, FLAGGED, SchemaError, parquet_files, validate_manifest
@@ -318,7 +318,13 @@ def run_scan(cfg: ScanConfig) -> dict:
         ckpt.start(run_date)
 
     col = Collector(unique.num_rows, ckpt, cfg.checkpoint_every, resumed)
-    stage_s = (_run_local if cfg.engine == "local" else _run_ray)(todo, cfg, ctx, col) if todo.num_rows else {}
+    try:
+        stage_s = (_run_local if cfg.engine == "local" else _run_ray)(todo, cfg, ctx, col) if todo.num_rows else {}
+    except MilvusUnavailable as e:
+        col.save()
+        kept = (f"{len(col.scanned) + len(col.errored)} finished image(s) are checkpointed: run again with "
+                f"run id {run_id!r} to resume" if ckpt is not None else "checkpoints are off (checkpoint_every=0)")
+        raise ScanError(f"{e}. Nothing was published; {kept}.") from e
     if col.pending:
         raise ScanError(f"{len(col.pending)} image(s) came back incomplete (fewer region rows than detected): "
                         "refusing to publish")

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -78,3 +82,24 @@ def upload_dir(s3, bucket: str, local: Path, prefix: str) -> None:
     for p in Path(local).rglob("*"):
         if p.is_file():
             s3.upload_file(str(p), bucket, f"{prefix}/{p.relative_to(local)}")
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory):
+    exe = shutil.which("milvus-lite") or str(Path(sys.executable).parent / "milvus-lite")
+    port = _free_port()
+    data = tmp_path_factory.mktemp("milvus-server")
+    proc = subprocess.Popen([exe, "server", "--data-dir", str(data), "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("milvus-lite server did not start within 60 s")
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=30)

@@ -265,3 +265,143 @@ def test_s3_throttling_is_retried_with_backoff_then_becomes_error_rows(sample, s
 def errors_full(summary) -> list[dict]:
     return [{k: r[k] for k in ("item_id", "stage", "error_type", "message")}
             for r in pq.read_table(summary["outputs"]["errors"]).to_pylist()]
+
+
+# ------------------------------------------------------------------ Milvus outages
+
+class TcpGate:
+    """A TCP forwarder in front of the Milvus server that can be shut: shutting drops every open
+    connection and refuses new ones (what a restarting Milvus or a network partition looks like)."""
+
+    def __init__(self, upstream: str):
+        import socket
+        import threading
+        from urllib.parse import urlparse
+        u = urlparse(upstream)
+        self.up = (u.hostname, u.port)
+        self.open, self.conns, self.lock = True, [], threading.Lock()
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import socket
+        import threading
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            if not self.open:
+                c.close()
+                continue
+            u = socket.create_connection(self.up)
+            with self.lock:
+                self.conns += [c, u]
+            for a, b in ((c, u), (u, c)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a, b):
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def shut(self):
+        import socket
+        self.open = False
+        with self.lock:
+            for s in self.conns:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                    s.close()
+                except OSError:
+                    pass
+            self.conns = []
+
+    def reopen(self):
+        self.open = True
+
+    def close(self):
+        self.shut()
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def served_gallery(sample, milvus_server):
+    from logoscan.gallery import build
+    from logoscan.models import default_artifact_path, load_artifact
+    model, cfg = load_artifact(default_artifact_path("embedder"))
+    build(sample["references"], milvus_server, "logos", model, cfg)
+    return milvus_server
+
+
+def _when_checkpointed(out, then, after_s: float | None = None, after=None):
+    """In a thread: once the run has its first checkpoint part (mid-run), call ``then``; and
+    ``after`` ``after_s`` seconds later."""
+    import threading
+
+    def go():
+        deadline = time.time() + 240
+        while time.time() < deadline and not list((out / "_checkpoints" / "r1" / "parts").glob("*.parquet")):
+            time.sleep(0.02)
+        then()
+        if after is not None:
+            time.sleep(after_s)
+            after()
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    return t
+
+
+def test_milvus_outage_shorter_than_the_limit_is_ridden_out(sample, clean, served_gallery, tmp_path):
+    manifest, ref = clean
+    gate = TcpGate(served_gallery)
+    out = tmp_path / "out"
+    try:
+        t = _when_checkpointed(out, gate.shut, 5.0, gate.reopen)
+        t0 = time.time()
+        s = run_scan(_cfg(manifest, gate.url, out, engine="local", checkpoint_every=2,
+                          match=MatchConfig(search_batch=4, unavailable_s=60)))
+        took = time.time() - t0
+        t.join(timeout=1)
+    finally:
+        gate.close()
+    assert took >= 5  # it waited for Milvus to come back
+    assert flags(s) == flags(ref) and errors(s) == errors(ref)
+    print(f"5 s Milvus outage ridden out: run took {took:.1f} s")
+
+
+def test_milvus_gone_fails_loudly_without_publishing_then_resumes(sample, clean, served_gallery, tmp_path):
+    from logoscan.pipeline import ScanError
+    manifest, ref = clean
+    gate = TcpGate(served_gallery)
+    out = tmp_path / "out"
+    cfg = _cfg(manifest, gate.url, out, engine="local", checkpoint_every=2,
+               match=MatchConfig(search_batch=4, unavailable_s=4))
+    try:
+        _when_checkpointed(out, gate.shut)
+        t0 = time.time()
+        with pytest.raises(ScanError, match="did not answer a search.*Nothing was published.*resume"):
+            run_scan(cfg)
+        took = time.time() - t0
+        assert not (out / "flagged").exists() and not (out / "runs" / "r1" / "_SUCCESS").exists()
+        assert list((out / "_checkpoints" / "r1" / "parts").glob("*.parquet"))
+        gate.reopen()
+        s = run_scan(cfg)
+    finally:
+        gate.close()
+    assert s["rows_resumed"] > 0
+    assert flags(s) == flags(ref) and errors(s) == errors(ref)
+    print(f"Milvus gone: the run failed after {took:.1f} s (limit 4 s), then resumed")
