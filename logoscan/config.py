@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 class FetchConfig:
     max_bytes: int = 50 * 1024 * 1024       # larger objects become error rows, unread
     max_pixels: int = 50_000_000            # decompression-bomb guard, checked before decoding
-    allowed_roots: tuple = ()               # local paths must lie under one of these (empty: any)
+    allowed_roots: tuple = ()               # image URIs must lie under one of these folders / s3://
+                                            # prefixes; empty: the manifest's own folder (local) and
+                                            # any s3:// URI. Anything else is refused, never read.
     retries: int = 2                        # transient read errors (S3 throttling, 5xx) tried again, each
                                             # time with the SDK's own 3 tries: 9 GETs per object at most
     retry_base_s: float = 0.5               # backoff: base * 2^attempt, jittered

@@ -280,6 +280,7 @@ def run_scan(cfg: ScanConfig) -> dict:
     t0 = time.time()
 
     manifest = read_manifest(cfg.manifest, tuple(cfg.carry_columns))  # errors here: before any work
+    cfg = dataclasses.replace(cfg, fetch=dataclasses.replace(cfg.fetch, allowed_roots=allowed_roots(cfg)))
     unique, dups = split_duplicates(manifest)
     if cfg.engine == "ray":
         # before any Milvus client: gRPC threads in the driver break the Ray head's fork
@@ -345,6 +346,10 @@ def run_scan(cfg: ScanConfig) -> dict:
                       for q, rows in by_queue.items()}
     errors = _table(col.errors, ERRORS, {"run_id": run_id, "scanned_at": now})
 
+    refused = sum(1 for e in col.errors if e["error_type"] == "PermissionError")
+    if refused:
+        log.warning("scan.refused", rows=refused, allowed_roots=list(cfg.fetch.allowed_roots),
+                    note="image URIs outside the allowed roots were not read (set fetch.allowed_roots)")
     rows_in = manifest.num_rows
     rows_scanned, rows_errored = len(col.scanned), len(col.errored) + dups.num_rows
     summary = {
@@ -410,6 +415,17 @@ def _without(table: pa.Table, keys: set) -> pa.Table:
         return table
     mask = [k not in keys for k in zip(table.column("item_id").to_pylist(), table.column("image_id").to_pylist())]
     return table.filter(pa.array(mask))
+
+
+def allowed_roots(cfg: ScanConfig) -> tuple:
+    """Where images may be read from: ``fetch.allowed_roots``, or by default the local manifest's
+    own folder (and any s3:// URI) — a manifest row cannot make the sweep read /etc/passwd."""
+    if cfg.fetch.allowed_roots:
+        return tuple(cfg.fetch.allowed_roots)
+    if storage.is_s3(cfg.manifest):
+        return ()
+    m = cfg.manifest[len("file://"):] if cfg.manifest.startswith("file://") else cfg.manifest
+    return (os.path.realpath(m if os.path.isdir(m) else os.path.dirname(os.path.abspath(m))),)
 
 
 def _check_calibration(cfg: ScanConfig, calibration: dict | None, mode: str, thresholds) -> None:

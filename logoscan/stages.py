@@ -40,12 +40,21 @@ def _error(stage: str, e: BaseException | str, error_type: str | None = None) ->
 
 # ------------------------------------------------------------------ fetch
 
-def _check_local(path: str, cfg: FetchConfig) -> None:
-    if not cfg.allowed_roots:
+def check_allowed(uri: str, roots) -> None:
+    """Refuse, before any read, a URI outside the allowed roots: local roots are compared after
+    resolving symlinks and "..", so neither escapes; s3:// roots restrict buckets/prefixes (with
+    none given, any s3:// URI is allowed). No local root: local paths are refused."""
+    if storage.is_s3(uri):
+        s3_roots = [r for r in roots if storage.is_s3(r)]
+        if s3_roots and not any(uri.startswith(r.rstrip("/") + "/") for r in s3_roots):
+            raise PermissionError(f"{uri!r} is outside the allowed S3 prefixes {s3_roots}")
         return
-    real = os.path.realpath(path[len("file://"):] if path.startswith("file://") else path)
-    if not any(real == r or real.startswith(os.path.realpath(r).rstrip("/") + "/") for r in cfg.allowed_roots):
-        raise PermissionError(f"{path!r} is outside the allowed roots {list(cfg.allowed_roots)}")
+    local = [os.path.realpath(r[len("file://"):] if r.startswith("file://") else r)
+             for r in roots if not storage.is_s3(r)]
+    real = os.path.realpath(uri[len("file://"):] if uri.startswith("file://") else uri)
+    if not any(real == r or real.startswith(r.rstrip("/") + "/") for r in local):
+        raise PermissionError(f"{uri!r} is outside the allowed roots {local or '(none: local paths refused)'}"
+                              " (fetch.allowed_roots)")
 
 
 def fetch(batch: dict, cfg: FetchConfig) -> dict:
@@ -58,8 +67,7 @@ def fetch(batch: dict, cfg: FetchConfig) -> dict:
                 raise ValueError("image_uri is null or empty")
             uri = str(uri)
             storage.check_uri(uri)
-            if not storage.is_s3(uri):
-                _check_local(uri, cfg)
+            check_allowed(uri, cfg.allowed_roots)
             data.append(storage.read_bytes_retrying(uri, cfg.max_bytes, cfg.retries, cfg.retry_base_s)[0])
             errs.append(None)
         except FileNotFoundError as e:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from logoscan.config import RayConfig, ScanConfig
+from logoscan.config import FetchConfig, RayConfig, ScanConfig
 from logoscan.gallery import GalleryError
 from logoscan.pipeline import run_scan
 from logoscan.schema import RUN_SUMMARY_KEYS
@@ -164,7 +164,7 @@ def test_carry_columns_reach_the_flagged_rows(sample, tmp_path):
     for image_id, value in zip(t.column("image_id").to_pylist(), t.column("sku").to_pylist()):
         sku.setdefault(image_id, value)  # a duplicate row is not scanned: the first row's columns win
     s = run_scan(replace(_cfg(sample, tmp_path / "out", engine="local"), manifest=str(tmp_path / "m.parquet"),
-                         carry_columns=("sku",)))
+                         carry_columns=("sku",), fetch=FetchConfig(allowed_roots=(sample["work"],))))
     rows = [r for p in s["outputs"]["queues"].values() for r in pq.read_table(p).to_pylist()]
     assert rows and all(r["sku"] == sku[r["image_id"]] for r in rows)
     with pytest.raises(Exception, match="carry_columns.*nope"):

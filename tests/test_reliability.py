@@ -23,13 +23,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _manifest(sample, tmp_path, copies: int = 3) -> str:
-    """The sample manifest (10 images + 3 bad rows) repeated under new item ids."""
+    """The sample manifest (10 images + 3 bad rows) repeated under new item ids, written next to
+    the sample's images (a manifest's folder is where images may be read from by default)."""
     t = pq.read_table(sample["manifest"])
+
     parts = []
     for c in range(copies):
         ids = [f"{x}-c{c}" for x in t.column("item_id").to_pylist()]
         parts.append(t.set_column(t.schema.get_field_index("item_id"), "item_id", pa.array(ids)))
-    path = tmp_path / "manifest.parquet"
+    path = Path(sample["work"]) / f"manifest-{tmp_path.name}.parquet"
     pq.write_table(pa.concat_tables(parts), path)
     return str(path)
 
@@ -60,7 +62,9 @@ def clean(sample, tmp_path_factory):
     """A clean run of the 39-row manifest (the reference every fault is compared with)."""
     tmp = tmp_path_factory.mktemp("clean")
     manifest = _manifest(sample, tmp)
-    return manifest, run_scan(_cfg(manifest, sample["milvus"], tmp / "out", engine="local"))
+    s = run_scan(_cfg(manifest, sample["milvus"], tmp / "out", engine="local"))
+    assert s["rows_scanned"] == 30 and s["flagged"] > 0  # 10 images x 3; the bad rows are errors
+    return manifest, s
 
 
 def _lite_copy(sample, tmp_path) -> str:
@@ -238,7 +242,7 @@ def test_s3_throttling_is_retried_with_backoff_then_becomes_error_rows(sample, s
     good = len(rows)
     s3.upload_file(str(Path(t[0]["image_uri"])), "flaky", "img/always-503.jpg")
     rows.append({"item_id": "throttled", "image_id": "throttled", "image_uri": "s3://flaky/img/always-503.jpg"})
-    manifest = tmp_path / "m.parquet"
+    manifest = tmp_path / "m.parquet"  # a local manifest of s3:// images: any s3:// URI is allowed
     pq.write_table(pa.Table.from_pylist(rows), manifest)
 
     direct = run_scan(_cfg(str(manifest), sample["milvus"], tmp_path / "direct", engine="local"))
