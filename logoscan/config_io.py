@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import tomllib
 import typing
 from pathlib import Path
@@ -15,6 +16,9 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     pass
+
+
+SECRET_KEY = re.compile(r"secret|password|passwd|token|access_key|credential|api_key", re.I)
 
 
 def read_mapping(path: str | None) -> dict[str, Any]:
@@ -52,6 +56,11 @@ def build(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
+    secret = sorted(k for k in unknown if SECRET_KEY.search(str(k)))
+    if secret:
+        raise ConfigError(f"{secret} in {where or cls.__name__} look like credentials: they do not belong in a "
+                          "config file (committed with jobs, dumped next to the outputs). S3 credentials come "
+                          "from the AWS chain (AWS_* environment, profile, instance role), Milvus's from MILVUS_TOKEN.")
     if unknown:
         raise ConfigError(f"unknown config key(s) {sorted(unknown)} in {where or cls.__name__}; "
                           f"known: {sorted(names)}")
@@ -74,4 +83,16 @@ def load(cls: type[T], path: str | None = None, overrides: list[str] | None = No
 
 
 def to_dict(obj) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(obj), default=str))
+    """The config as written next to the outputs and into logs: any ``user:password@`` in a URI
+    (e.g. a Milvus server's) is removed."""
+    return _redact(json.loads(json.dumps(dataclasses.asdict(obj), default=str)))
+
+
+def _redact(v):
+    if isinstance(v, dict):
+        return {k: _redact(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_redact(x) for x in v]
+    if isinstance(v, str) and "://" in v and "@" in v:
+        return re.sub(r"://[^/@]*@", "://", v)
+    return v
