@@ -124,7 +124,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="YAML/TOML file with ScanConfig keys (flags win over it)")
     s.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS, else local Ray)")
     s.add_argument("--engine", choices=("ray", "local"))
-    s.add_argument("--run-id", help="default: scan-<UTC time>; re-using one replaces that run's outputs")
+    s.add_argument("--run-id", help="default: scan-<UTC time>; re-using one resumes that run if it was cut "
+                   "short (same inputs and settings), else replaces its outputs")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set detector.score_thresh=0.4")
     s.set_defaults(fn=cmd_scan)

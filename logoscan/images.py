@@ -26,10 +26,14 @@ def decode(data: bytes, max_pixels: int) -> np.ndarray:
             raise ImageRejected(f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
         im.seek(0)
         im.load()
+        return _to_rgb(im)
     except ImageRejected:
         raise
-    except Exception as e:  # PIL raises many types for bad data
+    except Exception as e:  # PIL raises many types for bad data (a broken EXIF block too)
         raise ImageRejected(f"cannot decode image: {type(e).__name__}: {e}") from e
+
+
+def _to_rgb(im: Image.Image) -> np.ndarray:
     im = ImageOps.exif_transpose(im)
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(im, dtype=np.float32)

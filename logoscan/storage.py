@@ -72,11 +72,11 @@ def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
 
 
 # What an S3 endpoint (or the network on the way) says when trying again later can succeed:
-# throttling, 5xx, dropped connections. pyarrow's own retry does not cover all of them (a 503
-# SlowDown on GetObject surfaced as a non-retryable INTERNAL_FAILURE in our drill).
-TRANSIENT = ("SlowDown", "SLOW_DOWN", "Throttl", "THROTTL", "SERVICE_UNAVAILABLE", "TooManyRequests", "RequestTimeout", "InternalError", "INTERNAL_FAILURE",
-             "ServiceUnavailable", "NETWORK_CONNECTION", "Connection", "Timeout", "timed out",
-             " 500", " 502", " 503", " 504")
+# throttling, 5xx, dropped connections. The SDK's own retries (S3_SDK_ATTEMPTS, short backoff)
+# ride out a blip; this outer loop waits longer, jittered, for an endpoint that throttles for seconds.
+TRANSIENT = ("SlowDown", "SLOW_DOWN", "Throttl", "THROTTL", "SERVICE_UNAVAILABLE", "TooManyRequests",
+             "RequestTimeout", "InternalError", "INTERNAL_FAILURE", "ServiceUnavailable", "NETWORK_CONNECTION",
+             "Connection", "Timeout", "timed out", " 500", " 502", " 503", " 504")
 
 
 def is_transient(e: BaseException) -> bool:

@@ -130,3 +130,14 @@ def test_every_bad_input_ends_as_exactly_one_expected_row(sample, bad, tmp_path)
     msgs = {e["item_id"]: e["message"] for e in errors}
     assert "20000x20000" in msgs["decompression-bomb"]
     assert "outside the allowed roots" in msgs["relative-traversal"]
+
+
+def test_object_over_the_byte_limit_is_an_error_row_unread_past_the_limit(tmp_path):
+    from logoscan import stages
+    from logoscan.config import FetchConfig
+    big = tmp_path / "big.jpg"
+    big.write_bytes(b"\xff" * 5000)
+    b = {"item_id": ["i"], "image_id": ["i"], "image_uri": [str(big)]}
+    out = stages.fetch(b, FetchConfig(max_bytes=1000, allowed_roots=(str(tmp_path),)))
+    assert out["error_stage"][0] == "fetch" and out["error_type"][0] == "ValueError"
+    assert "1000-byte limit" in out["error_message"][0]
