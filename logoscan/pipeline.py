@@ -420,12 +420,14 @@ def _without(table: pa.Table, keys: set) -> pa.Table:
 def allowed_roots(cfg: ScanConfig) -> tuple:
     """Where images may be read from: ``fetch.allowed_roots``, or by default the local manifest's
     own folder (and any s3:// URI) — a manifest row cannot make the sweep read /etc/passwd."""
+    def local(p: str) -> str:  # symlinks and ".." resolved once here, not per image
+        return os.path.realpath(p[len("file://"):] if p.startswith("file://") else p)
     if cfg.fetch.allowed_roots:
-        return tuple(cfg.fetch.allowed_roots)
+        return tuple(r if storage.is_s3(r) else local(r) for r in cfg.fetch.allowed_roots)
     if storage.is_s3(cfg.manifest):
         return ()
-    m = cfg.manifest[len("file://"):] if cfg.manifest.startswith("file://") else cfg.manifest
-    return (os.path.realpath(m if os.path.isdir(m) else os.path.dirname(os.path.abspath(m))),)
+    m = local(cfg.manifest)
+    return (m if os.path.isdir(m) else os.path.dirname(m),)
 
 
 def _check_calibration(cfg: ScanConfig, calibration: dict | None, mode: str, thresholds) -> None:

@@ -41,16 +41,16 @@ def _error(stage: str, e: BaseException | str, error_type: str | None = None) ->
 # ------------------------------------------------------------------ fetch
 
 def check_allowed(uri: str, roots) -> None:
-    """Refuse, before any read, a URI outside the allowed roots: local roots are compared after
-    resolving symlinks and "..", so neither escapes; s3:// roots restrict buckets/prefixes (with
-    none given, any s3:// URI is allowed). No local root: local paths are refused."""
+    """Refuse, before any read, a URI outside the allowed roots. The URI's path is resolved
+    (symlinks, "..") so neither escapes; local ``roots`` come resolved (pipeline.allowed_roots).
+    s3:// roots restrict buckets/prefixes (none given: any s3:// URI). No local root: local paths
+    are refused."""
     if storage.is_s3(uri):
         s3_roots = [r for r in roots if storage.is_s3(r)]
         if s3_roots and not any(uri.startswith(r.rstrip("/") + "/") for r in s3_roots):
             raise PermissionError(f"{uri!r} is outside the allowed S3 prefixes {s3_roots}")
         return
-    local = [os.path.realpath(r[len("file://"):] if r.startswith("file://") else r)
-             for r in roots if not storage.is_s3(r)]
+    local = [r for r in roots if not storage.is_s3(r)]  # resolved once by pipeline.allowed_roots
     real = os.path.realpath(uri[len("file://"):] if uri.startswith("file://") else uri)
     if not any(real == r or real.startswith(r.rstrip("/") + "/") for r in local):
         raise PermissionError(f"{uri!r} is outside the allowed roots {local or '(none: local paths refused)'}"
