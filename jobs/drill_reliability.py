@@ -35,18 +35,9 @@ def _port() -> int:
 
 
 def flags(summary) -> list[tuple]:
-    rows = []
-    for path in summary["outputs"]["queues"].values():
-        fs_path = path
-        if path.startswith("s3://"):
-            from logoscan import storage
-            fs, p = storage.resolve(path)
-            t = pq.read_table(p, filesystem=fs)
-        else:
-            t = pq.read_table(fs_path)
-        for r in t.to_pylist():
-            rows.append((r["item_id"], r["image_id"].split("/")[-1], tuple(round(v) for v in r["box"]), r["label"]))
-    return sorted(rows)
+    """(item, image, box, label) of each flagged region; the drills write outputs locally."""
+    return sorted((r["item_id"], r["image_id"], tuple(round(v) for v in r["box"]), r["label"])
+                  for path in summary["outputs"]["queues"].values() for r in pq.read_table(path).to_pylist())
 
 
 def compare(s, ref) -> dict:

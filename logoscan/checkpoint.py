@@ -5,7 +5,7 @@ manifest, model and gallery versions, thresholds, policy) and, every ``checkpoin
 finished images, one ``part-<n>.parquet`` holding those images' outcomes: scanned (with its
 flagged regions) or errored. An image is finished only when all of its rows (one per region)
 have come back, so a part never holds half an image. Each part is written whole (a local rename
-or one S3 PUT), so a driver killed while writing one leaves no torn file behind.
+or one S3 PUT: storage.write_bytes), so a driver killed while writing one leaves no torn file behind.
 
 A sweep started again with the same run id, the same inputs and the same settings reads the
 parts, skips those images and scans the rest; with any other fingerprint it starts over (and
@@ -20,7 +20,6 @@ import json
 import uuid
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from logoscan import storage
@@ -117,14 +116,7 @@ class Checkpoint:
         buf = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(rows, schema=PART), buf, compression="zstd")
         name = f"part-{self.parts_written:06d}-{uuid.uuid4().hex[:8]}.parquet"
-        final = storage.join(self.dir, "parts", name)
-        fs, _ = storage.resolve(final)
-        if isinstance(fs, pafs.LocalFileSystem):  # local: write aside, then rename into place
-            tmp = storage.join(self.dir, "_tmp-" + name)
-            storage.write_bytes(tmp, buf.getvalue())
-            storage.move_file(tmp, final)
-        else:  # one S3 PUT is all-or-nothing
-            storage.write_bytes(final, buf.getvalue())
+        storage.write_bytes(storage.join(self.dir, "parts", name), buf.getvalue())  # whole or nothing
         self.parts_written += 1
 
     def clear(self) -> None:

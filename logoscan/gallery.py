@@ -194,13 +194,12 @@ class Matcher:
                                           search_params={"metric_type": "COSINE"})
             except Exception as e:  # noqa: BLE001
                 waited = time.time() - t0
-                if "://" not in self.uri or not self.unavailable_s or not _unreachable(e) \
-                        or waited >= self.unavailable_s:
-                    if "://" in self.uri and _unreachable(e):
-                        raise MilvusUnavailable(
-                            f"Milvus at {redact(self.uri)} did not answer a search for {waited:.0f} s "
-                            f"(limit match.unavailable_s={self.unavailable_s}): {str(e)[:300]}") from e
+                if "://" not in self.uri or not _unreachable(e):  # Lite, or not an outage
                     raise
+                if not self.unavailable_s or waited >= self.unavailable_s:
+                    raise MilvusUnavailable(
+                        f"Milvus at {redact(self.uri)} did not answer a search for {waited:.0f} s "
+                        f"(limit match.unavailable_s={self.unavailable_s}): {str(e)[:300]}") from e
                 pause = min(0.5 * 2 ** attempt, 8.0, max(self.unavailable_s - waited, 0.05))
                 log.warning("milvus.retry", uri=redact(self.uri), attempt=attempt + 1, waited_s=round(waited, 1),
                             next_in_s=round(pause, 1), error=str(e)[:200])

@@ -421,7 +421,7 @@ def allowed_roots(cfg: ScanConfig) -> tuple:
     """Where images may be read from: ``fetch.allowed_roots``, or by default the local manifest's
     own folder (and any s3:// URI) — a manifest row cannot make the sweep read /etc/passwd."""
     def local(p: str) -> str:  # symlinks and ".." resolved once here, not per image
-        return os.path.realpath(p[len("file://"):] if p.startswith("file://") else p)
+        return os.path.realpath(storage.resolve(p)[1])
     if cfg.fetch.allowed_roots:
         return tuple(r if storage.is_s3(r) else local(r) for r in cfg.fetch.allowed_roots)
     if storage.is_s3(cfg.manifest):

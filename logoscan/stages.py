@@ -51,7 +51,7 @@ def check_allowed(uri: str, roots) -> None:
             raise PermissionError(f"{uri!r} is outside the allowed S3 prefixes {s3_roots}")
         return
     local = [r for r in roots if not storage.is_s3(r)]  # resolved once by pipeline.allowed_roots
-    real = os.path.realpath(uri[len("file://"):] if uri.startswith("file://") else uri)
+    real = os.path.realpath(storage.resolve(uri)[1])
     if not any(real == r or real.startswith(r.rstrip("/") + "/") for r in local):
         raise PermissionError(f"{uri!r} is outside the allowed roots {local or '(none: local paths refused)'}"
                               " (fetch.allowed_roots)")
@@ -68,7 +68,7 @@ def fetch(batch: dict, cfg: FetchConfig) -> dict:
             uri = str(uri)
             storage.check_uri(uri)
             check_allowed(uri, cfg.allowed_roots)
-            data.append(storage.read_bytes_retrying(uri, cfg.max_bytes, cfg.retries, cfg.retry_base_s)[0])
+            data.append(storage.read_bytes_retrying(uri, cfg.max_bytes, cfg.retries, cfg.retry_base_s))
             errs.append(None)
         except FileNotFoundError as e:
             data.append(b"")

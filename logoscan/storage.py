@@ -85,12 +85,12 @@ def is_transient(e: BaseException) -> bool:
 
 
 def read_bytes_retrying(uri: str, max_bytes: int | None, retries: int, base_s: float,
-                        sleep=time.sleep) -> tuple[bytes, int]:
-    """read_bytes with bounded retries and jittered exponential backoff on transient errors.
-    Returns (data, retries used); the last error is raised when they are spent."""
+                        sleep=time.sleep) -> bytes:
+    """read_bytes with bounded retries and jittered exponential backoff on transient errors;
+    the last error, naming the attempts, is raised when they are spent."""
     for attempt in range(retries + 1):
         try:
-            return read_bytes(uri, max_bytes), attempt
+            return read_bytes(uri, max_bytes)
         except Exception as e:  # noqa: BLE001
             if attempt == retries or not is_transient(e):
                 if not attempt:
@@ -105,8 +105,21 @@ def read_bytes_retrying(uri: str, max_bytes: int | None, retries: int, base_s: f
 
 
 def write_bytes(uri: str, data: bytes) -> None:
+    """Whole or nothing: locally a hidden temp file renamed into place; on S3 one object PUT
+    (a multipart upload too is visible only once complete)."""
     fs, path = resolve(uri)
     _ensure_parent(fs, path)
+    if isinstance(fs, pafs.LocalFileSystem):
+        tmp = os.path.join(os.path.dirname(path),  # hidden: listings skip it
+                           f".{os.path.basename(path)}.{os.getpid()}.{random.getrandbits(32):08x}")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return
     with fs.open_output_stream(path) as f:
         f.write(data)
 
