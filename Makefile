@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test train-extra train-embedder train-detector bench-embedder bench-detector bench-calibration drill-reliability fonts clean
+.PHONY: setup demo test train-extra train-embedder train-detector bench-embedder bench-detector bench-calibration bench-incremental drill-reliability fonts clean
 
 setup: $(VENV)/.installed
 
@@ -50,6 +50,9 @@ bench-detector: train-extra
 	$(PY) jobs/bench_detector.py --write docs/bench/detector.md
 bench-calibration: setup
 	$(PY) jobs/bench_calibration.py --write docs/bench/calibration.md
+# Incremental nightly run at 1% churn vs a full sweep; rematch throughput (100 and 100k references)
+bench-incremental: setup
+	RAY_AUTH_MODE=disabled $(PY) jobs/bench_incremental.py --images 1000 --write docs/bench/incremental.md
 # Fault drills (killed actor, killed driver + resume, S3 throttling, Milvus outage): docs/reliability.md
 drill-reliability: setup
 	RAY_AUTH_MODE=disabled $(PY) jobs/drill_reliability.py --images 300 --write docs/bench/reliability.md

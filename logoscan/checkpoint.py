@@ -28,7 +28,7 @@ from logoscan.schema import BOX
 
 log = get_logger(__name__)
 
-FLAG_FIELDS = ("box", "det_score", "label", "category", "logo_id", "distance", "threshold",
+FLAG_FIELDS = ("region", "box", "det_score", "label", "category", "logo_id", "distance", "threshold",
                "threshold_source", "runner_up_label", "runner_up_distance", "margin", "queue",
                "thumbnail_jpeg", "ocr_text")
 ERROR_FIELDS = ("stage", "error_type", "message")
@@ -38,7 +38,7 @@ PART = pa.schema([
     ("record", pa.string()), ("item_id", pa.string()), ("image_id", pa.string()), ("image_uri", pa.string()),
     ("status", pa.string()), ("regions", pa.int32()),
     ("stage", pa.string()), ("error_type", pa.string()), ("message", pa.string()),
-    ("box", BOX), ("det_score", pa.float32()), ("label", pa.string()), ("category", pa.string()),
+    ("region", pa.int16()), ("box", BOX), ("det_score", pa.float32()), ("label", pa.string()), ("category", pa.string()),
     ("logo_id", pa.string()), ("distance", pa.float32()), ("threshold", pa.float32()),
     ("threshold_source", pa.string()), ("runner_up_label", pa.string()),
     ("runner_up_distance", pa.float32()), ("margin", pa.float32()), ("queue", pa.string()),

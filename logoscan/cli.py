@@ -11,6 +11,7 @@ from logoscan.gallery import GalleryError
 from logoscan.ocr import OcrUnavailable
 from logoscan.pipeline import ScanError
 from logoscan.schema import SchemaError
+from logoscan.store import StoreError
 
 
 def _scan_config(a):
@@ -22,6 +23,10 @@ def _scan_config(a):
             data[key] = val
     if a.ray_address:
         config_io.set_dotted(data, "ray.address", a.ray_address)
+    if a.incremental:
+        config_io.set_dotted(data, "store.incremental", True)
+    if a.store:
+        config_io.set_dotted(data, "store.uri", a.store)
     for o in a.set:
         config_io.set_dotted(data, *config_io.parse_override(o))
     return config_io.build(ScanConfig, data)
@@ -30,8 +35,51 @@ def _scan_config(a):
 def cmd_scan(a) -> int:
     from logoscan.pipeline import run_scan
     s = run_scan(_scan_config(a))
-    print(json.dumps({k: s[k] for k in ("run_id", "rows_in", "rows_scanned", "rows_errored", "flagged",
-                                        "flagged_by_queue", "outputs")}, indent=2))
+    print(json.dumps({k: s[k] for k in ("run_id", "rows_in", "rows_scanned", "rows_reused", "rows_errored",
+                                        "flagged", "flagged_by_queue", "outputs")}, indent=2))
+    return 0
+
+
+def cmd_rematch(a) -> int:
+    from logoscan.config import RematchConfig
+    from logoscan.pipeline import run_rematch
+    data = config_io.read_mapping(a.config)
+    for key, val in (("store", a.store), ("milvus_uri", a.milvus_uri), ("collection", a.collection),
+                     ("out", a.out), ("manifest", a.manifest), ("run_id", a.run_id), ("previous", a.previous)):
+        if val is not None:
+            data[key] = val
+    if a.all_flags:
+        data["all_flags"] = True
+    for o in a.set:
+        config_io.set_dotted(data, *config_io.parse_override(o))
+    s = run_rematch(config_io.build(RematchConfig, data))
+    print(json.dumps({k: s[k] for k in ("run_id", "rows_in", "regions", "regions_per_s", "flagged", "flagged_all",
+                                        "flagged_by_queue", "store", "outputs")}, indent=2))
+    return 0
+
+
+def cmd_store_compact(a) -> int:
+    from logoscan import storage
+    from logoscan.log import configure
+    from logoscan.pipeline import read_manifest
+    from logoscan.store import Store
+    configure()
+    folders = Store.folders(a.store)
+    if not folders:
+        raise StoreError(f"no store entries (key=… folders) under {a.store}")
+    keep = None
+    if a.manifest:
+        m = read_manifest(a.manifest)
+        keep = set(zip(m.column("item_id").to_pylist(), m.column("image_id").to_pylist()))
+    report = {}
+    for st in folders:
+        name = st.dir.rsplit("/", 1)[-1]
+        if a.keep_only and name != f"key={a.keep_only}":
+            storage.delete_dir(st.dir)
+            report[name] = "deleted"
+        else:
+            report[name] = st.compact(keep)
+    print(json.dumps(report, indent=2))
     return 0
 
 
@@ -126,9 +174,34 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--engine", choices=("ray", "local"))
     s.add_argument("--run-id", help="default: scan-<UTC time>; re-using one resumes that run if it was cut "
                    "short (same inputs and settings), else replaces its outputs")
+    s.add_argument("--incremental", action="store_true",
+                   help="reuse the embedding store: only new or changed images are fetched and embedded")
+    s.add_argument("--store", help="embedding store folder or s3:// prefix (default: OUT/store)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set detector.score_thresh=0.4")
     s.set_defaults(fn=cmd_scan)
+
+    r = sub.add_parser("rematch", help="match every stored embedding against the gallery as it is now; "
+                                       "write only the flags reviewers have not seen (no image is read)")
+    r.add_argument("--store", help="the embedding store the scans wrote (e.g. OUT/store)")
+    r.add_argument("--milvus-uri")
+    r.add_argument("--collection")
+    r.add_argument("--out", help="output folder or s3:// prefix for the review queues")
+    r.add_argument("--manifest", help="only the (item_id, image_id) rows of this manifest (default: all stored)")
+    r.add_argument("--run-id")
+    r.add_argument("--previous", help="match version to compare with (default: the last one this store saw)")
+    r.add_argument("--all-flags", action="store_true", help="write every flag, not only the new ones")
+    r.add_argument("--config", help="YAML/TOML with RematchConfig keys (use the scan's detector/ocr settings)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    r.set_defaults(fn=cmd_rematch)
+
+    st = sub.add_parser("store", help="maintain the embedding store")
+    stsub = st.add_subparsers(dest="scmd", required=True)
+    sc = stsub.add_parser("compact", help="rewrite each model's parts as one, newest entry per image")
+    sc.add_argument("--store", required=True)
+    sc.add_argument("--manifest", help="keep only the images of this manifest (drop products that left)")
+    sc.add_argument("--keep-only", metavar="KEY", help="delete every key= folder but key=KEY (old models)")
+    sc.set_defaults(fn=cmd_store_compact)
 
     c = sub.add_parser("calibrate", help="per-category/class thresholds for a gallery from labelled crops")
     c.add_argument("--crops", help="labelled crops Parquet: image_uri, label (null = must not be flagged), "
@@ -171,7 +244,8 @@ def main(argv=None) -> int:
     a = parser().parse_args(argv)
     try:
         return a.fn(a)
-    except (SchemaError, ConfigError, GalleryError, ScanError, OcrUnavailable, FileNotFoundError) as e:
+    except (SchemaError, ConfigError, GalleryError, ScanError, OcrUnavailable, StoreError,
+            FileNotFoundError) as e:
         print(f"logoscan: error: {e}", file=sys.stderr)
         return 2
 

@@ -92,6 +92,15 @@ class RayConfig:
 
 
 @dataclass(frozen=True)
+class StoreConfig:
+    uri: str = ""                           # the catalog embedding store; "" = <out>/store
+    write: bool = True                      # append each scanned image's regions + embeddings
+    incremental: bool = False               # reuse stored images whose content and model are unchanged:
+                                            # no fetch, decode, detect or embed for them
+    stat_threads: int = 16                  # parallel stats / HEADs for content keys
+
+
+@dataclass(frozen=True)
 class ScanConfig:
     manifest: str = ""
     milvus_uri: str = ""
@@ -110,6 +119,25 @@ class ScanConfig:
     ocr: OcrConfig = OcrConfig()
     policy: PolicyConfig = PolicyConfig()
     ray: RayConfig = RayConfig()
+    store: StoreConfig = StoreConfig()
+
+
+@dataclass(frozen=True)
+class RematchConfig:
+    store: str = ""                         # the embedding store (folder or s3:// prefix)
+    milvus_uri: str = ""
+    collection: str = "logos"
+    out: str = ""                           # review queues, as a scan writes them
+    manifest: str = ""                      # optional: only these (item_id, image_id) of the store
+    run_id: str | None = None               # default: rematch-<UTC timestamp>
+    run_date: str | None = None
+    previous: str | None = None             # match version to compare with; None = the last one seen
+    all_flags: bool = False                 # write every flag, not only the new ones
+    detector: DetectorConfig = DetectorConfig()
+    embedder: EmbedderConfig = EmbedderConfig()
+    match: MatchConfig = MatchConfig()
+    ocr: OcrConfig = OcrConfig()
+    policy: PolicyConfig = PolicyConfig()
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,12 @@ import pyarrow.parquet as pq
 from logoscan import config_io, output, stages, storage
 from logoscan.calibration import read_calibration, resolve_thresholds
 from logoscan.checkpoint import Checkpoint, fingerprint
-from logoscan.config import ScanConfig
-from logoscan.gallery import GalleryError, MilvusUnavailable, connect, read_metadata
+from logoscan.config import RematchConfig, ScanConfig
+from logoscan.gallery import GalleryError, MilvusUnavailable, connect, read_metadata, redact
 from logoscan.log import configure, get_logger
 from logoscan.models import default_artifact_path
 from logoscan.schema import ERRORS, FLAGGED, SchemaError, parquet_files, validate_manifest
+from logoscan.store import Store, content_keys, store_key
 
 log = get_logger(__name__)
 
@@ -45,7 +46,7 @@ def read_manifest(uri: str, extra_columns: tuple = ()) -> pa.Table:
         fs, path = storage.resolve(f)
         try:
             names = pq.read_schema(fs.open_input_file(path)).names
-            wanted = ["item_id", "image_uri", "image_id", *extra_columns]
+            wanted = ["item_id", "image_uri", "image_id", "image_fingerprint", *extra_columns]
             t = pq.read_table(path, filesystem=fs, columns=[c for c in wanted if c in names])
         except Exception as e:
             raise SchemaError(f"{f}: not a readable Parquet file ({e})") from e
@@ -53,7 +54,10 @@ def read_manifest(uri: str, extra_columns: tuple = ()) -> pa.Table:
         missing = [c for c in extra_columns if c not in t.column_names]
         if missing:
             raise SchemaError(f"{f}: carry_columns {missing} are not in the manifest")
-        tables.append(t.select(["item_id", "image_id", "image_uri", *extra_columns]))
+        if "image_fingerprint" not in t.column_names:
+            t = t.append_column("image_fingerprint", pa.nulls(t.num_rows, pa.string()))
+        tables.append(t.select(["item_id", "image_id", "image_uri", "image_fingerprint",
+                                *[c for c in extra_columns if c != "image_fingerprint"]]))
     return pa.concat_tables(tables, promote_options="default")
 
 
@@ -73,34 +77,35 @@ def artifact_config(kind: str, uri: str) -> dict:
 
 # ------------------------------------------------------------------ collecting results
 
-FLAG_KEYS = ("item_id", "image_id", "image_uri", "box", "det_score", "label", "category", "logo_id",
+FLAG_KEYS = ("item_id", "image_id", "image_uri", "region", "box", "det_score", "label", "category", "logo_id",
              "distance", "threshold", "threshold_source", "runner_up_label", "runner_up_distance", "margin",
              "queue", "thumbnail_jpeg")
 
 
 class Collector:
     """Consumes output batches. An image is finished when all of its rows (one per region, or
-    one "empty"/"error" row) have come back; only then does it count as scanned or errored, and
-    every ``checkpoint_every`` finished images go to the run's checkpoint."""
+    one "empty"/"error" row) have come back; only then does it count as scanned, reused (matched
+    from the embedding store) or errored, is it handed to the store writer, and every
+    ``checkpoint_every`` finished images go to the run's checkpoint."""
 
-    def __init__(self, total: int, checkpoint=None, every: int = 0, resumed: list[dict] = ()):
+    def __init__(self, total: int, checkpoint=None, every: int = 0, resumed: list[dict] = (), writer=None):
         self.total, self.errors, self.flagged = total, [], []
-        self.scanned, self.errored = set(), set()
+        self.scanned, self.reused, self.errored = set(), set(), set()
         self.regions = 0
         self.pending: dict[tuple, dict] = {}
         self.unsaved: list[dict] = []
-        self.checkpoint, self.every = checkpoint, every
+        self.checkpoint, self.every, self.writer = checkpoint, every, writer
         for img in resumed:
             self._count(img)
         self.resumed = len(resumed)
         self.t0 = self.last = time.time()
 
-    def add(self, b: dict) -> None:
+    def add(self, b: dict, status: str = "scanned") -> None:
         kind = np.asarray(b["kind"])
         for i in range(len(kind)):
             key = (b["item_id"][i], b["image_id"][i])
             img = self.pending.setdefault(key, {"key": key, "image_uri": b["image_uri"][i], "left": int(
-                b["rows_of_image"][i]), "status": "scanned", "regions": 0, "error": None, "flagged": []})
+                b["rows_of_image"][i]), "status": status, "regions": 0, "error": None, "flagged": []})
             img["left"] -= 1
             if kind[i] == "error":
                 img["status"] = "errored"
@@ -114,6 +119,8 @@ class Collector:
             if img["left"] <= 0:
                 self._count(self.pending.pop(key))
                 self.unsaved.append(img)
+                if self.writer is not None:
+                    self.writer.finish(key, img["status"])
         if self.checkpoint is not None and self.every and len(self.unsaved) >= self.every:
             self.save()
         self._progress()
@@ -125,19 +132,26 @@ class Collector:
             self.errors.append({"item_id": item_id, "image_id": image_id, "image_uri": img["image_uri"],
                                 **img["error"]})
         else:
-            self.scanned.add(img["key"])
+            (self.reused if img["status"] == "reused" else self.scanned).add(img["key"])
             self.regions += img["regions"]
             self.flagged.extend(img["flagged"])
+
+    def capture(self, b: dict) -> None:
+        """An embedded batch, before matching drops its embeddings: for the store writer."""
+        if self.writer is not None:
+            self.writer.capture(b)
 
     def save(self) -> None:
         """Checkpoint the images finished since the last save."""
         if self.checkpoint is not None and self.unsaved:
+            if self.writer is not None:
+                self.writer.flush()  # stored before checkpointed: a resumed run's images are in the store
             self.checkpoint.write(self.unsaved)
             self.unsaved = []
 
     def _progress(self) -> None:
         now = time.time()
-        done = len(self.scanned) + len(self.errored)
+        done = len(self.scanned) + len(self.reused) + len(self.errored)
         if now - self.last >= 5 or done == self.total:
             self.last = now
             rate = (done - self.resumed) / max(now - self.t0, 1e-9)
@@ -169,6 +183,7 @@ def _run_local(manifest: pa.Table, cfg: ScanConfig, ctx: dict, col: Collector) -
             if ocr is not None:
                 b, t = stages.timed(ocr, b); timings["ocr"] += t
             b, t = stages.timed(emb, b); timings["embed"] += t
+            col.capture(b)
             b, t = stages.timed(mat, b); timings["match"] += t
             col.add(b)
     finally:
@@ -244,6 +259,7 @@ def _run_ray(manifest: pa.Table, cfg: ScanConfig, ctx: dict, col: Collector) -> 
                        embedder_version=ctx["embedder_version"], run_id=ctx["run_id"], ocr_cfg=cfg.ocr)
     try:
         for b in ds.iter_batches(batch_format="numpy", batch_size=cfg.match.search_batch):
+            col.capture(b)
             col.add(owner(b))
     finally:
         owner.matcher.close()
@@ -263,30 +279,19 @@ def _table(rows: list[dict], schema: pa.Schema, fill: dict) -> pa.Table:
     return pa.table({k: pa.array(v, type=schema.field(k).type) for k, v in cols.items()}, schema=schema)
 
 
-def run_scan(cfg: ScanConfig) -> dict:
-    for name in ("manifest", "milvus_uri", "out"):
-        if not getattr(cfg, name):
-            raise ScanError(f"scan needs {name} (flag --{name.replace('_', '-')} or config key {name!r})")
-    if cfg.engine not in ("ray", "local"):
-        raise ScanError(f"engine must be 'ray' or 'local', not {cfg.engine!r}")
+def _run_ids(cfg, prefix: str) -> tuple[datetime, str, str]:
     started = datetime.now(timezone.utc)
-    run_id = cfg.run_id or "scan-" + started.strftime("%Y%m%dT%H%M%SZ")
+    run_id = cfg.run_id or f"{prefix}-" + started.strftime("%Y%m%dT%H%M%SZ")
     run_date = str(cfg.run_date) if cfg.run_date else started.strftime("%Y-%m-%d")  # YAML reads dates as dates
     try:
         datetime.strptime(run_date, "%Y-%m-%d")
     except ValueError:
         raise ScanError(f"run_date must look like YYYY-MM-DD, not {cfg.run_date!r}") from None
-    configure(run_id)
-    t0 = time.time()
+    return started, run_id, run_date
 
-    manifest = read_manifest(cfg.manifest, tuple(cfg.carry_columns))  # errors here: before any work
-    cfg = dataclasses.replace(cfg, fetch=dataclasses.replace(cfg.fetch, allowed_roots=allowed_roots(cfg)))
-    unique, dups = split_duplicates(manifest)
-    if cfg.engine == "ray":
-        # before any Milvus client: gRPC threads in the driver break the Ray head's fork
-        init_ray(cfg.ray)
-    det_cfg = artifact_config("detector", cfg.detector.artifact)
-    emb_cfg = artifact_config("embedder", cfg.embedder.artifact)
+
+def _gallery(cfg, emb_cfg: dict) -> tuple[dict, dict | None, object, str]:
+    """The gallery's metadata and calibration, and the thresholds this run applies."""
     client = connect(cfg.milvus_uri)
     try:
         gmeta = read_metadata(client, cfg.collection)
@@ -304,6 +309,105 @@ def run_scan(cfg: ScanConfig) -> dict:
     mode = "ocr" if cfg.ocr.enabled else "image"
     thresholds = resolve_thresholds(cfg.policy, threshold, calibration, mode)
     _check_calibration(cfg, calibration, mode, thresholds)
+    return gmeta, calibration, thresholds, mode
+
+
+def match_version(gallery_version: str, thresholds, ocr) -> str:
+    """What decides a flag besides the embedding: the gallery, the thresholds, OCR fusion."""
+    return f"{gallery_version}.{fingerprint({'thresholds': dataclasses.asdict(thresholds), 'ocr': [ocr.enabled, ocr.weight, ocr.floor] if ocr.enabled else None})[:8]}"
+
+
+def open_store(uri: str, model_version: str, det, ocr) -> Store:
+    """The store folder for these models and the settings that change what is stored."""
+    settings = {"score_thresh": det.score_thresh, "max_regions": det.max_regions, "thumbnail_px": det.thumbnail_px,
+                "ocr": {"languages": list(ocr.languages), "model_dir": ocr.model_dir,
+                        "min_confidence": ocr.min_confidence} if ocr.enabled else None}
+    return Store(uri, store_key(model_version, settings), {"model_version": model_version, "settings": settings})
+
+
+def _plan(cfg: ScanConfig, run_id: str, unique: pa.Table, todo: pa.Table, model_version: str):
+    """With the store on: every row's content key, the writer for newly scanned images and, for
+    an incremental run, the rows the store already holds for this content and these models."""
+    store = open_store(cfg.store.uri or storage.join(cfg.out, "store"), model_version, cfg.detector, cfg.ocr)
+    t0 = time.time()
+    roots = cfg.fetch.allowed_roots
+    allowed = unique.filter(pa.array([_allowed(u, roots) for u in unique.column("image_uri").to_pylist()],
+                                     pa.bool_()))
+    ck = dict(zip(zip(allowed.column("item_id").to_pylist(), allowed.column("image_id").to_pylist()),
+                  content_keys(allowed, cfg.store.stat_threads)))
+    writer = store.writer(run_id, cfg.checkpoint_every or 256) if cfg.store.write else None
+    if writer is not None:
+        writer.content = ck
+    reuse, info = {}, {"uri": redact(store.uri), "key": store.key, "incremental": cfg.store.incremental,
+                       "other_keys": store.other_keys()}
+    if cfg.store.incremental:
+        index = store.index()
+        new = changed = unknown = 0
+        for key in zip(todo.column("item_id").to_pylist(), todo.column("image_id").to_pylist()):
+            have, now = index.get(key), ck.get(key)
+            if now is None:
+                unknown += 1
+            elif have is None:
+                new += 1
+            elif have[0] != now:
+                changed += 1
+            else:
+                reuse[key] = have[1]
+        info.update(stored_images=len(index), new=new, changed=changed, unknown=unknown, reused=len(reuse))
+        if info["other_keys"] and not index:
+            log.warning("store.model_changed", store=info["uri"], key=store.key, not_used=info["other_keys"],
+                        note="the store holds entries of other models or settings only: every image is "
+                             "fetched, detected and embedded again under the current ones")
+        log.info("store.plan", **{k: info[k] for k in ("key", "stored_images", "reused", "new", "changed", "unknown")},
+                 stat_s=round(time.time() - t0, 2))
+    return store, writer, reuse, ck, info
+
+
+def _allowed(uri, roots) -> bool:
+    try:
+        storage.check_uri(str(uri))
+        stages.check_allowed(str(uri), roots)
+        return bool(uri)
+    except Exception:  # noqa: BLE001 - the fetch stage gives it its error row
+        return False
+
+
+def _run_stored(store: Store, wanted: dict, cfg, ctx: dict, col: Collector) -> float:
+    """Match images from the embedding store: no fetch, decode, detect or embed."""
+    from logoscan.actors import MatchActor
+    if not wanted:
+        return 0.0
+    owner = MatchActor(milvus_uri=cfg.milvus_uri, collection=cfg.collection, match_cfg=cfg.match,
+                       policy=cfg.policy, thresholds=ctx["thresholds"],
+                       embedder_version=ctx["embedder_version"], run_id=ctx["run_id"], ocr_cfg=cfg.ocr)
+    t0 = time.perf_counter()  # the matching loop (store reads, searches, decisions), not the connect
+    try:
+        for b in store.entries(wanted, cfg.match.search_batch):
+            col.add(owner(b), status="reused")
+    finally:
+        owner.matcher.close()
+    return round(time.perf_counter() - t0, 3)
+
+
+def run_scan(cfg: ScanConfig) -> dict:
+    for name in ("manifest", "milvus_uri", "out"):
+        if not getattr(cfg, name):
+            raise ScanError(f"scan needs {name} (flag --{name.replace('_', '-')} or config key {name!r})")
+    if cfg.engine not in ("ray", "local"):
+        raise ScanError(f"engine must be 'ray' or 'local', not {cfg.engine!r}")
+    started, run_id, run_date = _run_ids(cfg, "scan")
+    configure(run_id)
+    t0 = time.time()
+
+    manifest = read_manifest(cfg.manifest, tuple(cfg.carry_columns))  # errors here: before any work
+    cfg = dataclasses.replace(cfg, fetch=dataclasses.replace(cfg.fetch, allowed_roots=allowed_roots(cfg)))
+    unique, dups = split_duplicates(manifest)
+    if cfg.engine == "ray":
+        # before any Milvus client: gRPC threads in the driver break the Ray head's fork
+        init_ray(cfg.ray)
+    det_cfg = artifact_config("detector", cfg.detector.artifact)
+    emb_cfg = artifact_config("embedder", cfg.embedder.artifact)
+    gmeta, calibration, thresholds, mode = _gallery(cfg, emb_cfg)
     ctx = {"run_id": run_id, "crop_size": emb_cfg["input_size"], "crop_pad": emb_cfg["crop_pad"],
            "thresholds": thresholds, "embedder_version": emb_cfg["version"]}
     model_version = f"{det_cfg['version']}+{emb_cfg['version']}"
@@ -311,25 +415,40 @@ def run_scan(cfg: ScanConfig) -> dict:
     if resumed:
         run_date = str(cfg.run_date) if cfg.run_date else ckpt.meta.get("run_date", run_date)
     todo = _without(unique, {img["key"] for img in resumed})
+    store = writer = None
+    reuse, ckeys, store_info = {}, {}, None
+    if cfg.store.write or cfg.store.incremental:
+        store, writer, reuse, ckeys, store_info = _plan(cfg, run_id, unique, todo, model_version)
+    to_scan = _without(todo, set(reuse))
     log.info("scan.start", manifest=cfg.manifest, rows=manifest.num_rows, duplicates=dups.num_rows,
-             resumed=len(resumed), to_scan=todo.num_rows,
+             resumed=len(resumed), reused=len(reuse), to_scan=to_scan.num_rows,
              engine=cfg.engine, collection=cfg.collection, gallery_version=gmeta["gallery_version"],
              detector=det_cfg["version"], embedder=emb_cfg["version"], out=cfg.out)
     if ckpt is not None:
         ckpt.start(run_date)
 
-    col = Collector(unique.num_rows, ckpt, cfg.checkpoint_every, resumed)
+    col = Collector(unique.num_rows, ckpt, cfg.checkpoint_every, resumed, writer)
+    stage_s = {}
     try:
-        stage_s = (_run_local if cfg.engine == "local" else _run_ray)(todo, cfg, ctx, col) if todo.num_rows else {}
+        if reuse:
+            stage_s["stored_match"] = _run_stored(store, reuse, cfg, ctx, col)
+        if to_scan.num_rows:
+            stage_s.update((_run_local if cfg.engine == "local" else _run_ray)(to_scan, cfg, ctx, col))
     except MilvusUnavailable as e:
         col.save()
-        kept = (f"{len(col.scanned) + len(col.errored)} finished image(s) are checkpointed: run again with "
-                f"run id {run_id!r} to resume" if ckpt is not None else "checkpoints are off (checkpoint_every=0)")
+        if writer is not None:
+            writer.flush()
+        kept = (f"{len(col.scanned) + len(col.reused) + len(col.errored)} finished image(s) are checkpointed: run "
+                f"again with run id {run_id!r} to resume" if ckpt is not None else
+                "checkpoints are off (checkpoint_every=0)")
         raise ScanError(f"{e}. Nothing was published; {kept}.") from e
     if col.pending:
         raise ScanError(f"{len(col.pending)} image(s) came back incomplete (fewer region rows than detected): "
                         "refusing to publish")
     col.save()
+    if writer is not None:
+        writer.flush()
+        store_info["written"] = writer.images_written
 
     now = datetime.now(timezone.utc)
     for row in dups.to_pylist():
@@ -338,12 +457,7 @@ def run_scan(cfg: ScanConfig) -> dict:
                            "message": "repeats an earlier (item_id, image_id); scanned once"})
     common = {"run_id": run_id, "scanned_at": now, "model_version": model_version,
               "gallery_version": gmeta["gallery_version"]}
-    col.flagged.sort(key=lambda r: (r["queue"], str(r["item_id"]), str(r["image_id"]), r["box"]))
-    by_queue: dict[str, list] = {}
-    for r in col.flagged:
-        by_queue.setdefault(r["queue"], []).append(r)
-    flagged_tables = {q: _carry(_table(rows, FLAGGED, common), manifest, cfg.carry_columns)
-                      for q, rows in by_queue.items()}
+    flagged_tables, by_queue = _queues(col.flagged, common, manifest, cfg.carry_columns)
     errors = _table(col.errors, ERRORS, {"run_id": run_id, "scanned_at": now})
 
     refused = sum(1 for e in col.errors if e["error_type"] == "PermissionError")
@@ -351,35 +465,125 @@ def run_scan(cfg: ScanConfig) -> dict:
         log.warning("scan.refused", rows=refused, allowed_roots=list(cfg.fetch.allowed_roots),
                     note="image URIs outside the allowed roots were not read (set fetch.allowed_roots)")
     rows_in = manifest.num_rows
-    rows_scanned, rows_errored = len(col.scanned), len(col.errored) + dups.num_rows
+    rows_scanned, rows_reused = len(col.scanned), len(col.reused)
+    rows_errored = len(col.errored) + dups.num_rows
     summary = {
         "run_id": run_id, "run_date": run_date, "started_at": started.isoformat(),
         "finished_at": datetime.now(timezone.utc).isoformat(), "seconds": round(time.time() - t0, 2),
-        "rows_in": rows_in, "rows_scanned": rows_scanned, "rows_errored": rows_errored,
+        "rows_in": rows_in, "rows_scanned": rows_scanned, "rows_reused": rows_reused, "rows_errored": rows_errored,
         "rows_resumed": col.resumed,
         "regions": col.regions, "flagged": len(col.flagged),
         "flagged_by_queue": {q: len(v) for q, v in sorted(by_queue.items())},
         "errors_by_stage": dict(Counter(e["stage"] for e in col.errors)),
         "images_per_s": round(rows_in / max(time.time() - t0, 1e-9), 2),
         "stage_seconds": stage_s,
-        "versions": {"detector": det_cfg["version"], "embedder": emb_cfg["version"],
-                     "gallery": gmeta["gallery_version"], "threshold_default": thresholds.default,
-                     "calibration": {"created_at": calibration["created_at"], "mode": mode,
-                                     "applied": bool(thresholds.by_category),
-                                     "categories": thresholds.by_category,
-                                     "classes": len(thresholds.by_class)} if calibration else None,
-                     "thresholds_pinned": thresholds.pinned, "ocr": cfg.ocr.enabled},
+        "store": store_info,
+        "versions": _versions(det_cfg, emb_cfg, gmeta, thresholds, calibration, mode, cfg.ocr.enabled),
         "config": config_io.to_dict(cfg),
     }
-    if rows_scanned + rows_errored != rows_in:
-        raise ScanError(f"accounting broken: {rows_in} rows in, {rows_scanned} scanned, "
+    if rows_scanned + rows_reused + rows_errored != rows_in:
+        raise ScanError(f"accounting broken: {rows_in} rows in, {rows_scanned} scanned, {rows_reused} reused, "
                         f"{rows_errored} errored — refusing to publish a run that lost rows")
     summary["outputs"] = output.write_run(cfg.out, run_id, run_date, flagged_tables, errors, summary,
                                           config_io.to_dict(cfg))
+    if store is not None and cfg.store.write:
+        # what reviewers were shown against this gallery: `rematch` shows only what is new
+        store.write_flags(match_version(gmeta["gallery_version"], thresholds, cfg.ocr), run_id,
+                          _flag_keys(col.flagged, ckeys))
     if ckpt is not None:
         ckpt.clear()  # published: nothing left to resume
-    log.info("scan.done", **{k: summary[k] for k in ("rows_in", "rows_scanned", "rows_errored", "rows_resumed",
-                                                     "regions", "flagged", "seconds", "images_per_s")})
+    log.info("scan.done", **{k: summary[k] for k in ("rows_in", "rows_scanned", "rows_reused", "rows_errored",
+                                                     "rows_resumed", "regions", "flagged", "seconds",
+                                                     "images_per_s")})
+    return summary
+
+
+def _queues(flagged: list[dict], common: dict, manifest: pa.Table | None, carry) -> tuple[dict, dict]:
+    flagged.sort(key=lambda r: (r["queue"], str(r["item_id"]), str(r["image_id"]), r["box"]))
+    by_queue: dict[str, list] = {}
+    for r in flagged:
+        by_queue.setdefault(r["queue"], []).append(r)
+    tables = {q: _carry(_table(rows, FLAGGED, common), manifest, carry) for q, rows in by_queue.items()}
+    return tables, by_queue
+
+
+def _flag_keys(flagged: list[dict], content: dict) -> list[dict]:
+    return [{"item_id": r["item_id"], "image_id": r["image_id"],
+             "content_key": content.get((r["item_id"], r["image_id"])), "region": int(r["region"]),
+             "label": r["label"], "logo_id": r["logo_id"], "distance": float(r["distance"])} for r in flagged]
+
+
+def _versions(det_cfg, emb_cfg, gmeta, thresholds, calibration, mode, ocr_enabled) -> dict:
+    return {"detector": det_cfg["version"], "embedder": emb_cfg["version"],
+            "gallery": gmeta["gallery_version"], "threshold_default": thresholds.default,
+            "calibration": {"created_at": calibration["created_at"], "mode": mode,
+                            "applied": bool(thresholds.by_category),
+                            "categories": thresholds.by_category,
+                            "classes": len(thresholds.by_class)} if calibration else None,
+            "thresholds_pinned": thresholds.pinned, "ocr": ocr_enabled}
+
+
+def run_rematch(cfg: RematchConfig) -> dict:
+    """Match every stored embedding against the gallery as it is now and write review queues as a
+    scan would, holding only the flags reviewers have not been shown: not flagged against the
+    previous gallery version (or thresholds), nor by an earlier run against this one. No image is
+    read and no model runs."""
+    for name in ("store", "milvus_uri", "out"):
+        if not getattr(cfg, name):
+            raise ScanError(f"rematch needs {name} (flag --{name.replace('_', '-')} or config key {name!r})")
+    started, run_id, run_date = _run_ids(cfg, "rematch")
+    configure(run_id)
+    t0 = time.time()
+    det_cfg = artifact_config("detector", cfg.detector.artifact)
+    emb_cfg = artifact_config("embedder", cfg.embedder.artifact)
+    model_version = f"{det_cfg['version']}+{emb_cfg['version']}"
+    store = open_store(cfg.store, model_version, cfg.detector, cfg.ocr)
+    index = store.index()
+    if not index:
+        raise ScanError(f"the store {redact(cfg.store)} holds no entries for {store.key} (models and region "
+                        f"settings); it holds {store.other_keys() or 'nothing'}: rematch with the scan's "
+                        "detector/embedder/OCR settings, or scan first")
+    if cfg.manifest:
+        keep = set(zip(*(read_manifest(cfg.manifest).column(k).to_pylist() for k in ("item_id", "image_id"))))
+        index = {k: v for k, v in index.items() if k in keep}
+    gmeta, calibration, thresholds, mode = _gallery(cfg, emb_cfg)
+    version = match_version(gmeta["gallery_version"], thresholds, cfg.ocr)
+    previous = cfg.previous or store.previous_match(version)
+    ctx = {"run_id": run_id, "thresholds": thresholds, "embedder_version": emb_cfg["version"]}
+    log.info("rematch.start", store=redact(cfg.store), key=store.key, images=len(index), match_version=version,
+             previous=previous, collection=cfg.collection)
+    col = Collector(len(index))
+    seconds = _run_stored(store, {k: n for k, (_, n) in index.items()}, cfg, ctx, col)
+    content = {k: ck for k, (ck, _) in index.items()}
+    shown = set() if cfg.all_flags else (store.read_flags(previous) if previous else set()) | store.read_flags(
+        version, before_run=run_id)
+    if previous is None and not cfg.all_flags:
+        log.warning("rematch.no_previous", match_version=version,
+                    note="no match against another gallery version or thresholds is recorded: every flag not "
+                         "yet shown against this one is new")
+    new = [r for r in col.flagged if (r["item_id"], r["image_id"], content[(r["item_id"], r["image_id"])],
+                                      int(r["region"]), r["label"]) not in shown]
+    now = datetime.now(timezone.utc)
+    common = {"run_id": run_id, "scanned_at": now, "model_version": model_version,
+              "gallery_version": gmeta["gallery_version"]}
+    tables, by_queue = _queues(new, common, None, ())
+    summary = {
+        "run_id": run_id, "run_date": run_date, "started_at": started.isoformat(),
+        "finished_at": datetime.now(timezone.utc).isoformat(), "seconds": round(time.time() - t0, 2),
+        "rows_in": len(index), "rows_scanned": 0, "rows_reused": len(col.reused), "rows_errored": 0,
+        "regions": col.regions, "regions_per_s": round(col.regions / max(seconds, 1e-9), 1),
+        "flagged": len(new), "flagged_all": len(col.flagged), "flagged_by_queue": {q: len(v) for q, v in
+                                                                                   sorted(by_queue.items())},
+        "errors_by_stage": {}, "stage_seconds": {"stored_match": seconds},
+        "store": {"uri": redact(cfg.store), "key": store.key, "match_version": version, "previous": previous},
+        "versions": _versions(det_cfg, emb_cfg, gmeta, thresholds, calibration, mode, cfg.ocr.enabled),
+        "config": config_io.to_dict(cfg),
+    }
+    summary["outputs"] = output.write_run(cfg.out, run_id, run_date, tables, _table([], ERRORS, {}), summary,
+                                          config_io.to_dict(cfg))
+    store.write_flags(version, run_id, _flag_keys(col.flagged, content))
+    log.info("rematch.done", **{k: summary[k] for k in ("rows_in", "regions", "regions_per_s", "flagged",
+                                                        "flagged_all", "seconds")})
     return summary
 
 

@@ -11,7 +11,9 @@ import pyarrow.compute as pc
 BOX = pa.list_(pa.float32(), 4)  # x1, y1, x2, y2 in original-image pixels
 
 MANIFEST_REQUIRED = pa.schema([("item_id", pa.string()), ("image_uri", pa.string())])
-MANIFEST_OPTIONAL = pa.schema([("image_id", pa.string())])
+# image_fingerprint: any string that changes when the image's bytes do (an S3 inventory's ETag, a
+# hash); incremental sweeps trust it instead of a stat / HEAD per image
+MANIFEST_OPTIONAL = pa.schema([("image_id", pa.string()), ("image_fingerprint", pa.string())])
 
 REFERENCES_REQUIRED = pa.schema([("logo_id", pa.string()), ("label", pa.string()),
                                  ("category", pa.string()), ("image_uri", pa.string())])
@@ -41,7 +43,7 @@ ERRORS = pa.schema([
 
 # Keys of summary.json (values: see pipeline.RunSummary)
 RUN_SUMMARY_KEYS = ("run_id", "run_date", "started_at", "finished_at", "seconds", "rows_in",
-                    "rows_scanned", "rows_errored", "regions", "flagged", "flagged_by_queue",
+                    "rows_scanned", "rows_reused", "rows_errored", "regions", "flagged", "flagged_by_queue",
                     "errors_by_stage", "versions", "outputs", "config")
 
 

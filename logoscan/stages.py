@@ -91,13 +91,15 @@ def detect(batch: dict, model, model_cfg: dict, cfg: DetectorConfig, crop_size: 
     """Decode, detect regions, cut the embedder's crop and a reviewer thumbnail for each region.
     ``crop_size``/``crop_pad`` come from the embedder artifact (preprocessing travels with it)."""
     thresh = cfg.score_thresh if cfg.score_thresh is not None else model_cfg["score_thresh"]
-    rows = {k: [] for k in (*KEYS, "kind", "rows_of_image", "box", "det_score", "crop", "thumbnail_jpeg", *ERR)}
+    rows = {k: [] for k in (*KEYS, "kind", "rows_of_image", "region", "box", "det_score", "crop", "thumbnail_jpeg",
+                            *ERR)}
 
-    def emit(i, kind, box=(0, 0, 0, 0), score=0.0, crop=None, thumb=b"", error=None, of=1):
+    def emit(i, kind, box=(0, 0, 0, 0), score=0.0, crop=None, thumb=b"", error=None, of=1, region=-1):
         for k in KEYS:
             rows[k].append(batch[k][i])
         rows["kind"].append(kind)
         rows["rows_of_image"].append(of)  # the driver knows an image is finished when all came back
+        rows["region"].append(region)     # the region's place in its image (-1: not a region)
         rows["box"].append(np.asarray(box, np.float32))
         rows["det_score"].append(np.float32(score))
         rows["crop"].append(crop if crop is not None else np.zeros((crop_size, crop_size, 3), np.uint8))
@@ -129,12 +131,13 @@ def detect(batch: dict, model, model_cfg: dict, cfg: DetectorConfig, crop_size: 
                     continue
                 pil = Image.fromarray(im)
                 kept = list(zip(boxes, scores))[:cfg.max_regions]
-                for box, score in kept:
+                for r, (box, score) in enumerate(kept):
                     crop = np.asarray(square_crop(pil, tuple(box), crop_pad, crop_size), np.uint8)
                     thumb = square_crop(pil, tuple(box), 0.1, cfg.thumbnail_px)
-                    emit(i, "region", box, score, crop, jpeg_bytes(thumb), of=len(kept))
-    out = {k: _obj(v) for k, v in rows.items() if k not in ("box", "det_score", "crop", "rows_of_image")}
+                    emit(i, "region", box, score, crop, jpeg_bytes(thumb), of=len(kept), region=r)
+    out = {k: _obj(v) for k, v in rows.items() if k not in ("box", "det_score", "crop", "rows_of_image", "region")}
     out["rows_of_image"] = np.asarray(rows["rows_of_image"], np.int32)
+    out["region"] = np.asarray(rows["region"], np.int16)
     out["box"] = np.stack(rows["box"]) if rows["box"] else np.zeros((0, 4), np.float32)
     out["det_score"] = np.asarray(rows["det_score"], np.float32)
     out["crop"] = np.stack(rows["crop"]) if rows["crop"] else np.zeros((0, crop_size, crop_size, 3), np.uint8)
