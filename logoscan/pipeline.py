@@ -314,7 +314,8 @@ def _gallery(cfg, emb_cfg: dict) -> tuple[dict, dict | None, object, str]:
 
 def match_version(gallery_version: str, thresholds, ocr) -> str:
     """What decides a flag besides the embedding: the gallery, the thresholds, OCR fusion."""
-    return f"{gallery_version}.{fingerprint({'thresholds': dataclasses.asdict(thresholds), 'ocr': [ocr.enabled, ocr.weight, ocr.floor] if ocr.enabled else None})[:8]}"
+    fused = [ocr.weight, ocr.floor] if ocr.enabled else None
+    return f"{gallery_version}.{fingerprint({'thresholds': dataclasses.asdict(thresholds), 'ocr': fused})[:8]}"
 
 
 def open_store(uri: str, model_version: str, det, ocr) -> Store:

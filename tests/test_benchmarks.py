@@ -40,3 +40,11 @@ def test_bench_calibration_prints_both_cases(tmp_path):
     assert "## 1. The demo gallery" in out and "## 2. A large held-out gallery" in out
     assert "| image only | calibrated |" in out
     assert (tmp_path / "calibration_demo_image_distances.png").stat().st_size > 1000
+
+
+def test_bench_incremental_prints_both_tables(tmp_path):
+    out = _run("jobs/bench_incremental.py", "--images", "40", "--large-gallery", "300", "--rematch-copies", "2",
+               "--num-cpus", "2", "--workdir", str(tmp_path / "w"), "--write", str(tmp_path / "i.md"))
+    assert "| night 2: --incremental (1% churn) |" in out and "## rematch throughput" in out
+    assert "equal the full sweep's: **True**" in out
+    assert "| 300 | HNSW |" in (tmp_path / "i.md").read_text()
