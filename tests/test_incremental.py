@@ -189,3 +189,23 @@ def test_incremental_on_s3_uses_head_not_get(sample, tmp_path, s3):
     assert (second["rows_scanned"], second["rows_reused"]) == (0, len(rows))
     assert not [u for u in gets if u.startswith("s3://inc-catalog/")]
     assert _flags(second) == _flags(first)
+
+
+def test_cli_incremental_and_rematch(sample, tmp_path, capsys):
+    from logoscan.cli import main
+    base = ["--manifest", sample["manifest"], "--milvus-uri", sample["milvus"], "--out", str(tmp_path / "o"),
+            "--engine", "local", "--set", "run_date=2026-11-23"]
+    assert main(["scan", *base, "--run-id", "one"]) == 0
+    assert main(["scan", *base, "--run-id", "two", "--incremental"]) == 0
+    capsys.readouterr()
+    s = json.loads((tmp_path / "o" / "runs" / "two" / "summary.json").read_text())
+    assert s["rows_scanned"] == 0 and s["rows_reused"] == 10 and s["store"]["incremental"] is True
+    # a store without entries for these models: a clear error, exit 2
+    assert main(["rematch", "--store", str(tmp_path / "nothing"), "--milvus-uri", sample["milvus"],
+                 "--out", str(tmp_path / "r")]) == 2
+    assert "holds no entries" in capsys.readouterr().err
+    assert main(["rematch", "--store", str(tmp_path / "o" / "store"), "--milvus-uri", sample["milvus"],
+                 "--out", str(tmp_path / "r"), "--run-id", "rm"]) == 0
+    r = json.loads((tmp_path / "r" / "runs" / "rm" / "summary.json").read_text())
+    assert r["flagged"] == 0 and r["flagged_all"] == s["flagged"]  # the same gallery: nothing new
+
