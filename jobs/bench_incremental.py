@@ -20,7 +20,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -31,28 +30,6 @@ sys.path.insert(0, str(ROOT))
 def flagset(summary) -> set:
     return {(r["item_id"], r["image_id"], tuple(round(v) for v in r["box"]), r["label"])
             for p in summary["outputs"]["queues"].values() for r in pq.read_table(p).to_pylist()}
-
-
-def add_distractors(db: str, collection: str, n: int, dim: int, seed: int = 0) -> None:
-    """Random unit vectors as extra references (label "distractor-<i>"): the search cost of a
-    large gallery without embedding 100,000 logos."""
-    from logoscan.gallery import connect, index_vectors
-    rng = np.random.default_rng(seed)
-    client = connect(db)
-    try:
-        index_type = client.describe_index(collection, "vector")["index_type"]
-        client.release_collection(collection)
-        client.drop_index(collection, "vector")  # indexed again below, over all vectors
-        for s in range(0, n, 5000):
-            v = rng.standard_normal((min(5000, n - s), dim)).astype(np.float32)
-            v /= np.linalg.norm(v, axis=1, keepdims=True)
-            client.insert(collection, [{"logo_id": f"distractor-{s + i}", "vector": row.tolist(),
-                                        "label": f"distractor-{s + i}", "category": "distractor", "text": ""}
-                                       for i, row in enumerate(v)])
-        client.flush(collection)
-        index_vectors(client, collection, index_type)
-    finally:
-        client.close()
 
 
 def main() -> int:
@@ -69,7 +46,7 @@ def main() -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from logoscan.config import PolicyConfig, RayConfig, RematchConfig, ScanConfig, StoreConfig
     from logoscan.demo import make_sample_data
-    from logoscan.gallery import build
+    from logoscan.gallery import add_distractors, build
     from logoscan.log import configure
     from logoscan.models import default_artifact_path, load_artifact
     from logoscan.pipeline import init_ray, run_rematch, run_scan

@@ -168,6 +168,28 @@ def index_vectors(client, collection: str, index_type: str) -> None:
     client.create_index(collection, index)
 
 
+def add_distractors(db: str, collection: str, n: int, dim: int, seed: int = 0) -> None:
+    """Benchmarks: ``n`` random unit vectors added as references (label "distractor-<i>",
+    category "distractor"), the search cost of a large gallery without embedding 100,000 logos.
+    The collection is indexed again (same index type) over all its vectors."""
+    rng = np.random.default_rng(seed)
+    client = connect(db)
+    try:
+        index_type = client.describe_index(collection, "vector")["index_type"]
+        client.release_collection(collection)
+        client.drop_index(collection, "vector")  # indexed again below, over all vectors
+        for s in range(0, n, 5000):
+            v = rng.standard_normal((min(5000, n - s), dim)).astype(np.float32)
+            v /= np.linalg.norm(v, axis=1, keepdims=True)
+            client.insert(collection, [{"logo_id": f"distractor-{s + i}", "vector": row.tolist(),
+                                        "label": f"distractor-{s + i}", "category": "distractor", "text": ""}
+                                       for i, row in enumerate(v)])
+        client.flush(collection)
+        index_vectors(client, collection, index_type)
+    finally:
+        client.close()
+
+
 class Matcher:
     """Batched nearest-reference search. distance = 1 − cosine similarity (smaller is closer)."""
 
