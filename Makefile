@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test train-extra train-embedder train-detector bench-embedder bench-detector bench-calibration bench-incremental drill-reliability fonts clean
+.PHONY: setup demo test train-extra train-embedder train-detector bench-embedder bench-detector bench-calibration bench-incremental bench-throughput drill-reliability fonts clean
 
 setup: $(VENV)/.installed
 
@@ -53,6 +53,9 @@ bench-calibration: setup
 # Incremental nightly run at 1% churn vs a full sweep; rematch throughput (100 and 100k references)
 bench-incremental: setup
 	RAY_AUTH_MODE=disabled $(PY) jobs/bench_incremental.py --images 1000 --write docs/bench/incremental.md
+# Throughput vs the decode/model floors and the naive loop; gallery 100 -> 100k; catalog N -> 5N (~45 min)
+bench-throughput: setup
+	RAY_AUTH_MODE=disabled $(PY) jobs/bench_throughput.py --images 2000 --write docs/bench/throughput.md
 # Fault drills (killed actor, killed driver + resume, S3 throttling, Milvus outage): docs/reliability.md
 drill-reliability: setup
 	RAY_AUTH_MODE=disabled $(PY) jobs/drill_reliability.py --images 300 --write docs/bench/reliability.md

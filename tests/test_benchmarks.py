@@ -48,3 +48,11 @@ def test_bench_incremental_prints_both_tables(tmp_path):
     assert "| night 2: --incremental (1% churn) |" in out and "## rematch throughput" in out
     assert "equal the full sweep's: **True**" in out
     assert "| 300 | HNSW |" in (tmp_path / "i.md").read_text()
+
+
+def test_bench_throughput_prints_its_tables(tmp_path):
+    out = _run("jobs/bench_throughput.py", "--images", "12", "--floor-images", "8", "--galleries", "100,300",
+               "--workdir", str(tmp_path / "w"), "--write", str(tmp_path / "t.md"))
+    for row in ("| 1. decode floor |", "| 2. model floor |", "| 3. naive baseline |", "| 4. the sweep |",
+                "| sweep, 5N=60, 100 refs |", "## Where the time goes"):
+        assert row in out
