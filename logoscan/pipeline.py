@@ -166,10 +166,12 @@ def _run_local(manifest: pa.Table, cfg: ScanConfig, ctx: dict, col: Collector) -
     import torch
 
     from logoscan.actors import DetectActor, EmbedActor, MatchActor, OcrActor
-    torch.set_num_threads(max(cfg.detector.threads, cfg.embedder.threads))
     det = DetectActor(cfg.detector, ctx["crop_size"], ctx["crop_pad"], cfg.fetch.max_pixels, ctx["run_id"])
     ocr = OcrActor(cfg.ocr, ctx["run_id"]) if cfg.ocr.enabled else None
     emb = EmbedActor(cfg.embedder, ctx["run_id"])
+    # after the actors: each sets the (process-wide) thread count for itself, and the embedder's
+    # single thread left the detector on one core (half the in-process engine's throughput)
+    torch.set_num_threads(max(cfg.detector.threads, cfg.embedder.threads))
     mat = MatchActor(cfg.milvus_uri, cfg.collection, cfg.match, cfg.policy, ctx["thresholds"],
                      ctx["embedder_version"], ctx["run_id"], cfg.ocr)
     timings = Counter()
