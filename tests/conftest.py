@@ -78,6 +78,21 @@ def s3(s3_endpoint):
     return boto3.client("s3", endpoint_url=s3_endpoint)
 
 
+def renamed_artifact(kind: str, version: str, folder: Path) -> str:
+    """The shipped model under another version name (same weights): a retrained model, to the
+    gallery and the embedding store."""
+    import json
+
+    from logoscan.models import default_artifact_path
+    folder.mkdir()
+    src = Path(default_artifact_path(kind))
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["version"] = version
+    (folder / "config.json").write_text(json.dumps(cfg))
+    (folder / "model.safetensors").symlink_to(src / "model.safetensors")
+    return str(folder)
+
+
 def upload_dir(s3, bucket: str, local: Path, prefix: str) -> None:
     for p in Path(local).rglob("*"):
         if p.is_file():

@@ -17,7 +17,7 @@ import pytest
 from logoscan.config import DetectorConfig, FetchConfig, RematchConfig, ScanConfig, StoreConfig
 from logoscan.pipeline import run_rematch, run_scan
 
-from conftest import upload_dir
+from tests.conftest import renamed_artifact, upload_dir
 from test_reliability import Flags
 
 
@@ -141,23 +141,16 @@ def test_rematch_flags_a_new_logo_without_reading_any_image(tmp_path):
 
 
 def test_new_model_version_reembeds_and_says_so(sample, tmp_path, capfd):
-    from logoscan.models import default_artifact_path
     out = tmp_path / "out"
     first = run_scan(_cfg(sample["manifest"], sample["milvus"], out, "a"))
     assert first["rows_scanned"] == 10
     again = run_scan(_cfg(sample["manifest"], sample["milvus"], out, "b", store=StoreConfig(incremental=True)))
     assert (again["rows_scanned"], again["rows_reused"]) == (0, 10)
 
-    fake = tmp_path / "det"  # the same weights under a new version name: a retrained detector
-    fake.mkdir()
-    src = Path(default_artifact_path("detector"))
-    cfg = json.loads((src / "config.json").read_text())
-    cfg["version"] = "detector-next"
-    (fake / "config.json").write_text(json.dumps(cfg))
-    (fake / "model.safetensors").symlink_to(src / "model.safetensors")
+    fake = renamed_artifact("detector", "detector-next", tmp_path / "det")  # a retrained detector
     capfd.readouterr()
     s = run_scan(_cfg(sample["manifest"], sample["milvus"], out, "c", store=StoreConfig(incremental=True),
-                      detector=DetectorConfig(artifact=str(fake))))
+                      detector=DetectorConfig(artifact=fake)))
     assert (s["rows_scanned"], s["rows_reused"]) == (10, 0)
     assert s["store"]["key"].startswith("detector-next+") and s["store"]["other_keys"]
     assert "store.model_changed" in capfd.readouterr().err

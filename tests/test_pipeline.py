@@ -13,7 +13,7 @@ from logoscan.config import FetchConfig, RayConfig, ScanConfig
 from logoscan.gallery import GalleryError
 from logoscan.pipeline import run_scan
 from logoscan.schema import RUN_SUMMARY_KEYS
-from tests.conftest import upload_dir
+from tests.conftest import renamed_artifact, upload_dir
 
 
 def _cfg(sample, out, **kw) -> ScanConfig:
@@ -112,16 +112,9 @@ def test_policy_names_queues_and_pins_thresholds(sample, tmp_path):
 
 def test_gallery_from_another_embedder_is_refused(sample, tmp_path):
     from logoscan.config import EmbedderConfig
-    fake = tmp_path / "emb"
-    fake.mkdir()
-    from logoscan.models import default_artifact_path
-    src = Path(default_artifact_path("embedder"))
-    cfg = json.loads((src / "config.json").read_text())
-    cfg["version"] = "embedder-other"
-    (fake / "config.json").write_text(json.dumps(cfg))
-    (fake / "model.safetensors").symlink_to(src / "model.safetensors")
+    fake = renamed_artifact("embedder", "embedder-other", tmp_path / "emb")
     with pytest.raises(GalleryError, match="rebuild the gallery"):
-        run_scan(_cfg(sample, tmp_path / "o", engine="local", embedder=EmbedderConfig(artifact=str(fake))))
+        run_scan(_cfg(sample, tmp_path / "o", engine="local", embedder=EmbedderConfig(artifact=fake)))
 
 
 def test_sweep_reads_and_writes_s3_through_ray(sample, tmp_path, s3):
