@@ -2,6 +2,9 @@
 
 Two engines run the same stage functions: ``ray`` (Ray Data actor pools; local Ray by default,
 a cluster via ``ray.address`` / RAY_ADDRESS) and ``local`` (in-process, for tests and debugging).
+Images the embedding store already holds (``store.incremental``) skip the engines: their stored
+embeddings go straight to match + decide in the driver; ``run_rematch`` does only that, for the
+whole store, against a changed gallery (logoscan.store, docs/incremental.md).
 """
 from __future__ import annotations
 
