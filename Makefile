@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test train-extra train-embedder train-detector bench-embedder bench-detector bench-calibration bench-incremental bench-throughput drill-reliability fonts clean
+.PHONY: setup demo test train-extra train-embedder train-detector bench-embedder bench-detector bench-calibration bench-incremental bench-throughput bench-milvus-index drill-reliability fonts clean
 
 setup: $(VENV)/.installed
 
@@ -56,6 +56,9 @@ bench-incremental: setup
 # Throughput vs the decode/model floors and the naive loop; gallery 100 -> 100k; catalog N -> 5N (~45 min)
 bench-throughput: setup
 	RAY_AUTH_MODE=disabled $(PY) jobs/bench_throughput.py --images 2000 --write docs/bench/throughput.md
+# Milvus Lite queries/s over 100k references: index declared at creation vs built after the flush
+bench-milvus-index: setup
+	$(PY) jobs/bench_milvus_index.py --write docs/bench/milvus_index.md
 # Fault drills (killed actor, killed driver + resume, S3 throttling, Milvus outage): docs/reliability.md
 drill-reliability: setup
 	RAY_AUTH_MODE=disabled $(PY) jobs/drill_reliability.py --images 300 --write docs/bench/reliability.md

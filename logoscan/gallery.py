@@ -161,8 +161,8 @@ def build(refs_uri: str, milvus_uri: str, collection: str, embedder, emb_cfg: di
 
 def index_vectors(client, collection: str, index_type: str) -> None:
     """Index the vectors once they are inserted and flushed. An HNSW index declared when the
-    collection was created left Milvus Lite searching 100k flushed vectors at 203 queries/s
-    (slower than FLAT's 353); built after the flush it answered 2,676 queries/s."""
+    collection was created left Milvus Lite searching 100k flushed vectors at 213 queries/s
+    (slower than FLAT's 341); built after the flush it answered 2,275 (docs/bench/milvus_index.md)."""
     index = client.prepare_index_params()
     index.add_index(field_name="vector", index_type=index_type, metric_type="COSINE")
     client.create_index(collection, index)
