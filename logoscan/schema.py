@@ -1,7 +1,8 @@
 """The contracts users and their tools depend on, as Arrow schemas, validated at the edges.
 
 Manifest (input) · References (gallery input) · Flagged items (review queues) · Errors ·
-Run summary (JSON keys). See README.md "Contracts" for the prose version.
+Embedding store (regions, flag ledger) · Run summary (JSON keys). See README.md "Contracts" for
+the prose version.
 """
 from __future__ import annotations
 
@@ -33,6 +34,21 @@ FLAGGED = pa.schema([
     ("runner_up_label", pa.string()), ("runner_up_distance", pa.float32()), ("margin", pa.float32()),
     ("ocr_text", pa.string()), ("model_version", pa.string()), ("gallery_version", pa.string()),
     ("scanned_at", pa.timestamp("us", tz="UTC")), ("thumbnail_jpeg", pa.binary()),
+])
+
+# The embedding store (logoscan/store.py, docs/incremental.md): one row per detected region of a
+# scanned image (region = -1: an image without any), appended by every scan; and the ledger of
+# regions flagged against a gallery version (what `rematch` compares with)
+STORE_REGIONS = pa.schema([
+    ("item_id", pa.string()), ("image_id", pa.string()), ("image_uri", pa.string()),
+    ("content_key", pa.string()), ("region", pa.int16()), ("box", BOX), ("det_score", pa.float32()),
+    ("embedding", pa.list_(pa.float32())), ("ocr_text", pa.string()), ("thumbnail_jpeg", pa.binary()),
+    ("run_id", pa.string()), ("stored_at", pa.timestamp("us", tz="UTC")),
+])
+STORE_FLAGS = pa.schema([
+    ("item_id", pa.string()), ("image_id", pa.string()), ("content_key", pa.string()),
+    ("region", pa.int16()), ("label", pa.string()), ("logo_id", pa.string()), ("distance", pa.float32()),
+    ("run_id", pa.string()),
 ])
 
 ERRORS = pa.schema([

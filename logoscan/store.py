@@ -38,21 +38,10 @@ import pyarrow.parquet as pq
 
 from logoscan import storage
 from logoscan.log import get_logger
-from logoscan.schema import BOX
+from logoscan.schema import STORE_FLAGS, STORE_REGIONS
 
 log = get_logger(__name__)
 
-REGIONS = pa.schema([
-    ("item_id", pa.string()), ("image_id", pa.string()), ("image_uri", pa.string()),
-    ("content_key", pa.string()), ("region", pa.int16()), ("box", BOX), ("det_score", pa.float32()),
-    ("embedding", pa.list_(pa.float32())), ("ocr_text", pa.string()), ("thumbnail_jpeg", pa.binary()),
-    ("run_id", pa.string()), ("stored_at", pa.timestamp("us", tz="UTC")),
-])
-FLAGS = pa.schema([
-    ("item_id", pa.string()), ("image_id", pa.string()), ("content_key", pa.string()),
-    ("region", pa.int16()), ("label", pa.string()), ("logo_id", pa.string()), ("distance", pa.float32()),
-    ("run_id", pa.string()),
-])
 INDEX_COLUMNS = ["item_id", "image_id", "content_key"]
 
 
@@ -209,7 +198,7 @@ class Store:
 
     def write_flags(self, match_version: str, run_id: str, rows: list[dict]) -> None:
         from logoscan.output import safe_name
-        t = pa.Table.from_pylist([{**r, "run_id": run_id} for r in rows], schema=FLAGS)
+        t = pa.Table.from_pylist([{**r, "run_id": run_id} for r in rows], schema=STORE_FLAGS)
         storage.write_bytes(storage.join(self.flags_dir(match_version),
                                          f"part-{_stamp()}-{safe_name(run_id)}.parquet"), _parquet(t))
 
@@ -269,7 +258,7 @@ class Store:
         for n, t in enumerate(tables):
             mask = [latest.get(k) == n for k in zip(t.column("item_id").to_pylist(), t.column("image_id").to_pylist())]
             tables[n] = t.filter(pa.array(mask, pa.bool_()))
-        merged = pa.concat_tables(tables).cast(REGIONS)
+        merged = pa.concat_tables(tables).cast(STORE_REGIONS)
         # named after the newest part it replaces: a part a sweep appends meanwhile sorts after it
         name = f"part-{files[-1].rsplit('/', 1)[-1].split('-')[1]}-compacted.parquet"
         storage.write_bytes(storage.join(self.dir, "regions", name), _parquet(merged))
@@ -282,7 +271,7 @@ class Store:
                 parts = _files(storage.join(self.dir, "flags", os.path.basename(d.path)))
                 if len(parts) > 1:
                     t = pa.concat_tables([_read(p) for p in parts])
-                    t = pa.Table.from_pylist(_dedupe_flags(t.to_pylist()), schema=FLAGS)
+                    t = pa.Table.from_pylist(_dedupe_flags(t.to_pylist()), schema=STORE_FLAGS)
                     storage.write_bytes(storage.join(self.dir, "flags", os.path.basename(d.path),
                                                      f"part-{_stamp()}-compacted.parquet"), _parquet(t))
                     for p in parts:
@@ -384,7 +373,7 @@ class Writer:
         self.store.ensure()
         name = f"part-{_stamp()}-{safe_name(self.run_id)}-{self.parts:05d}.parquet"
         storage.write_bytes(storage.join(self.store.dir, "regions", name),
-                            _parquet(pa.Table.from_pylist(rows, schema=REGIONS)))
+                            _parquet(pa.Table.from_pylist(rows, schema=STORE_REGIONS)))
         self.images_written += len(self.ready)
         self.parts += 1
         self.ready = []
