@@ -106,7 +106,7 @@ def main() -> int:
     latest = {k: v[1] for k, v in src.index().items()}
     for n_part, f in enumerate(src.region_files()):
         t = pq.read_table(f)
-        keep = [latest[k] == n_part for k in zip(t.column("item_id").to_pylist(), t.column("image_id").to_pylist())]
+        keep = [latest[k] == f for k in zip(t.column("item_id").to_pylist(), t.column("image_id").to_pylist())]
         t = t.filter(pa.array(keep))
         for c in range(a.rematch_copies):
             ids = pa.array([f"{x}-copy{c}" for x in t.column("item_id").to_pylist()])

@@ -559,7 +559,7 @@ def run_rematch(cfg: RematchConfig) -> dict:
     log.info("rematch.start", store=redact(cfg.store), key=store.key, images=len(index), match_version=version,
              previous=previous, collection=cfg.collection)
     col = Collector(len(index))
-    seconds = _run_stored(store, {k: n for k, (_, n) in index.items()}, cfg, ctx, col)
+    seconds = _run_stored(store, {k: part for k, (_, part) in index.items()}, cfg, ctx, col)
     content = {k: ck for k, (ck, _) in index.items()}
     shown = set() if cfg.all_flags else (store.read_flags(previous) if previous else set()) | store.read_flags(
         version, before_run=run_id)

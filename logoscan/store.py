@@ -37,6 +37,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from logoscan import storage
+from logoscan.stages import ERR, _obj
 from logoscan.log import get_logger
 from logoscan.schema import STORE_FLAGS, STORE_REGIONS
 
@@ -153,26 +154,25 @@ class Store:
     def region_files(self) -> list[str]:
         return _files(storage.join(self.dir, "regions"))
 
-    def index(self) -> dict[tuple, tuple[str, int]]:
-        """(item_id, image_id) → (content_key, index of the newest part holding it)."""
-        out: dict[tuple, tuple[str, int]] = {}
-        for n, f in enumerate(self.region_files()):
+    def index(self) -> dict[tuple, tuple[str, str]]:
+        """(item_id, image_id) → (content_key, the newest part holding it)."""
+        out: dict[tuple, tuple[str, str]] = {}
+        for f in self.region_files():
             t = _read(f, INDEX_COLUMNS)
             for item, image, ck in zip(*(t.column(c).to_pylist() for c in INDEX_COLUMNS)):
-                out[(item, image)] = (ck, n)
+                out[(item, image)] = (ck, f)
         return out
 
-    def entries(self, wanted: dict[tuple, int], batch_rows: int = 512) -> Iterator[dict]:
-        """Stream the stored regions of ``wanted`` ((item_id, image_id) → part index, from
-        index()) as sweep batches, already embedded: kind region / empty, boxes, thumbnails,
-        embeddings, OCR text. One part in memory at a time."""
-        by_file: dict[int, set] = {}
-        for key, n in wanted.items():
-            by_file.setdefault(n, set()).add(key)
-        files = self.region_files()
-        for n in sorted(by_file):
-            t = _read(files[n])
-            keys = by_file[n]
+    def entries(self, wanted: dict[tuple, str], batch_rows: int = 512) -> Iterator[dict]:
+        """Stream the stored regions of ``wanted`` ((item_id, image_id) → its part, from index())
+        as sweep batches, already embedded: kind region / empty, boxes, thumbnails, embeddings,
+        OCR text. One part in memory at a time."""
+        by_file: dict[str, set] = {}
+        for key, f in wanted.items():
+            by_file.setdefault(f, set()).add(key)
+        for f in sorted(by_file):
+            t = _read(f)
+            keys = by_file[f]
             mask = [k in keys for k in zip(t.column("item_id").to_pylist(), t.column("image_id").to_pylist())]
             t = t.filter(pa.array(mask, pa.bool_()))
             if t.num_rows == 0:
@@ -305,25 +305,20 @@ def to_batch(t: pa.Table) -> dict:
     for k in ids:
         per_image[k] = per_image.get(k, 0) + 1
 
-    def obj(values):
-        a = np.empty(n, dtype=object)
-        a[:] = list(values)
-        return a
-
     emb = t.column("embedding").to_pylist()
     dim = next((len(e) for e in emb if e), 0)
     return {
-        "item_id": obj(t.column("item_id").to_pylist()), "image_id": obj(t.column("image_id").to_pylist()),
-        "image_uri": obj(t.column("image_uri").to_pylist()),
-        "kind": obj("region" if r >= 0 else "empty" for r in region),
+        "item_id": _obj(t.column("item_id").to_pylist()), "image_id": _obj(t.column("image_id").to_pylist()),
+        "image_uri": _obj(t.column("image_uri").to_pylist()),
+        "kind": _obj(["region" if r >= 0 else "empty" for r in region]),
         "rows_of_image": np.asarray([per_image[k] for k in ids], np.int32),
         "region": region,
         "box": np.asarray([b or (0, 0, 0, 0) for b in t.column("box").to_pylist()], np.float32).reshape(n, 4),
         "det_score": np.asarray(t.column("det_score").to_pylist(), np.float32),
-        "thumbnail_jpeg": obj(v or b"" for v in t.column("thumbnail_jpeg").to_pylist()),
+        "thumbnail_jpeg": _obj([v or b"" for v in t.column("thumbnail_jpeg").to_pylist()]),
         "embedding": np.asarray([e if e else [0.0] * dim for e in emb], np.float32).reshape(n, dim),
-        "ocr_text": obj(v or "" for v in t.column("ocr_text").to_pylist()),
-        **{k: obj([""] * n) for k in ("error_stage", "error_type", "error_message")},
+        "ocr_text": _obj([v or "" for v in t.column("ocr_text").to_pylist()]),
+        **{k: _obj([""] * n) for k in ERR},
     }
 
 
