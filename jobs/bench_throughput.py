@@ -231,11 +231,12 @@ def main() -> int:
     threshold = base_meta["default_threshold"]
     policy = PolicyConfig(default_threshold=threshold)
 
-    from logoscan.gallery import connect
+    from logoscan.gallery import connect, resolve
     client = connect(db)
     try:
-        client.load_collection(f"g{sizes[0]}")
-        got = client.query(f"g{sizes[0]}", filter="logo_id != ''", output_fields=["vector", "label"],
+        base = resolve(client, f"g{sizes[0]}")
+        client.load_collection(base)
+        got = client.query(base, filter="logo_id != ''", output_fields=["vector", "label"],
                            limit=16384)
     finally:
         client.close()

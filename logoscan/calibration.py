@@ -301,7 +301,7 @@ def _calibrate(cfg, table: pa.Table, model, emb_cfg: dict, matcher, t0: float) -
 
     from logoscan.log import get_logger
     log = get_logger(__name__)
-    gmeta, cats = matcher.meta, gallery_labels(matcher.client, cfg.collection)
+    gmeta, cats = matcher.meta, gallery_labels(matcher.client, matcher.collection)
     labels = [x or "" for x in table.column("label").to_pylist()]
     strangers = sorted({x for x in labels if x and x not in cats})
     if strangers:
@@ -343,7 +343,7 @@ def _calibrate(cfg, table: pa.Table, model, emb_cfg: dict, matcher, t0: float) -
         result["plots"] += _plots(cfg.out, m, dec, tl, r)
     storage.write_bytes(storage.join(cfg.out, "calibration.json"), json.dumps(result, indent=2).encode())
     if cfg.store:
-        matcher.client.alter_collection_properties(cfg.collection, properties={CALIBRATION_KEY: json.dumps(result)})
+        matcher.client.alter_collection_properties(matcher.collection, properties={CALIBRATION_KEY: json.dumps(result)})
     log.info("calibrate.done", gallery_version=gmeta["gallery_version"], seconds=round(time.time() - t0, 1),
              **{f"{m}_{c}": v["threshold"] for m, r in result["modes"].items() for c, v in r["categories"].items()})
     return result

@@ -7,6 +7,7 @@ import sys
 
 from logoscan import config_io
 from logoscan.config_io import ConfigError
+from logoscan.feedback import FeedbackError
 from logoscan.gallery import GalleryError
 from logoscan.ocr import OcrUnavailable
 from logoscan.pipeline import ScanError
@@ -83,14 +84,66 @@ def cmd_store_compact(a) -> int:
     return 0
 
 
-def cmd_gallery_build(a) -> int:
+def _build(a) -> dict:
     from logoscan.gallery import build
-    from logoscan.log import configure
     from logoscan.models import default_artifact_path, load_artifact
-    configure()
     model, cfg = load_artifact(a.embedder or default_artifact_path("embedder"))
-    meta = build(a.refs, a.milvus_uri, a.collection, model, cfg, index_type=a.index_type)
-    print(json.dumps(meta, indent=2))
+    meta = build(a.refs, a.milvus_uri, a.collection, model, cfg, index_type=a.index_type,
+                 keep_versions=a.keep_versions)
+    return {k: v for k, v in meta.items() if k != "threshold_calibration"}
+
+
+def cmd_gallery_build(a) -> int:
+    from logoscan.log import configure
+    configure()
+    print(json.dumps(_build(a), indent=2))
+    return 0
+
+
+def cmd_gallery_add(a) -> int:
+    from logoscan.feedback import add_logo
+    from logoscan.log import configure
+    configure()
+    row = add_logo(a.refs, a.image, a.label, a.category, a.text, a.logo_id)
+    print(json.dumps({"added": row, "gallery": _build(a) if not a.no_build else None}, indent=2))
+    return 0
+
+
+def cmd_gallery_ingest(a) -> int:
+    from logoscan.feedback import ingest
+    from logoscan.log import configure
+    configure()
+    r = ingest(a.decisions, a.run, a.refs, a.crops, a.run_id)
+    r["gallery"] = _build(a) if r["confirmed_exemplars"] and not a.no_build else None
+    print(json.dumps(r, indent=2))
+    return 0
+
+
+def cmd_gallery_versions(a) -> int:
+    from logoscan.gallery import connect, versions
+    client = connect(a.milvus_uri)
+    try:
+        print(json.dumps(versions(client, a.collection), indent=2))
+    finally:
+        client.close()
+    return 0
+
+
+def cmd_gallery_switch(a) -> int:
+    from logoscan.gallery import switch
+    from logoscan.log import configure
+    configure()
+    print(json.dumps(switch(a.milvus_uri, a.collection, a.to), indent=2))
+    return 0
+
+
+def cmd_report(a) -> int:
+    from logoscan.log import configure
+    from logoscan.report import write_report
+    configure()
+    r = write_report(a.run_output, a.out, run_id=a.run_id, milvus_uri=a.milvus_uri, collection=a.collection,
+                     product_px=a.product_px)
+    print(json.dumps(r, indent=2))
     return 0
 
 
@@ -156,13 +209,62 @@ def parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("gallery", help="manage the reference gallery in Milvus")
     gsub = g.add_subparsers(dest="gcmd", required=True)
-    gb = gsub.add_parser("build", help="embed reference logos and (re)build a Milvus collection")
+
+    def gallery_flags(x, build=True):
+        x.add_argument("--milvus-uri", required=True, help="path/to/x.db (Milvus Lite) or http://host:19530")
+        x.add_argument("--collection", required=True, help="the gallery's name (an alias to its current version)")
+        if build:
+            x.add_argument("--embedder", default="", help="embedder artifact folder or s3:// (default: shipped)")
+            x.add_argument("--index-type", default="FLAT", help="Milvus index: FLAT, HNSW, IVF_FLAT, ...")
+            x.add_argument("--keep-versions", type=int, default=3,
+                           help="built versions kept (the current one included); older ones are dropped")
+
+    gb = gsub.add_parser("build", help="embed reference logos into a new gallery version and switch to it")
     gb.add_argument("--refs", required=True, help="references Parquet file, folder or s3:// prefix")
-    gb.add_argument("--milvus-uri", required=True, help="path/to/x.db (Milvus Lite) or http://host:19530")
-    gb.add_argument("--collection", required=True)
-    gb.add_argument("--embedder", default="", help="embedder artifact folder or s3:// (default: shipped)")
-    gb.add_argument("--index-type", default="FLAT", help="Milvus index: FLAT, HNSW, IVF_FLAT, ...")
+    gallery_flags(gb)
     gb.set_defaults(fn=cmd_gallery_build)
+
+    ga = gsub.add_parser("add", help="add a new logo to the references and build a new gallery version")
+    ga.add_argument("--refs", required=True, help="references Parquet folder (a new part is added) or file")
+    ga.add_argument("--image", required=True, help="the logo's picture (path or s3://)")
+    ga.add_argument("--label", required=True)
+    ga.add_argument("--category", required=True, help="e.g. sustainability, prohibited, brand")
+    ga.add_argument("--text", help="the words in the mark (for OCR fusion)")
+    ga.add_argument("--logo-id", help="default: <label>-<hash of the picture>")
+    ga.add_argument("--no-build", action="store_true", help="only add the reference")
+    gallery_flags(ga)
+    ga.set_defaults(fn=cmd_gallery_add)
+
+    gi = gsub.add_parser("ingest", help="reviewer decisions: confirmed crops become references, rejected ones "
+                                        "impostor crops for the next calibration")
+    gi.add_argument("--decisions", required=True,
+                    help="Parquet: item_id, logo_id, decision (confirm|reject), reviewer, decided_at")
+    gi.add_argument("--run", required=True, help="the run the reviewers decided on: OUT, OUT/runs/<run_id> or "
+                                                 "its summary.json")
+    gi.add_argument("--run-id", help="with --run OUT: which run (default: the newest published)")
+    gi.add_argument("--refs", required=True, help="references to add confirmed crops to")
+    gi.add_argument("--crops", required=True, help="calibration crops folder to add rejected crops to")
+    gi.add_argument("--no-build", action="store_true", help="do not build a new gallery version")
+    gallery_flags(gi)
+    gi.set_defaults(fn=cmd_gallery_ingest)
+
+    gv = gsub.add_parser("versions", help="the built versions of a gallery, newest first")
+    gallery_flags(gv, build=False)
+    gv.set_defaults(fn=cmd_gallery_versions)
+
+    gw = gsub.add_parser("switch", help="point the gallery at another built version (rollback)")
+    gw.add_argument("--to", required=True, help="a gallery_version or collection from `gallery versions`")
+    gallery_flags(gw, build=False)
+    gw.set_defaults(fn=cmd_gallery_switch)
+
+    rp = sub.add_parser("report", help="static HTML review pages for a run: one per queue, pictures first")
+    rp.add_argument("run_output", help="OUT, OUT/runs/<run_id> or its summary.json")
+    rp.add_argument("--out", help="folder for the pages (default: RUN/report next to summary.json)")
+    rp.add_argument("--run-id", help="with OUT: which run (default: the newest published)")
+    rp.add_argument("--milvus-uri", help="for the reference pictures (default: the run's own)")
+    rp.add_argument("--collection", help="default: the collection the run matched against")
+    rp.add_argument("--product-px", type=int, default=160, help="product thumbnail size")
+    rp.set_defaults(fn=cmd_report)
 
     s = sub.add_parser("scan", help="sweep a manifest: detect, embed, match, write review queues")
     s.add_argument("--manifest", help="manifest Parquet file, folder or s3:// prefix")
@@ -244,7 +346,7 @@ def main(argv=None) -> int:
     a = parser().parse_args(argv)
     try:
         return a.fn(a)
-    except (SchemaError, ConfigError, GalleryError, ScanError, OcrUnavailable, StoreError,
+    except (SchemaError, ConfigError, GalleryError, ScanError, OcrUnavailable, StoreError, FeedbackError,
             FileNotFoundError) as e:
         print(f"logoscan: error: {e}", file=sys.stderr)
         return 2

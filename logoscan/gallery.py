@@ -26,6 +26,8 @@ from logoscan.schema import validate_references
 
 log = get_logger(__name__)
 META_KEY = "logoscan.meta"
+VERSION_SEP = "__v"  # gallery `logos` version abc… lives in collection `logos__vabc…`; `logos` is an alias
+REF_THUMB_MAX = 65_535  # Milvus VARCHAR limit; a 96 px JPEG in base64 is ~4 KB
 BLANK_STD = 2.0  # a reference crop whose every channel varies less than this (of 255) is blank
 
 
@@ -66,14 +68,40 @@ def connect(uri: str):
     return MilvusClient(uri, token=os.environ.get("MILVUS_TOKEN", ""), dedicated=True)
 
 
+def resolve(client, name: str) -> str:
+    """The collection an alias points at now (a name that is no alias is its own collection).
+    A sweep resolves the alias once, at its start, and matches against that collection to the
+    end: a gallery built and switched meanwhile is the next sweep's."""
+    if name in client.list_aliases().get("aliases", []):
+        return client.describe_alias(name)["collection_name"]
+    return name
+
+
 def read_metadata(client, collection: str) -> dict:
-    if not client.has_collection(collection):
+    """The gallery metadata of ``collection`` (an alias or a collection); ``meta["collection"]``
+    names the collection actually read."""
+    physical = resolve(client, collection)
+    if not client.has_collection(physical):
         raise GalleryError(f"Milvus collection {collection!r} does not exist; build it with "
                            "`logoscan gallery build`")
-    props = client.describe_collection(collection).get("properties") or {}
+    props = client.describe_collection(physical).get("properties") or {}
     if META_KEY not in props:
         raise GalleryError(f"collection {collection!r} was not built by logoscan (no {META_KEY})")
-    return json.loads(props[META_KEY])
+    return {**json.loads(props[META_KEY]), "collection": physical}
+
+
+def versions(client, name: str) -> list[dict]:
+    """Every built version of gallery ``name`` (collections ``name__<digest>``), newest first,
+    with the one the alias points at marked ``current``."""
+    current, out = resolve(client, name), []
+    for c in client.list_collections():
+        if c.startswith(name + VERSION_SEP) or c == name:
+            props = client.describe_collection(c).get("properties") or {}
+            if META_KEY in props:
+                m = json.loads(props[META_KEY])
+                out.append({"collection": c, "gallery_version": m["gallery_version"], "built_at": m["built_at"],
+                            "references": m["references"], "current": c == current})
+    return sorted(out, key=lambda v: v["built_at"], reverse=True)
 
 
 def load_reference_crops(table: pa.Table, size: int, pad: float, max_pixels: int = 50_000_000
@@ -102,10 +130,12 @@ def load_reference_crops(table: pa.Table, size: int, pad: float, max_pixels: int
 
 
 def build(refs_uri: str, milvus_uri: str, collection: str, embedder, emb_cfg: dict,
-          index_type: str = "FLAT") -> dict:
-    """(Re)build ``collection`` from the references at ``refs_uri``. Returns the gallery metadata."""
-    from pymilvus import DataType, MilvusClient
-
+          index_type: str = "FLAT", keep_versions: int = 3) -> dict:
+    """Build gallery ``collection`` from the references at ``refs_uri`` as a new version, without
+    touching the version sweeps are reading: the vectors go into a collection of their own
+    (``collection__v<digest>``), and only when it is complete and indexed is the alias
+    ``collection`` switched to it. The ``keep_versions`` newest versions are kept (a sweep that
+    started on an older one can finish). Returns the gallery metadata."""
     files = storage.list_files(refs_uri, ".parquet")
     tables = []
     for f in files:
@@ -116,6 +146,7 @@ def build(refs_uri: str, milvus_uri: str, collection: str, embedder, emb_cfg: di
     t0 = time.time()
     crops, sums = load_reference_crops(table, emb_cfg["input_size"], emb_cfg["crop_pad"])
     vectors = embed_crops(embedder, emb_cfg, crops)
+    thumbs = [ref_thumbnail(c) for c in crops]
     # the version names what went in (references, their images, the embedder), not float bits:
     # the same inputs embedded with another thread count must give the same version
     texts = table.column("text").to_pylist() if "text" in table.column_names else [None] * len(table)
@@ -134,29 +165,116 @@ def build(refs_uri: str, milvus_uri: str, collection: str, embedder, emb_cfg: di
     cal = gallery_threshold(embedder, emb_cfg, vectors, table.column("label").to_pylist())
     meta["default_threshold"] = cal["threshold"]
     meta["threshold_calibration"] = cal
+    meta["_thumbs"] = thumbs
+    physical = f"{collection}{VERSION_SEP}{digest.hexdigest()[:12]}"
     client = connect(milvus_uri)
     try:
-        if client.has_collection(collection):
-            client.drop_collection(collection)
-        schema = MilvusClient.create_schema(auto_id=False)
-        schema.add_field("logo_id", DataType.VARCHAR, is_primary=True, max_length=512)
-        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=meta["dim"])
-        for name in ("label", "category", "text"):
-            schema.add_field(name, DataType.VARCHAR, max_length=1024)
-        client.create_collection(collection, schema=schema)
-        rows = [{"logo_id": l, "vector": v.tolist(), "label": lab, "category": cat, "text": t or ""}
-                for l, v, lab, cat, t in zip(table.column("logo_id").to_pylist(), vectors,
-                                             table.column("label").to_pylist(),
-                                             table.column("category").to_pylist(), texts)]
-        for s in range(0, len(rows), 1000):
-            client.insert(collection, rows[s:s + 1000])
-        client.flush(collection)
-        index_vectors(client, collection, index_type)
-        client.alter_collection_properties(collection, properties={META_KEY: json.dumps(meta)})
+        if client.has_collection(physical) and META_KEY in (client.describe_collection(physical).get("properties") or {}):
+            log.info("gallery.unchanged", collection=collection, version=meta["gallery_version"])
+            meta = read_metadata(client, physical)  # same inputs, already built: only point the alias at it
+        else:
+            if client.has_collection(physical):  # a build that died before it was complete
+                client.drop_collection(physical)
+            _create(client, physical, meta, table, vectors, texts, index_type)
+        _switch(client, collection, physical)
+        meta["collection"] = physical
+        meta["dropped"] = _prune(client, collection, keep_versions)
     finally:
         client.close()
-    log.info("gallery.built", collection=collection, seconds=round(time.time() - t0, 2), **meta)
+    log.info("gallery.built", gallery=collection, seconds=round(time.time() - t0, 2), **meta)
     return meta
+
+
+def _create(client, physical: str, meta: dict, table: pa.Table, vectors: np.ndarray, texts: list,
+            index_type: str) -> None:
+    from pymilvus import DataType, MilvusClient
+    schema = MilvusClient.create_schema(auto_id=False)
+    schema.add_field("logo_id", DataType.VARCHAR, is_primary=True, max_length=512)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=meta["dim"])
+    for name in ("label", "category", "text"):
+        schema.add_field(name, DataType.VARCHAR, max_length=1024)
+    schema.add_field("thumbnail", DataType.VARCHAR, max_length=REF_THUMB_MAX)
+    client.create_collection(physical, schema=schema)
+    thumbs = meta.pop("_thumbs")
+    rows = [{"logo_id": l, "vector": v.tolist(), "label": lab, "category": cat, "text": t or "", "thumbnail": th}
+            for l, v, lab, cat, t, th in zip(table.column("logo_id").to_pylist(), vectors,
+                                              table.column("label").to_pylist(),
+                                              table.column("category").to_pylist(), texts, thumbs)]
+    for s in range(0, len(rows), 1000):
+        client.insert(physical, rows[s:s + 1000])
+    client.flush(physical)
+    index_vectors(client, physical, index_type)
+    client.alter_collection_properties(physical, properties={META_KEY: json.dumps(meta)})
+
+
+def _switch(client, alias: str, physical: str) -> None:
+    """Point ``alias`` at ``physical``: one call, so a sweep sees the old version or the new one."""
+    if alias in client.list_collections():
+        # a gallery built before versions existed: a real collection under the alias's name
+        log.warning("gallery.unversioned_dropped", collection=alias,
+                    note="replaced by an alias to the new version; a sweep reading it now fails")
+        client.drop_collection(alias)
+    current = resolve(client, alias)
+    if current == alias:  # no alias yet
+        client.create_alias(physical, alias)
+    elif current != physical:
+        client.alter_alias(physical, alias)
+
+
+def switch(milvus_uri: str, name: str, to: str) -> dict:
+    """Point gallery ``name`` at one of its built versions (a gallery_version or a collection
+    name): a rollback is one alias switch, nothing is rebuilt."""
+    client = connect(milvus_uri)
+    try:
+        found = [v for v in versions(client, name) if to in (v["gallery_version"], v["collection"])]
+        if not found:
+            raise GalleryError(f"gallery {name!r} has no version {to!r}; it has "
+                               f"{[v['gallery_version'] for v in versions(client, name)]}")
+        _switch(client, name, found[0]["collection"])
+        log.info("gallery.switched", gallery=name, to=found[0]["gallery_version"], collection=found[0]["collection"])
+        return found[0]
+    finally:
+        client.close()
+
+
+def _prune(client, alias: str, keep: int) -> list[str]:
+    old = [v["collection"] for v in versions(client, alias) if not v["current"]][max(keep - 1, 0):]
+    for c in old:
+        client.drop_collection(c)
+    if old:
+        log.info("gallery.pruned", collection=alias, dropped=old, kept=keep)
+    return old
+
+
+def ref_thumbnail(crop: Image.Image, px: int = 96) -> str:
+    """A reference's picture for reviewers (the HTML report): a small JPEG, base64."""
+    import base64
+    import io
+    im = crop.convert("RGB")
+    im.thumbnail((px, px))
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=85)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def reference_thumbnails(milvus_uri: str, collection: str, logo_ids: list[str]) -> dict[str, bytes]:
+    """logo_id → JPEG bytes of the reference's picture (those found in the collection)."""
+    import base64
+    if not logo_ids:
+        return {}
+    client = connect(milvus_uri)
+    try:
+        physical = resolve(client, collection)
+        client.load_collection(physical)
+        out = {}
+        for s in range(0, len(logo_ids), 500):
+            ids = ", ".join(json.dumps(i) for i in logo_ids[s:s + 500])
+            for r in client.query(physical, filter=f"logo_id in [{ids}]", output_fields=["logo_id", "thumbnail"]):
+                if r.get("thumbnail"):
+                    out[r["logo_id"]] = base64.b64decode(r["thumbnail"])
+        return out
+    finally:
+        client.close()
 
 
 def index_vectors(client, collection: str, index_type: str) -> None:
@@ -175,6 +293,7 @@ def add_distractors(db: str, collection: str, n: int, dim: int, seed: int = 0) -
     rng = np.random.default_rng(seed)
     client = connect(db)
     try:
+        collection = resolve(client, collection)
         index_type = client.describe_index(collection, "vector")["index_type"]
         client.release_collection(collection)
         client.drop_index(collection, "vector")  # indexed again below, over all vectors
@@ -182,7 +301,8 @@ def add_distractors(db: str, collection: str, n: int, dim: int, seed: int = 0) -
             v = rng.standard_normal((min(5000, n - s), dim)).astype(np.float32)
             v /= np.linalg.norm(v, axis=1, keepdims=True)
             client.insert(collection, [{"logo_id": f"distractor-{s + i}", "vector": row.tolist(),
-                                        "label": f"distractor-{s + i}", "category": "distractor", "text": ""}
+                                        "label": f"distractor-{s + i}", "category": "distractor", "text": "",
+                                        "thumbnail": ""}
                                        for i, row in enumerate(v)])
         client.flush(collection)
         index_vectors(client, collection, index_type)
@@ -196,13 +316,13 @@ class Matcher:
     def __init__(self, milvus_uri: str, collection: str, expect_embedder: str | None = None,
                  unavailable_s: float | None = None):
         self.client = connect(milvus_uri)
-        self.uri, self.collection, self.unavailable_s = milvus_uri, collection, unavailable_s
         self.meta = read_metadata(self.client, collection)
+        self.uri, self.collection, self.unavailable_s = milvus_uri, self.meta["collection"], unavailable_s
         if expect_embedder and self.meta["embedder_version"] != expect_embedder:
             raise GalleryError(
                 f"gallery {collection!r} was embedded with {self.meta['embedder_version']!r} but this "
                 f"sweep uses {expect_embedder!r}: rebuild the gallery with the same embedder")
-        self.client.load_collection(collection)
+        self.client.load_collection(self.collection)
 
     def search(self, vectors: np.ndarray, top_k: int) -> list[list[dict]]:
         if len(vectors) == 0:

@@ -77,3 +77,40 @@ def _previous_queue_files(out: str, run_date: str, rid: str) -> list[str]:
     except FileNotFoundError:
         return []
     return [f for f in found if f.endswith(f"/run_date={run_date}/{rid}.parquet")]
+
+
+class RunNotFound(FileNotFoundError):
+    pass
+
+
+def find_summary(path: str, run_id: str | None = None) -> str:
+    """A published run's summary.json, from: that file; a run folder (OUT/runs/<run_id>); or OUT
+    itself (the run ``run_id``, else the newest published run). Runs without _SUCCESS are not
+    published and never chosen."""
+    path = path.rstrip("/")
+    if path.endswith(".json"):
+        return path
+    fs, p = storage.resolve(path)
+    import pyarrow.fs as pafs
+    if fs.get_file_info(p + "/summary.json").type == pafs.FileType.File:
+        if fs.get_file_info(p + "/_SUCCESS").type != pafs.FileType.File:
+            raise RunNotFound(f"{path} has no _SUCCESS: that run was not published")
+        return path + "/summary.json"
+    runs = storage.join(path, "runs")
+    if run_id:
+        return find_summary(storage.join(runs, safe_name(run_id)))
+    infos = [i for i in fs.get_file_info(pafs.FileSelector(p + "/runs", allow_not_found=True, recursive=True))
+             if i.path.endswith("/_SUCCESS")]
+    if not infos:
+        raise RunNotFound(f"no published run under {path} (expected runs/<run_id>/_SUCCESS)")
+    newest = max(infos, key=lambda i: i.mtime_ns or 0).path
+    return storage.join(runs, newest.rsplit("/", 2)[-2], "summary.json")
+
+
+def read_queues(summary: dict, columns: list[str] | None = None) -> dict[str, pa.Table]:
+    """queue name → that run's flagged rows."""
+    out = {}
+    for queue, path in sorted(summary["outputs"]["queues"].items()):
+        fs, p = storage.resolve(path)
+        out[queue] = pq.read_table(p, filesystem=fs, columns=columns)
+    return out

@@ -299,8 +299,8 @@ def _gallery(cfg, emb_cfg: dict) -> tuple[dict, dict | None, object, str]:
     """The gallery's metadata and calibration, and the thresholds this run applies."""
     client = connect(cfg.milvus_uri)
     try:
-        gmeta = read_metadata(client, cfg.collection)
-        calibration = read_calibration(client, cfg.collection, gmeta)
+        gmeta = read_metadata(client, cfg.collection)  # an alias: pinned to its version for this run
+        calibration = read_calibration(client, gmeta["collection"], gmeta)
     finally:
         client.close()
     if gmeta["embedder_version"] != emb_cfg["version"]:
@@ -315,6 +315,15 @@ def _gallery(cfg, emb_cfg: dict) -> tuple[dict, dict | None, object, str]:
     thresholds = resolve_thresholds(cfg.policy, threshold, calibration, mode)
     _check_calibration(cfg, calibration, mode, thresholds)
     return gmeta, calibration, thresholds, mode
+
+
+def _pin_gallery(cfg, gmeta: dict):
+    """Match against the collection the alias named at the start, whatever is built meanwhile."""
+    if gmeta["collection"] != cfg.collection:
+        log.info("gallery.pinned", alias=cfg.collection, collection=gmeta["collection"],
+                 gallery_version=gmeta["gallery_version"])
+        cfg = dataclasses.replace(cfg, collection=gmeta["collection"])
+    return cfg
 
 
 def match_version(gallery_version: str, thresholds, ocr) -> str:
@@ -414,6 +423,7 @@ def run_scan(cfg: ScanConfig) -> dict:
     det_cfg = artifact_config("detector", cfg.detector.artifact)
     emb_cfg = artifact_config("embedder", cfg.embedder.artifact)
     gmeta, calibration, thresholds, mode = _gallery(cfg, emb_cfg)
+    cfg = _pin_gallery(cfg, gmeta)
     ctx = {"run_id": run_id, "crop_size": emb_cfg["input_size"], "crop_pad": emb_cfg["crop_pad"],
            "thresholds": thresholds, "embedder_version": emb_cfg["version"]}
     model_version = f"{det_cfg['version']}+{emb_cfg['version']}"
@@ -553,6 +563,7 @@ def run_rematch(cfg: RematchConfig) -> dict:
         keep = set(zip(*(read_manifest(cfg.manifest).column(k).to_pylist() for k in ("item_id", "image_id"))))
         index = {k: v for k, v in index.items() if k in keep}
     gmeta, calibration, thresholds, mode = _gallery(cfg, emb_cfg)
+    cfg = _pin_gallery(cfg, gmeta)
     version = match_version(gmeta["gallery_version"], thresholds, cfg.ocr)
     previous = cfg.previous or store.previous_match(version)
     ctx = {"run_id": run_id, "thresholds": thresholds, "embedder_version": emb_cfg["version"]}

@@ -26,6 +26,14 @@ REFERENCES_OPTIONAL = pa.schema([("text", pa.string()), ("box", BOX)])
 LABELLED_CROPS_REQUIRED = pa.schema([("image_uri", pa.string()), ("label", pa.string())])
 LABELLED_CROPS_OPTIONAL = pa.schema([("box", BOX), ("kind", pa.string()), ("ocr_text", pa.string())])
 
+# Reviewer decisions (`logoscan gallery ingest`): one row per flagged (item, matched reference)
+# a reviewer decided on. confirm: the crop becomes a gallery exemplar of that reference's class;
+# reject: it becomes an impostor crop for the next `logoscan calibrate`.
+DECISIONS_REQUIRED = pa.schema([("item_id", pa.string()), ("logo_id", pa.string()), ("decision", pa.string()),
+                                ("reviewer", pa.string()), ("decided_at", pa.timestamp("us", tz="UTC"))])
+DECISIONS_OPTIONAL = pa.schema([("image_id", pa.string()), ("run_id", pa.string()), ("note", pa.string())])
+DECISION_VALUES = ("confirm", "reject")
+
 FLAGGED = pa.schema([
     ("run_id", pa.string()), ("item_id", pa.string()), ("image_id", pa.string()),
     ("image_uri", pa.string()), ("box", BOX), ("det_score", pa.float32()),
@@ -124,6 +132,22 @@ def validate_labelled_crops(table: pa.Table, source: str) -> pa.Table:
         raise SchemaError(f"{source}: column 'image_uri' has {nulls} null value(s)")
     if table.num_rows == 0:
         raise SchemaError(f"{source}: no labelled crops")
+    return table
+
+
+def validate_decisions(table: pa.Table, source: str) -> pa.Table:
+    names = set(table.column_names)
+    if "decided_at" in names and pa.types.is_timestamp(table.column("decided_at").type):
+        table = table.set_column(table.schema.get_field_index("decided_at"), "decided_at",
+                                 table.column("decided_at").cast(pa.timestamp("us", tz="UTC")))
+    table = _check(table, source, DECISIONS_REQUIRED, DECISIONS_OPTIONAL, "decisions")
+    for name in ("item_id", "logo_id", "decision", "reviewer"):
+        nulls = table.column(name).null_count
+        if nulls:
+            raise SchemaError(f"{source}: column {name!r} has {nulls} null value(s); every decision needs one")
+    bad = sorted(set(table.column("decision").to_pylist()) - set(DECISION_VALUES))
+    if bad:
+        raise SchemaError(f"{source}: column 'decision' must be one of {list(DECISION_VALUES)}, found {bad[:5]}")
     return table
 
 

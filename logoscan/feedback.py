@@ -1,0 +1,213 @@
+"""What reviewers tell the gallery: new logos, confirmed and rejected flags.
+
+``add_logo``: a new reference (an image, a label, a category) is appended to the references;
+``gallery build`` then makes a new gallery version and the next sweep finds the logo — nothing
+is retrained (the embedder is zero-shot by design).
+
+``ingest``: a decisions Parquet (schema.DECISIONS_*: item_id, logo_id, decision, reviewer,
+decided_at) is joined with the run's flagged rows on (item_id, logo_id[, image_id]).
+- confirm: the region (cut from the original image at its box, or the reviewer thumbnail when the
+  original is gone) becomes a new reference of the matched class: more exemplars per class.
+- reject: the region becomes a labelled crop with an empty label (an impostor: it must not be
+  flagged) in the calibration crops, so the next ``logoscan calibrate`` tightens the threshold
+  that let it through.
+Both are written as new Parquet parts beside the existing ones, with their pictures as PNG files;
+ids are derived from (item, image, region, reference), so ingesting the same decisions twice adds
+nothing twice.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from datetime import datetime, timezone
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from PIL import Image
+
+from logoscan import output, storage
+from logoscan.images import decode
+from logoscan.log import get_logger
+from logoscan.schema import parquet_files, validate_decisions, validate_references
+
+log = get_logger(__name__)
+
+
+class FeedbackError(ValueError):
+    pass
+
+
+def _stamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def _png(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.convert("RGB").save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _is_file(uri: str) -> bool:
+    fs, p = storage.resolve(uri)
+    return fs.get_file_info(p).type == pafs.FileType.File
+
+
+def _parquet(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()
+
+
+def append_parts(where: str, table: pa.Table, prefix: str) -> str:
+    """Add ``table`` to a Parquet dataset: a new part in a folder, or the file rewritten whole."""
+    if _is_file(where):
+        fs, p = storage.resolve(where)
+        old = pq.read_table(p, filesystem=fs)
+        table = pa.concat_tables([old, table], promote_options="default")
+        storage.write_bytes(where, _parquet(table))
+        return where
+    part = storage.join(where, f"{prefix}-{_stamp()}.parquet")
+    storage.write_bytes(part, _parquet(table))
+    return part
+
+
+def _folder(where: str) -> str:
+    return where.rsplit("/", 1)[0] if _is_file(where) else where
+
+
+def existing_ids(refs: str) -> set[str]:
+    try:
+        files = storage.list_files(refs, ".parquet")
+    except FileNotFoundError:
+        return set()
+    ids = set()
+    for f in files:
+        fs, p = storage.resolve(f)
+        ids.update(pq.read_table(p, filesystem=fs, columns=["logo_id"]).column("logo_id").to_pylist())
+    return ids
+
+
+def add_logo(refs: str, image_uri: str, label: str, category: str, text: str | None = None,
+             logo_id: str | None = None) -> dict:
+    """Append one reference (its picture copied beside the references) and return its row."""
+    data = storage.read_bytes(image_uri)
+    try:
+        im = Image.fromarray(decode(data, 50_000_000))
+    except Exception as e:  # noqa: BLE001
+        raise FeedbackError(f"{image_uri}: not a readable image ({e})") from e
+    logo_id = logo_id or f"{label}-{hashlib.sha1(data).hexdigest()[:10]}"
+    if logo_id in existing_ids(refs):
+        raise FeedbackError(f"logo_id {logo_id!r} is already in the references at {refs}")
+    dest = storage.join(_folder(refs), "images", f"{output.safe_name(logo_id)}.png")
+    storage.write_bytes(dest, _png(im))
+    row = {"logo_id": logo_id, "label": label, "category": category, "image_uri": dest, "text": text or ""}
+    table = validate_references(pa.Table.from_pylist([row]), "the new logo")
+    part = append_parts(refs, table, "added")
+    log.info("gallery.logo_added", logo_id=logo_id, label=label, category=category, references=part)
+    return row
+
+
+def read_decisions(uri: str) -> pa.Table:
+    tables = []
+    for f in parquet_files(uri, "decisions"):
+        fs, p = storage.resolve(f)
+        tables.append(validate_decisions(pq.read_table(p, filesystem=fs), f))
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def _region_picture(row: dict) -> Image.Image:
+    """The flagged region from the original image; the reviewer thumbnail if that is gone."""
+    try:
+        im = Image.fromarray(decode(storage.read_bytes(row["image_uri"]), 50_000_000))
+        x1, y1, x2, y2 = row["box"]
+        return im.crop((int(x1), int(y1), int(round(x2)), int(round(y2))))
+    except Exception as e:  # noqa: BLE001 - the catalog moves on; the thumbnail stays with the queue
+        log.warning("feedback.original_unreadable", image_uri=row["image_uri"], error=str(e)[:200],
+                    note="using the queue's thumbnail")
+        return Image.open(io.BytesIO(row["thumbnail_jpeg"]))
+
+
+def ingest(decisions_uri: str, run: str, refs: str, crops: str, run_id: str | None = None) -> dict:
+    """Confirmed regions → new references in ``refs``; rejected → impostor crops in ``crops``."""
+    decisions = read_decisions(decisions_uri)
+    summary_uri = output.find_summary(run, run_id)
+    summary = json.loads(storage.read_bytes(summary_uri))
+    queues = output.read_queues(summary)
+    if not queues:
+        raise FeedbackError(f"run {summary['run_id']} flagged nothing: no decision can refer to it")
+    flagged = pa.concat_tables(list(queues.values()), promote_options="default").to_pylist()
+    if "run_id" in decisions.column_names:
+        other = pc.filter(decisions, pc.and_(pc.is_valid(decisions["run_id"]),
+                                             pc.not_equal(decisions["run_id"], summary["run_id"])))
+        if other.num_rows:
+            raise FeedbackError(f"{other.num_rows} decision(s) name another run than {summary['run_id']} "
+                                f"(e.g. {other.column('run_id')[0].as_py()!r}): ingest them with that run")
+    by_key = {}
+    for r in flagged:
+        by_key.setdefault((r["item_id"], r["logo_id"]), []).append(r)
+    # the newest decision per (item, logo[, image]) wins: a reviewer may change their mind
+    latest = {}
+    for d in sorted(decisions.to_pylist(), key=lambda d: d["decided_at"]):
+        latest[(d["item_id"], d["logo_id"], d.get("image_id"))] = d
+    known_refs, known_crops = existing_ids(refs), _crop_ids(crops)
+    new_refs, new_crops, unmatched, skipped = [], [], [], 0
+    for (item, logo, image), d in latest.items():
+        rows = [r for r in by_key.get((item, logo), []) if image is None or r["image_id"] == image]
+        if not rows:
+            unmatched.append({"item_id": item, "logo_id": logo})
+            continue
+        for r in rows:
+            rid = hashlib.sha1(repr((r["item_id"], r["image_id"], tuple(r["box"]), logo)).encode()).hexdigest()[:12]
+            if d["decision"] == "confirm":
+                ref_id = f"{r['label']}~confirmed~{rid}"
+                if ref_id in known_refs:
+                    skipped += 1
+                    continue
+                dest = storage.join(_folder(refs), "images", f"{output.safe_name(ref_id)}.png")
+                storage.write_bytes(dest, _png(_region_picture(r)))
+                new_refs.append({"logo_id": ref_id, "label": r["label"], "category": r["category"],
+                                 "image_uri": dest, "text": r.get("ocr_text") or ""})
+            else:
+                crop_id = f"rejected~{rid}"
+                if crop_id in known_crops:
+                    skipped += 1
+                    continue
+                dest = storage.join(_folder(crops), "images", f"{crop_id}.png")
+                storage.write_bytes(dest, _png(_region_picture(r)))
+                new_crops.append({"image_uri": dest, "label": "", "kind": "rejected",
+                                  "ocr_text": r.get("ocr_text") or "", "crop_id": crop_id,
+                                  "rejected_label": r["label"], "reviewer": d["reviewer"]})
+    if unmatched:
+        log.warning("feedback.unmatched", count=len(unmatched), examples=unmatched[:5], run_id=summary["run_id"],
+                    note="no flagged row of this run has that (item_id, logo_id)")
+    if len(unmatched) == len(latest):
+        raise FeedbackError(f"none of the {len(latest)} decision(s) matches a flagged row of run "
+                            f"{summary['run_id']} (joined on item_id, logo_id): wrong run?")
+    written = {}
+    if new_refs:
+        written["references"] = append_parts(refs, validate_references(pa.Table.from_pylist(new_refs), "confirmed"),
+                                             "confirmed")
+    if new_crops:
+        written["calibration_crops"] = append_parts(crops, pa.Table.from_pylist(new_crops), "rejected")
+    result = {"run_id": summary["run_id"], "decisions": len(latest), "confirmed_exemplars": len(new_refs),
+              "impostor_crops": len(new_crops), "unmatched": len(unmatched), "already_ingested": skipped,
+              "written": written}
+    log.info("feedback.ingested", **result)
+    return result
+
+
+def _crop_ids(crops: str) -> set[str]:
+    try:
+        files = storage.list_files(crops, ".parquet")
+    except FileNotFoundError:
+        return set()
+    ids = set()
+    for f in files:
+        fs, p = storage.resolve(f)
+        t = pq.read_table(p, filesystem=fs)
+        if "crop_id" in t.column_names:
+            ids.update(t.column("crop_id").to_pylist())
+    return ids
