@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test train-extra train-embedder train-detector bench-embedder bench-detector bench-calibration bench-incremental bench-throughput bench-milvus-index drill-reliability fonts clean
+.PHONY: setup demo test browser train-extra train-embedder train-detector bench-embedder bench-detector bench-calibration bench-incremental bench-throughput bench-milvus-index drill-reliability fonts clean
 
 setup: $(VENV)/.installed
 
@@ -16,8 +16,13 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	RAY_AUTH_MODE=disabled $(VENV)/bin/logoscan demo
 
-test: setup
+test: setup browser
 	RAY_AUTH_MODE=disabled $(PY) -m pytest -q
+
+# The review report's test opens the pages in headless Chromium (Debian's chromium package)
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null) \
+	  || echo "chromium could not be installed: the report's browser test is skipped (and fails under CI=true)"
 
 # Extra fonts for embedder training: Debian font packages, downloaded with apt-get (a package
 # registry) and unpacked into build/fonts without a system install. Training only.

@@ -6,6 +6,12 @@ import torch
 
 from logoscan import stages
 from logoscan.log import configure
+from logoscan.metrics import metered
+
+
+def fetch(batch: dict, cfg) -> dict:
+    """The fetch stage as a Ray Data task (no state to load)."""
+    return metered("fetch", stages.fetch, batch, cfg)
 
 
 def pick_device(requested: str) -> str:
@@ -32,8 +38,8 @@ class DetectActor:
         self.model, self.model_cfg = Models.load("detector", det_cfg.artifact, self.device)
 
     def __call__(self, batch: dict) -> dict:
-        return stages.detect(batch, self.model, self.model_cfg, self.cfg, self.crop_size,
-                             self.crop_pad, self.max_pixels, self.device)
+        return metered("detect", stages.detect, batch, self.model, self.model_cfg, self.cfg, self.crop_size,
+                       self.crop_pad, self.max_pixels, self.device)
 
 
 class EmbedActor:
@@ -45,7 +51,7 @@ class EmbedActor:
         self.model, self.model_cfg = Models.load("embedder", emb_cfg.artifact, self.device)
 
     def __call__(self, batch: dict) -> dict:
-        return stages.embed(batch, self.model, self.model_cfg, self.cfg, self.device)
+        return metered("embed", stages.embed, batch, self.model, self.model_cfg, self.cfg, self.device)
 
 
 class OcrActor:
@@ -59,7 +65,7 @@ class OcrActor:
         self.reader = load_reader(ocr_cfg.languages, ocr_cfg.model_dir, pick_device(ocr_cfg.device))
 
     def __call__(self, batch: dict) -> dict:
-        return stages.read_text(batch, self.reader, self.cfg)
+        return metered("ocr", stages.read_text, batch, self.reader, self.cfg)
 
 
 class MatchActor:
@@ -75,5 +81,5 @@ class MatchActor:
         self.cfg, self.policy, self.thresholds, self.ocr = match_cfg, policy, thresholds, ocr_cfg
 
     def __call__(self, batch: dict) -> dict:
-        return stages.decide(stages.match(batch, self.matcher, self.cfg, self.ocr), self.policy,
-                             self.thresholds)
+        return metered("match", lambda b: stages.decide(stages.match(b, self.matcher, self.cfg, self.ocr),
+                                                        self.policy, self.thresholds), batch)

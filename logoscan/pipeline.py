@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from collections import Counter
 from datetime import datetime, timezone
@@ -23,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from logoscan import config_io, output, stages, storage
+from logoscan import config_io, metrics, output, stages, storage
 from logoscan.calibration import read_calibration, resolve_thresholds
 from logoscan.checkpoint import Checkpoint, fingerprint
 from logoscan.config import RematchConfig, ScanConfig
@@ -102,9 +103,15 @@ class Collector:
             self._count(img)
         self.resumed = len(resumed)
         self.t0 = self.last = time.time()
+        self.stage_seconds: Counter = Counter()  # worker-seconds per stage, from the rows' _s_ columns
+        self.run_id = ""
+        self.bar = _Bar(total) if sys.stderr.isatty() else None
 
     def add(self, b: dict, status: str = "scanned") -> None:
         kind = np.asarray(b["kind"])
+        for k, v in b.items():
+            if k.startswith(metrics.PREFIX):
+                self.stage_seconds[k[len(metrics.PREFIX):]] += float(np.sum(v))
         for i in range(len(kind)):
             key = (b["item_id"][i], b["image_id"][i])
             img = self.pending.setdefault(key, {"key": key, "image_uri": b["image_uri"][i], "left": int(
@@ -130,6 +137,7 @@ class Collector:
 
     def _count(self, img: dict) -> None:
         item_id, image_id = img["key"]
+        metrics.images(img["status"])
         if img["status"] == "errored":
             self.errored.add(img["key"])
             self.errors.append({"item_id": item_id, "image_id": image_id, "image_uri": img["image_uri"],
@@ -153,14 +161,42 @@ class Collector:
             self.unsaved = []
 
     def _progress(self) -> None:
+        """A progress bar on a terminal; otherwise a log line every ``PROGRESS_EVERY_S``."""
         now = time.time()
         done = len(self.scanned) + len(self.reused) + len(self.errored)
-        if now - self.last >= 5 or done == self.total:
+        rate = (done - self.resumed) / max(now - self.t0, 1e-9)
+        if self.bar is not None:
+            self.bar.show(done, rate, len(self.flagged), len(self.errors))
+        if now - self.last >= (PROGRESS_EVERY_S if self.bar is None else 60) or done == self.total:
             self.last = now
-            rate = (done - self.resumed) / max(now - self.t0, 1e-9)
+            metrics.progress(self.run_id, done / max(self.total, 1), rate)
             log.info("scan.progress", done=done, total=self.total, pct=round(100 * done / max(self.total, 1), 1),
                      img_per_s=round(rate, 2), eta_s=round((self.total - done) / rate, 1) if rate else None,
                      flagged=len(self.flagged), errors=len(self.errors))
+
+
+PROGRESS_EVERY_S = 10
+
+
+class _Bar:
+    """One self-rewriting line on a terminal (stderr), no dependency."""
+
+    def __init__(self, total: int):
+        self.total, self.last = total, 0.0
+
+    def show(self, done: int, rate: float, flagged: int, errors: int) -> None:
+        now = time.time()
+        if now - self.last < 0.2 and done < self.total:
+            return
+        self.last = now
+        width = 30
+        fill = int(width * done / max(self.total, 1))
+        eta = f"{(self.total - done) / rate:,.0f} s" if rate > 0 else "?"
+        sys.stderr.write(f"\r[{'#' * fill}{'.' * (width - fill)}] {done:,}/{self.total:,} images "
+                         f"{rate:,.1f}/s  eta {eta}  flagged {flagged:,}  errors {errors:,} ")
+        if done >= self.total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
 
 
 # ------------------------------------------------------------------ engines
@@ -168,7 +204,7 @@ class Collector:
 def _run_local(manifest: pa.Table, cfg: ScanConfig, ctx: dict, col: Collector) -> dict:
     import torch
 
-    from logoscan.actors import DetectActor, EmbedActor, MatchActor, OcrActor
+    from logoscan.actors import DetectActor, EmbedActor, MatchActor, OcrActor, fetch
     det = DetectActor(cfg.detector, ctx["crop_size"], ctx["crop_pad"], cfg.fetch.max_pixels, ctx["run_id"])
     ocr = OcrActor(cfg.ocr, ctx["run_id"]) if cfg.ocr.enabled else None
     emb = EmbedActor(cfg.embedder, ctx["run_id"])
@@ -183,7 +219,7 @@ def _run_local(manifest: pa.Table, cfg: ScanConfig, ctx: dict, col: Collector) -
         for s in range(0, manifest.num_rows, n):
             part = manifest.slice(s, n)
             b = {k: np.asarray(part.column(k).to_pylist(), dtype=object) for k in stages.KEYS}
-            b, t = stages.timed(stages.fetch, b, cfg.fetch); timings["fetch"] += t
+            b, t = stages.timed(fetch, b, cfg.fetch); timings["fetch"] += t
             b, t = stages.timed(det, b); timings["detect"] += t
             if ocr is not None:
                 b, t = stages.timed(ocr, b); timings["ocr"] += t
@@ -229,7 +265,7 @@ def actor_cpus(r, n_actors: int, cluster_cpus: float) -> float:
 def _run_ray(manifest: pa.Table, cfg: ScanConfig, ctx: dict, col: Collector) -> dict:
     import ray
 
-    from logoscan.actors import DetectActor, EmbedActor, MatchActor, OcrActor
+    from logoscan.actors import DetectActor, EmbedActor, MatchActor, OcrActor, fetch
     dctx = ray.data.DataContext.get_current()
     dctx.enable_progress_bars = False  # our own scan.progress log lines instead
     logging.getLogger("ray.data").setLevel(logging.WARNING)
@@ -239,7 +275,7 @@ def _run_ray(manifest: pa.Table, cfg: ScanConfig, ctx: dict, col: Collector) -> 
                      ray.cluster_resources().get("CPU", 0.0))
     n_blocks = max(1, math.ceil(manifest.num_rows / r.fetch_batch))
     ds = ray.data.from_arrow(manifest.select(list(stages.KEYS))).repartition(n_blocks)
-    ds = ds.map_batches(stages.fetch, fn_kwargs={"cfg": cfg.fetch}, batch_size=r.fetch_batch,
+    ds = ds.map_batches(fetch, fn_kwargs={"cfg": cfg.fetch}, batch_size=r.fetch_batch,
                         batch_format="numpy", num_cpus=0.25)
     ds = ds.map_batches(DetectActor, fn_constructor_kwargs=dict(
         det_cfg=cfg.detector, crop_size=ctx["crop_size"], crop_pad=ctx["crop_pad"],
@@ -444,6 +480,7 @@ def run_scan(cfg: ScanConfig) -> dict:
         ckpt.start(run_date)
 
     col = Collector(unique.num_rows, ckpt, cfg.checkpoint_every, resumed, writer)
+    col.run_id = run_id
     stage_s = {}
     try:
         if reuse:
@@ -493,6 +530,7 @@ def run_scan(cfg: ScanConfig) -> dict:
         "errors_by_stage": dict(Counter(e["stage"] for e in col.errors)),
         "images_per_s": round(rows_in / max(time.time() - t0, 1e-9), 2),
         "stage_seconds": stage_s,
+        "stage_worker_seconds": {k: round(v, 3) for k, v in sorted(col.stage_seconds.items())},
         "store": store_info,
         "versions": _versions(det_cfg, emb_cfg, gmeta, thresholds, calibration, mode, cfg.ocr.enabled),
         "config": config_io.to_dict(cfg),
@@ -508,9 +546,16 @@ def run_scan(cfg: ScanConfig) -> dict:
                           _flag_keys(col.flagged, ckeys))
     if ckpt is not None:
         ckpt.clear()  # published: nothing left to resume
+    metrics.flagged(summary["flagged_by_queue"])
+    busy = sum(col.stage_seconds.values())
+    for stage, secs in sorted(col.stage_seconds.items(), key=lambda x: -x[1]):
+        # one canonical line per stage: its share of the workers' time
+        log.info("scan.stage", stage=stage, worker_seconds=round(secs, 2), share=round(secs / max(busy, 1e-9), 3),
+                 images=rows_scanned, images_per_worker_s=round(rows_scanned / max(secs, 1e-9), 2))
     log.info("scan.done", **{k: summary[k] for k in ("rows_in", "rows_scanned", "rows_reused", "rows_errored",
                                                      "rows_resumed", "regions", "flagged", "seconds",
-                                                     "images_per_s")})
+                                                     "images_per_s", "flagged_by_queue", "errors_by_stage")},
+             gallery_version=gmeta["gallery_version"], engine=cfg.engine)
     return summary
 
 

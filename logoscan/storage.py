@@ -174,3 +174,19 @@ def delete_file(uri: str) -> None:
     fs, path = resolve(uri)
     if fs.get_file_info(path).type == pafs.FileType.File:
         fs.delete_file(path)
+
+
+def copy_dir(src: str, dst: str) -> list[str]:
+    """Copy every file under folder/prefix ``src`` to ``dst`` (local or s3://, either way), e.g. a
+    trained model artifact to S3. Returns the destination URIs."""
+    sfs, s = resolve(src)
+    infos = [i for i in sfs.get_file_info(pafs.FileSelector(s, recursive=True)) if i.type == pafs.FileType.File]
+    if not infos:
+        raise FileNotFoundError(f"nothing to copy under {src}")
+    out = []
+    for i in infos:
+        rel = i.path[len(s.rstrip("/")) + 1:]
+        with sfs.open_input_stream(i.path) as f:
+            write_bytes(join(dst, rel), f.read())
+        out.append(join(dst, rel))
+    return out

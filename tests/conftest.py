@@ -18,6 +18,13 @@ from pathlib import Path
 import pytest
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cluster` start and `ray stop` a Ray head of their own, which ends every Ray
+    process on the machine, the session's local Ray included. They run last, so nothing has
+    to start a Ray again in a process that already holds Milvus (gRPC) threads."""
+    items.sort(key=lambda item: item.get_closest_marker("cluster") is not None)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
