@@ -146,8 +146,10 @@ def run_demo(workdir: str = "demo-output", n_images: int = 300, seed: int = 7, e
                      out=str(work / "out"), run_id="demo", engine=engine,
                      ray=replace(RayConfig(), num_cpus=num_cpus))
     summary = run_scan(cfg)
-    print("[5/5] evaluating the review queues against the truth ...", flush=True)
+    print("[5/5] evaluating the review queues against the truth; the reviewers' pages ...", flush=True)
     result = evaluate(summary["outputs"]["summary"], paths["truth"])
+    from logoscan.report import write_report
+    report = write_report(summary["outputs"]["summary"])
     print()
     print(f"rows in {summary['rows_in']} = scanned {summary['rows_scanned']} + errored {summary['rows_errored']}"
           f"  ({summary['regions']} regions detected, {summary['flagged']} flagged, "
@@ -157,6 +159,7 @@ def run_demo(workdir: str = "demo-output", n_images: int = 300, seed: int = 7, e
         print(f"  {q:16s} {summary['flagged_by_queue'][q]:4d} rows  {p}")
     print(f"errors:            {summary['outputs']['errors']}")
     print(f"run summary:       {summary['outputs']['summary']}")
+    print(f"review pages:      {report['out']}/index.html  (logoscan report {work / 'out'})")
     print()
     print(format_table(result))
     overall = result["by_category"]["overall"]

@@ -140,9 +140,9 @@ def test_copy_dir_uploads_an_artifact_folder(tmp_path, s3):
     (tmp_path / "a" / "sub").mkdir(parents=True)
     (tmp_path / "a" / "config.json").write_text("{}")
     (tmp_path / "a" / "sub" / "model.safetensors").write_bytes(b"x" * 10)
-    s3.create_bucket(Bucket="models")
-    out = copy_dir(str(tmp_path / "a"), "s3://models/logoscan/embedder-x")
-    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="models")["Contents"])
+    s3.create_bucket(Bucket="infra-copy-dir")
+    out = copy_dir(str(tmp_path / "a"), "s3://infra-copy-dir/logoscan/embedder-x")
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="infra-copy-dir")["Contents"])
     assert keys == ["logoscan/embedder-x/config.json", "logoscan/embedder-x/sub/model.safetensors"] and len(out) == 2
 
 

@@ -176,3 +176,32 @@ def test_report_renders_every_card_in_headless_chromium(world, tmp_path, capsys)
         assert conf == sorted(conf, reverse=True)  # most confident first
     index = (tmp_path / "report" / "index.html").read_text()
     assert all(f'href="{q}.html"' in index for q in queues)
+
+
+def test_progress_is_a_bar_on_a_terminal_and_log_lines_otherwise(monkeypatch):
+    import io
+
+    from structlog.testing import capture_logs
+
+    from logoscan import pipeline
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty = Tty()
+    monkeypatch.setattr(pipeline.sys, "stderr", tty)
+    col = pipeline.Collector(3)
+    for done in range(1, 4):
+        col.scanned.add(("item", str(done)))
+        col.bar.last = 0  # no throttling in the test
+        col._progress()
+    frames = tty.getvalue().split("\r")
+    assert "3/3 images" in frames[-1] and frames[-1].endswith("\n") and "[" + "#" * 30 + "]" in frames[-1]
+
+    monkeypatch.setattr(pipeline.sys, "stderr", io.StringIO())  # a log file: no bar, log lines
+    with capture_logs() as logs:
+        col = pipeline.Collector(2)
+        col.scanned.update({("a", "1"), ("b", "1")})
+        col._progress()
+    assert col.bar is None and [e["event"] for e in logs] == ["scan.progress"] and logs[0]["done"] == 2
