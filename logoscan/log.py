@@ -18,7 +18,14 @@ class _Stderr:
         sys.stderr.flush()
 
 
-def configure(run_id: str | None = None, level: str = "INFO", json: bool | None = None) -> None:
+_level = "INFO"
+
+
+def configure(run_id: str | None = None, level: str | None = None, json: bool | None = None) -> None:
+    """Set up logging and bind ``run_id``. Without ``level`` the level set last in this process
+    stays (a sweep binding its run id must not undo `logoscan demo`'s quieter WARNING)."""
+    global _level
+    _level = level = level or _level
     if json is None:
         json = not sys.stderr.isatty()
     renderer = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
