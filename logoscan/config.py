@@ -84,7 +84,10 @@ class PolicyConfig:
 class RayConfig:
     address: str | None = None              # None: RAY_ADDRESS if set, else a local Ray
     num_cpus: int | None = None             # local Ray only
-    fetch_batch: int = 16
+    # images per Ray Data batch (a fetch task, a detect call). Fewer, larger batches ran faster on 2
+    # CPUs (600 images: 16 → 8.6, 64 → 9.4, 128 → 10.4 images/s); detect decodes only
+    # detector.batch_size images at a time, so memory does not grow with it
+    fetch_batch: int = 128
     detector_actors: int = 1
     embedder_actors: int = 1
     num_gpus_per_actor: float = 0.0         # > 0 puts detector and embedder actors on GPUs

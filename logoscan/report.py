@@ -117,7 +117,7 @@ def _card(r: dict, ref: bytes | None, product: bytes | None) -> str:
             f'data-confidence="{conf:.4f}"><div class="pics">'
             + _figure("crop", "flagged crop", r["thumbnail_jpeg"], f"crop of {r['item_id']}")
             + _figure("ref", "matched reference", ref, f"reference {r['logo_id']}")
-            + _figure("product", "product", product, f"product {r['item_id']}")
+            + _figure("product", "product, flagged regions outlined", product, f"product {r['item_id']}")
             + '</div><div class="facts">' + "".join(facts) + "</div></article>")
 
 

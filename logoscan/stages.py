@@ -107,34 +107,40 @@ def detect(batch: dict, model, model_cfg: dict, cfg: DetectorConfig, crop_size: 
         for j, k in enumerate(ERR):
             rows[k].append(error[j] if error else "")
 
-    images, idx = [], []
-    for i, data in enumerate(batch["image_bytes"]):
+    todo = []
+    for i in range(len(batch["image_bytes"])):
         if batch["error_stage"][i]:
             emit(i, "error", error=tuple(batch[k][i] for k in ERR))
+        else:
+            todo.append(i)
+    # decoded a model batch at a time: a Ray Data batch of many large images never sits decoded
+    # in memory all at once (memory does not grow with ray.fetch_batch)
+    for s in range(0, len(todo), cfg.batch_size):
+        images, idx = [], []
+        for i in todo[s:s + cfg.batch_size]:
+            try:
+                images.append(decode(batch["image_bytes"][i], max_pixels))
+                idx.append(i)
+            except ImageRejected as e:
+                emit(i, "error", error=_error("decode", e, "ImageRejected"))
+        if not images:
             continue
-        try:
-            images.append(decode(data, max_pixels))
-            idx.append(i)
-        except ImageRejected as e:
-            emit(i, "error", error=_error("decode", e, "ImageRejected"))
-    if images:
         try:
             results = detect_images(model, images, thresh, device=device, batch_size=cfg.batch_size)
         except Exception as e:  # noqa: BLE001 - a model failure fails these images, not the run
-            results = None
             for i in idx:
                 emit(i, "error", error=_error("detect", e))
-        if results is not None:
-            for i, im, (boxes, scores) in zip(idx, images, results):
-                if len(boxes) == 0:
-                    emit(i, "empty")
-                    continue
-                pil = Image.fromarray(im)
-                kept = list(zip(boxes, scores))[:cfg.max_regions]
-                for r, (box, score) in enumerate(kept):
-                    crop = np.asarray(square_crop(pil, tuple(box), crop_pad, crop_size), np.uint8)
-                    thumb = square_crop(pil, tuple(box), 0.1, cfg.thumbnail_px)
-                    emit(i, "region", box, score, crop, jpeg_bytes(thumb), of=len(kept), region=r)
+            continue
+        for i, im, (boxes, scores) in zip(idx, images, results):
+            if len(boxes) == 0:
+                emit(i, "empty")
+                continue
+            pil = Image.fromarray(im)
+            kept = list(zip(boxes, scores))[:cfg.max_regions]
+            for r, (box, score) in enumerate(kept):
+                crop = np.asarray(square_crop(pil, tuple(box), crop_pad, crop_size), np.uint8)
+                thumb = square_crop(pil, tuple(box), 0.1, cfg.thumbnail_px)
+                emit(i, "region", box, score, crop, jpeg_bytes(thumb), of=len(kept), region=r)
     out = {k: _obj(v) for k, v in rows.items() if k not in ("box", "det_score", "crop", "rows_of_image", "region")}
     out["rows_of_image"] = np.asarray(rows["rows_of_image"], np.int32)
     out["region"] = np.asarray(rows["region"], np.int16)
