@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from logoscan import storage
 from logoscan.models.embedder import embed_crops
@@ -200,12 +199,8 @@ def outcome(true_label, kinds, top_label, top_category, distance, thresholds: Th
 # ------------------------------------------------------------------ `logoscan calibrate`
 
 def read_labelled_crops(uri: str) -> pa.Table:
-    from logoscan.schema import parquet_files, validate_labelled_crops
-    tables = []
-    for f in parquet_files(uri, "labelled crops"):
-        fs, path = storage.resolve(f)
-        tables.append(validate_labelled_crops(pq.read_table(path, filesystem=fs), f))
-    return pa.concat_tables(tables, promote_options="default")
+    from logoscan.schema import read_validated, validate_labelled_crops
+    return read_validated(uri, "labelled crops", validate_labelled_crops)
 
 
 def gallery_labels(client, collection: str) -> dict[str, str]:

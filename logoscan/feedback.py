@@ -31,7 +31,7 @@ from PIL import Image
 from logoscan import output, storage
 from logoscan.images import decode
 from logoscan.log import get_logger
-from logoscan.schema import parquet_files, validate_decisions, validate_references
+from logoscan.schema import read_validated, validate_decisions, validate_references
 
 log = get_logger(__name__)
 
@@ -78,15 +78,17 @@ def _folder(where: str) -> str:
     return where.rsplit("/", 1)[0] if _is_file(where) else where
 
 
-def existing_ids(refs: str) -> set[str]:
+def existing_ids(where: str, column: str = "logo_id") -> set[str]:
+    """The values of ``column`` in the Parquet dataset at ``where`` (none if it or the column is absent)."""
     try:
-        files = storage.list_files(refs, ".parquet")
+        files = storage.list_files(where, ".parquet")
     except FileNotFoundError:
         return set()
     ids = set()
     for f in files:
         fs, p = storage.resolve(f)
-        ids.update(pq.read_table(p, filesystem=fs, columns=["logo_id"]).column("logo_id").to_pylist())
+        if column in pq.read_schema(p, filesystem=fs).names:
+            ids.update(pq.read_table(p, filesystem=fs, columns=[column]).column(column).to_pylist())
     return ids
 
 
@@ -111,11 +113,7 @@ def add_logo(refs: str, image_uri: str, label: str, category: str, text: str | N
 
 
 def read_decisions(uri: str) -> pa.Table:
-    tables = []
-    for f in parquet_files(uri, "decisions"):
-        fs, p = storage.resolve(f)
-        tables.append(validate_decisions(pq.read_table(p, filesystem=fs), f))
-    return pa.concat_tables(tables, promote_options="default")
+    return read_validated(uri, "decisions", validate_decisions)
 
 
 def _region_picture(row: dict) -> Image.Image:
@@ -152,7 +150,7 @@ def ingest(decisions_uri: str, run: str, refs: str, crops: str, run_id: str | No
     latest = {}
     for d in sorted(decisions.to_pylist(), key=lambda d: d["decided_at"]):
         latest[(d["item_id"], d["logo_id"], d.get("image_id"))] = d
-    known_refs, known_crops = existing_ids(refs), _crop_ids(crops)
+    known_refs, known_crops = existing_ids(refs), existing_ids(crops, "crop_id")
     new_refs, new_crops, unmatched, skipped = [], [], [], 0
     for (item, logo, image), d in latest.items():
         rows = [r for r in by_key.get((item, logo), []) if image is None or r["image_id"] == image]
@@ -161,24 +159,19 @@ def ingest(decisions_uri: str, run: str, refs: str, crops: str, run_id: str | No
             continue
         for r in rows:
             rid = hashlib.sha1(repr((r["item_id"], r["image_id"], tuple(r["box"]), logo)).encode()).hexdigest()[:12]
-            if d["decision"] == "confirm":
-                ref_id = f"{r['label']}~confirmed~{rid}"
-                if ref_id in known_refs:
-                    skipped += 1
-                    continue
-                dest = storage.join(_folder(refs), "images", f"{output.safe_name(ref_id)}.png")
-                storage.write_bytes(dest, _png(_region_picture(r)))
-                new_refs.append({"logo_id": ref_id, "label": r["label"], "category": r["category"],
+            confirm = d["decision"] == "confirm"
+            new_id = f"{r['label']}~confirmed~{rid}" if confirm else f"rejected~{rid}"
+            if new_id in (known_refs if confirm else known_crops):
+                skipped += 1
+                continue
+            dest = storage.join(_folder(refs if confirm else crops), "images", f"{output.safe_name(new_id)}.png")
+            storage.write_bytes(dest, _png(_region_picture(r)))
+            if confirm:
+                new_refs.append({"logo_id": new_id, "label": r["label"], "category": r["category"],
                                  "image_uri": dest, "text": r.get("ocr_text") or ""})
             else:
-                crop_id = f"rejected~{rid}"
-                if crop_id in known_crops:
-                    skipped += 1
-                    continue
-                dest = storage.join(_folder(crops), "images", f"{crop_id}.png")
-                storage.write_bytes(dest, _png(_region_picture(r)))
                 new_crops.append({"image_uri": dest, "label": "", "kind": "rejected",
-                                  "ocr_text": r.get("ocr_text") or "", "crop_id": crop_id,
+                                  "ocr_text": r.get("ocr_text") or "", "crop_id": new_id,
                                   "rejected_label": r["label"], "reviewer": d["reviewer"]})
     if unmatched:
         log.warning("feedback.unmatched", count=len(unmatched), examples=unmatched[:5], run_id=summary["run_id"],
@@ -197,17 +190,3 @@ def ingest(decisions_uri: str, run: str, refs: str, crops: str, run_id: str | No
               "written": written}
     log.info("feedback.ingested", **result)
     return result
-
-
-def _crop_ids(crops: str) -> set[str]:
-    try:
-        files = storage.list_files(crops, ".parquet")
-    except FileNotFoundError:
-        return set()
-    ids = set()
-    for f in files:
-        fs, p = storage.resolve(f)
-        t = pq.read_table(p, filesystem=fs)
-        if "crop_id" in t.column_names:
-            ids.update(t.column("crop_id").to_pylist())
-    return ids

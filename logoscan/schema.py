@@ -161,3 +161,15 @@ def parquet_files(uri: str, what: str) -> list[str]:
     if not files:
         raise SchemaError(f"no .parquet files under {what} location {uri}")
     return files
+
+
+def read_validated(uri: str, what: str, validate) -> pa.Table:
+    """Every .parquet file at ``uri``, each checked by ``validate(table, file)``, as one table."""
+    import pyarrow.parquet as pq
+
+    from logoscan import storage
+    tables = []
+    for f in parquet_files(uri, what):
+        fs, path = storage.resolve(f)
+        tables.append(validate(pq.read_table(path, filesystem=fs), f))
+    return pa.concat_tables(tables, promote_options="default")
