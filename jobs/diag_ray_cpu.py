@@ -1,0 +1,90 @@
+"""One-off diagnostic (not a benchmark table): CPU seconds per process during a Ray sweep.
+
+    python jobs/diag_ray_cpu.py --images 600 [--set ray.fetch_batch=16 ...]
+
+Makes (or reuses) a catalog of 800x800 JPEGs like jobs/bench_throughput.py's under --workdir,
+builds the demo gallery in Milvus Lite, runs a small warm-up sweep, then one timed Ray sweep.
+It prints the wall time, the summary's `stage_worker_seconds`, and the CPU seconds every process on
+the machine used during the sweep (the detector and embedder actors, Ray's workers and daemons,
+the driver). docs/scaling.md quotes its output for `ray.fetch_batch` 16, 64 and 128.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "jobs"))
+
+
+def cpu_by_process() -> dict:
+    import psutil
+    out = {}
+    for p in psutil.process_iter(["pid", "name", "cmdline", "cpu_times"]):
+        try:
+            ct = p.info["cpu_times"]
+            out[p.info["pid"]] = (p.info["name"], " ".join(p.info["cmdline"] or [])[:70], ct.user + ct.system)
+        except Exception:  # noqa: BLE001 - a process that ended meanwhile
+            pass
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=600)
+    ap.add_argument("--workdir", default="build/diag-ray-cpu")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="ScanConfig overrides")
+    a = ap.parse_args()
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bench_throughput import make_catalog
+    from logoscan import config_io
+    from logoscan.config import PolicyConfig, RayConfig, ScanConfig
+    from logoscan.log import configure
+    from logoscan.pipeline import init_ray, run_scan
+
+    work = Path(a.workdir)
+    manifest = work / f"manifest-{a.images}.parquet"
+    if not manifest.exists():
+        rows = make_catalog(work, a.images)
+        pq.write_table(pa.Table.from_pylist(rows), manifest)
+        pq.write_table(pa.Table.from_pylist(rows[:32]), work / "warm.parquet")
+    init_ray(RayConfig())  # before any Milvus client
+    configure(level="WARNING")
+    db = str(work / "milvus.db")
+    if not Path(db).exists():
+        from logoscan.demo import demo_gallery, write_references
+        from logoscan.gallery import build
+        from logoscan.models import default_artifact_path, load_artifact
+        model, cfg = load_artifact(default_artifact_path("embedder"))
+        build(write_references(work, demo_gallery()), db, "g", model, cfg)
+    data = config_io.to_dict(ScanConfig(manifest=str(manifest), milvus_uri=db, collection="g", out=str(work / "out"),
+                                        run_date="2026-11-23", engine="ray",
+                                        policy=PolicyConfig(default_threshold=0.5)))
+    for o in a.set:
+        config_io.set_dotted(data, *config_io.parse_override(o))
+    cfg = config_io.build(ScanConfig, data)
+    run_scan(replace(cfg, run_id="warm", manifest=str(work / "warm.parquet"), out=str(work / "out-warm")))
+
+    before, t0 = cpu_by_process(), time.time()
+    s = run_scan(replace(cfg, run_id="diag"))
+    wall, after = time.time() - t0, cpu_by_process()
+    print(f"{a.images} images, {wall:.1f} s, {a.images / wall:.2f} images/s, overrides {a.set}")
+    print(f"stage_worker_seconds {s['stage_worker_seconds']}")
+    used = sorted(((t - before.get(pid, (0, 0, 0))[2], name, cmd) for pid, (name, cmd, t) in after.items()),
+                  reverse=True)
+    for secs, name, cmd in used[:12]:
+        if secs > 0.3:
+            print(f"{secs:7.1f} CPU-s  {name:24s} {cmd}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
