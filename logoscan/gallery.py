@@ -145,8 +145,6 @@ def build(refs_uri: str, milvus_uri: str, collection: str, embedder, emb_cfg: di
     validate_references(table, refs_uri)  # logo_id unique across files too
     t0 = time.time()
     crops, sums = load_reference_crops(table, emb_cfg["input_size"], emb_cfg["crop_pad"])
-    vectors = embed_crops(embedder, emb_cfg, crops)
-    thumbs = [ref_thumbnail(c) for c in crops]
     # the version names what went in (references, their images, the embedder), not float bits:
     # the same inputs embedded with another thread count must give the same version
     texts = table.column("text").to_pylist() if "text" in table.column_names else [None] * len(table)
@@ -156,26 +154,25 @@ def build(refs_uri: str, milvus_uri: str, collection: str, embedder, emb_cfg: di
                           table.column("category").to_pylist(), [t or "" for t in texts],
                           [repr(b) for b in boxes], sums)):
         digest.update(repr(row).encode())
-    meta = {"gallery_version": f"{collection}-{digest.hexdigest()[:12]}",
-            "embedder_version": emb_cfg["version"], "dim": int(vectors.shape[1]),
-            "categories": sorted(set(table.column("category").to_pylist())),
-            "references": len(table), "built_at": datetime.now(timezone.utc).isoformat(),
-            "index_type": index_type}
-    from logoscan.calibration import gallery_threshold
-    cal = gallery_threshold(embedder, emb_cfg, vectors, table.column("label").to_pylist())
-    meta["default_threshold"] = cal["threshold"]
-    meta["threshold_calibration"] = cal
-    meta["_thumbs"] = thumbs
     physical = f"{collection}{VERSION_SEP}{digest.hexdigest()[:12]}"
     client = connect(milvus_uri)
     try:
         if client.has_collection(physical) and META_KEY in (client.describe_collection(physical).get("properties") or {}):
-            log.info("gallery.unchanged", collection=collection, version=meta["gallery_version"])
-            meta = read_metadata(client, physical)  # same inputs, already built: only point the alias at it
+            # same inputs, already built: nothing is embedded again, only the alias is pointed at it
+            meta = read_metadata(client, physical)
+            log.info("gallery.unchanged", gallery=collection, version=meta["gallery_version"])
         else:
             if client.has_collection(physical):  # a build that died before it was complete
                 client.drop_collection(physical)
-            _create(client, physical, meta, table, vectors, texts, index_type)
+            vectors = embed_crops(embedder, emb_cfg, crops)
+            from logoscan.calibration import gallery_threshold
+            cal = gallery_threshold(embedder, emb_cfg, vectors, table.column("label").to_pylist())
+            meta = {"gallery_version": f"{collection}-{digest.hexdigest()[:12]}",
+                    "embedder_version": emb_cfg["version"], "dim": int(vectors.shape[1]),
+                    "categories": sorted(set(table.column("category").to_pylist())),
+                    "references": len(table), "built_at": datetime.now(timezone.utc).isoformat(),
+                    "index_type": index_type, "default_threshold": cal["threshold"], "threshold_calibration": cal}
+            _create(client, physical, meta, table, vectors, texts, [ref_thumbnail(c) for c in crops], index_type)
         _switch(client, collection, physical)
         meta["collection"] = physical
         meta["dropped"] = _prune(client, collection, keep_versions)
@@ -186,7 +183,7 @@ def build(refs_uri: str, milvus_uri: str, collection: str, embedder, emb_cfg: di
 
 
 def _create(client, physical: str, meta: dict, table: pa.Table, vectors: np.ndarray, texts: list,
-            index_type: str) -> None:
+            thumbs: list[str], index_type: str) -> None:
     from pymilvus import DataType, MilvusClient
     schema = MilvusClient.create_schema(auto_id=False)
     schema.add_field("logo_id", DataType.VARCHAR, is_primary=True, max_length=512)
@@ -195,7 +192,6 @@ def _create(client, physical: str, meta: dict, table: pa.Table, vectors: np.ndar
         schema.add_field(name, DataType.VARCHAR, max_length=1024)
     schema.add_field("thumbnail", DataType.VARCHAR, max_length=REF_THUMB_MAX)
     client.create_collection(physical, schema=schema)
-    thumbs = meta.pop("_thumbs")
     rows = [{"logo_id": l, "vector": v.tolist(), "label": lab, "category": cat, "text": t or "", "thumbnail": th}
             for l, v, lab, cat, t, th in zip(table.column("logo_id").to_pylist(), vectors,
                                               table.column("label").to_pylist(),

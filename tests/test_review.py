@@ -102,6 +102,15 @@ def test_new_logo_with_one_command_is_found_by_the_next_sweep_and_versions_pin(w
     assert cli(["gallery", "switch", "--milvus-uri", w["db"], "--collection", "logos",
                 "--to", after["versions"]["gallery"]]) == 0
     capsys.readouterr()
+    # the same references built again: no new version, nothing embedded again
+    assert cli(["gallery", "build", "--refs", str(w["work"] / "grefs"), "--milvus-uri", w["db"],
+                "--collection", "logos"]) == 0
+    assert json.loads(capsys.readouterr().out)["gallery_version"] == after["versions"]["gallery"]
+    c = connect(w["db"])
+    try:
+        assert len(versions(c, "logos")) == 2
+    finally:
+        c.close()
 
 
 def test_decisions_become_exemplars_and_impostor_crops(world, capsys):
