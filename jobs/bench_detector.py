@@ -22,7 +22,7 @@ from dataclasses import replace
 import torch
 
 from logoscan.models.artifact import default_artifact_path, load_artifact
-from logoscan.models.detector import detect_images
+from logoscan.models.detector import detect_images, native_bf16
 from logoscan.synth.marks import training_marks, unseen_invented
 from logoscan.train.common import config_from, emit_report
 from logoscan.train.detector import DetectorTrainConfig, detection_metrics, scene_sample
@@ -44,13 +44,27 @@ def held_out_scenes(cfg: DetectorTrainConfig, n_logo: int, n_empty: int, seed: i
     return images, truths, tags, len(held), len(invented)
 
 
-def throughput(model, images, device: str, batch_size: int, repeats: int = 1) -> float:
-    detect_images(model, images[:batch_size], 0.05, device=device, batch_size=batch_size)  # warm-up
+@torch.inference_mode()
+def textbook(model, images, thr, device="cpu", batch_size=8, precision="fp32"):
+    """The model called as saved, FCOS's own transform normalising the full-size image then
+    resizing it (how the sweep ran it before the inference path of detect_images)."""
+    from logoscan.models.detector import LOGO_LABEL, images_to_tensors
+    out = []
+    for i in range(0, len(images), batch_size):
+        for p in model(images_to_tensors(images[i:i + batch_size], device)):
+            keep = (p["labels"] == LOGO_LABEL) & (p["scores"] >= thr)
+            out.append((p["boxes"][keep].cpu().numpy(), p["scores"][keep].cpu().numpy()))
+    return out
+
+
+def throughput(model, images, device: str, batch_size: int, repeats: int = 1, precision: str = "fp32",
+               fn=detect_images) -> float:
+    fn(model, images[:batch_size], 0.05, device=device, batch_size=batch_size, precision=precision)  # warm-up
     if device == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(repeats):
-        detect_images(model, images, 0.05, device=device, batch_size=batch_size)
+        fn(model, images, 0.05, device=device, batch_size=batch_size, precision=precision)
     if device == "cuda":
         torch.cuda.synchronize()
     return len(images) * repeats / (time.perf_counter() - t0)
@@ -63,12 +77,13 @@ def main(argv=None) -> int:
     ap.add_argument("--empty", type=int, default=300, help="logo-free scenes")
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for the CPU timing")
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=4, help="the sweep's default detector.batch_size")
     ap.add_argument("--write", default="", help="also write the report (markdown) to this path")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
 
-    model, config = load_artifact(a.artifact)
+    saved, _ = load_artifact(a.artifact)
+    model, config = load_artifact(a.artifact, inference=True)  # BatchNorm folded, as a sweep's actors load it
     cfg = replace(config_from(DetectorTrainConfig, config.get("train_config", {})), hard_scenes=True)
     thr = float(config["score_thresh"])
     t0 = time.time()
@@ -80,14 +95,19 @@ def main(argv=None) -> int:
     m = detection_metrics(preds, truths, score_thr=thr, tags=tags)
     at = {t: detection_metrics(preds, truths, score_thr=t)
           for t in sorted({0.2, 0.25, 0.3, 0.35, 0.4, 0.5, thr})}
+    # the same scenes under bfloat16 autocast (detector.precision=bf16)
+    m16 = detection_metrics(detect_images(model, images, 0.05, batch_size=a.batch_size, precision="bf16"),
+                            truths, score_thr=thr)
     sample = images[:96]
-    cpu_ips = throughput(model, sample, "cpu", a.batch_size)
+    cpu_old = throughput(saved, sample, "cpu", 8, fn=textbook)
+    cpu_ips = {p: throughput(model, sample, "cpu", a.batch_size, precision=p) for p in ("fp32", "bf16")}
     gpu = ""
     if torch.cuda.is_available():
         model.to("cuda")
-        gpu_ips = {bs: throughput(model, images[:256], "cuda", bs, repeats=2) for bs in (8, 32)}
+        gpu_ips = {(bs, p): throughput(model, images[:256], "cuda", bs, repeats=2, precision=p)
+                   for bs in (8, 32) for p in ("fp32", "bf16")}
         gpu = f"{torch.cuda.get_device_name(0)}: " + ", ".join(
-            f"{v:.1f} img/s at batch {k}" for k, v in gpu_ips.items())
+            f"{v:.1f} img/s at batch {k[0]} {k[1]}" for k, v in gpu_ips.items())
 
     rs, gs = m["recall_by_size"], m["gt_by_size"]
     n_gt = sum(gs.values())
@@ -123,12 +143,24 @@ def main(argv=None) -> int:
         *[f"| {t}{' (operating)' if t == thr else ''} | {v['recall']:.3f} | {v['recall_by_size']['<32']} "
           f"| {v['fp_per_empty_image']:.3f} |" for t, v in at.items()],
         "",
-        "Throughput (model only: resize, backbone, heads, NMS; images already decoded):",
+        "The same scenes in bfloat16 (`detector.precision: bf16`, autocast; what `auto` picks on a CPU "
+        f"with AVX512-BF16 or AMX{' such as this one' if native_bf16('cpu') else ''} and on a GPU):",
         "",
-        "| device | images/s |",
+        "| precision | AP50 | recall | recall <32 px | false det. / logo-free image |",
+        "|---|---|---|---|---|",
+        *[f"| {name} | {v['AP50']:.3f} | {v['recall']:.3f} | {v['recall_by_size']['<32']} | "
+          f"{v['fp_per_empty_image']:.3f} |" for name, v in (("fp32", m), ("bf16", m16))],
+        "",
+        f"Throughput (model only: resize, backbone, heads, NMS; images already decoded), CPU with "
+        f"{a.threads} threads ({platform.processor() or platform.machine()}), input "
+        f"{config['arch_args']['input_size']} px:",
+        "",
+        "| how | images/s |",
         "|---|---|",
-        f"| CPU, {a.threads} threads ({platform.processor() or platform.machine()}), input "
-        f"{config['arch_args']['input_size']} px, batch {a.batch_size} | {cpu_ips:.1f} |",
+        f"| as saved, FCOS's transform on the full image, batch 8, fp32 (before) | {cpu_old:.1f} |",
+        f"| `detect_images`: BatchNorm folded, resized before normalising, batch {a.batch_size}, fp32 "
+        f"| {cpu_ips['fp32']:.1f} |",
+        f"| the same, bf16 autocast | {cpu_ips['bf16']:.1f}{'' if native_bf16('cpu') else ' (no native bf16 on this CPU)'} |",
         f"| GPU | {gpu or 'not measured: no GPU on the machine that ran this'} |",
         "",
     ]

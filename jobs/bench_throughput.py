@@ -112,17 +112,19 @@ def decode_floor(uris: list[str]) -> float:
         return done / (time.perf_counter() - t)
 
 
-def _models():
+def _models(inference: bool = True):
+    """The shipped models: as the sweep's actors load them (BatchNorm folded), or as saved."""
     import torch
 
-    from logoscan.actors import Models
+    from logoscan.models import default_artifact_path, load_artifact
     torch.set_num_threads(os.cpu_count())
-    det, det_cfg = Models.load("detector", "", "cpu")
-    emb, emb_cfg = Models.load("embedder", "", "cpu")
+    det, det_cfg = load_artifact(default_artifact_path("detector"), inference=inference)
+    emb, emb_cfg = load_artifact(default_artifact_path("embedder"), inference=inference)
     return det, det_cfg, emb, emb_cfg
 
 
-def model_floor(uris: list[str], batch: int = 8) -> float:
+def model_floor(uris: list[str], det_cfg_run) -> float:
+    """Detector + embedder alone, as the sweep runs them (its batch size and precision)."""
     from PIL import Image
 
     from logoscan import storage
@@ -131,12 +133,14 @@ def model_floor(uris: list[str], batch: int = 8) -> float:
     from logoscan.models.embedder import embed_crops, square_crop
     det, det_cfg, emb, emb_cfg = _models()
     images = [decode(storage.read_bytes(u), 50_000_000) for u in uris]
-    detect_images(det, images[:2], det_cfg["score_thresh"])  # warm-up
+    batch, precision = det_cfg_run.batch_size, det_cfg_run.precision
+    detect_images(det, images[:2], det_cfg["score_thresh"], precision=precision)  # warm-up
     t = time.perf_counter()
     for s in range(0, len(images), batch):
         part = images[s:s + batch]
         crops = []
-        for im, (boxes, _) in zip(part, detect_images(det, part, det_cfg["score_thresh"], batch_size=batch)):
+        for im, (boxes, _) in zip(part, detect_images(det, part, det_cfg["score_thresh"], batch_size=batch,
+                                                      precision=precision)):
             pil = Image.fromarray(im)
             crops += [square_crop(pil, tuple(b), emb_cfg["crop_pad"], emb_cfg["input_size"]) for b in boxes[:20]]
         if crops:
@@ -145,19 +149,24 @@ def model_floor(uris: list[str], batch: int = 8) -> float:
 
 
 def naive(uris: list[str], gallery: list[tuple[np.ndarray, str]], threshold: float) -> tuple[float, int]:
-    """The textbook loop: one image at a time, every gallery embedding compared in Python."""
+    """The textbook loop: one image at a time, every gallery embedding compared in Python. The
+    models as saved, called the textbook way: the detector on the full-size image under no_grad
+    (its own transform normalises, then resizes)."""
+    import torch
     from PIL import Image
 
     from logoscan import storage
     from logoscan.images import decode
-    from logoscan.models.detector import detect_images
+    from logoscan.models.detector import LOGO_LABEL, images_to_tensors
     from logoscan.models.embedder import embed_crops, square_crop
-    det, det_cfg, emb, emb_cfg = _models()
+    det, det_cfg, emb, emb_cfg = _models(inference=False)
     flags = 0
     t = time.perf_counter()
     for u in uris:
         im = decode(storage.read_bytes(u), 50_000_000)
-        (boxes, _), = detect_images(det, [im], det_cfg["score_thresh"], batch_size=1)
+        with torch.no_grad():
+            p = det(images_to_tensors([im]))[0]
+        boxes = p["boxes"][(p["labels"] == LOGO_LABEL) & (p["scores"] >= det_cfg["score_thresh"])].numpy()
         pil = Image.fromarray(im)
         for b in boxes[:20]:
             v = embed_crops(emb, emb_cfg, [square_crop(pil, tuple(b), emb_cfg["crop_pad"], emb_cfg["input_size"])])[0]
@@ -213,7 +222,8 @@ def main() -> int:
     res = {}
     res["decode"] = decode_floor(uris)
     print(f"decode floor: {res['decode']:.1f} images/s ({cpus} processes)", flush=True)
-    res["model"] = model_floor(few)
+    from logoscan.config import DetectorConfig
+    res["model"] = model_floor(few, DetectorConfig())
     print(f"model floor: {res['model']:.2f} images/s", flush=True)
 
     init_ray(RayConfig())  # before any Milvus client (gRPC threads break Ray's fork)
@@ -299,10 +309,11 @@ def main() -> int:
         "| what | images/s | notes |",
         "|---|---|---|",
         f"| 1. decode floor | {res['decode']:.1f} | read + decode to RGB, {cpus} processes |",
-        f"| 2. model floor | {res['model']:.2f} | detector (batches of 8) + embedder (batches of 64) on "
-        f"pre-decoded images, {cpus} torch threads, one process |",
-        f"| 3. naive baseline | {res['naive']:.2f} | one process, one image at a time, Python loop over "
-        f"{len(gallery)} gallery embeddings |",
+        f"| 2. model floor | {res['model']:.2f} | detector (batches of {DetectorConfig().batch_size}, "
+        f"{DetectorConfig().precision}) + embedder (batches of 64) on pre-decoded images, as the sweep's "
+        f"actors load them, {cpus} torch threads, one process |",
+        f"| 3. naive baseline | {res['naive']:.2f} | one process, one image at a time, the models as saved "
+        f"and called the textbook way, Python loop over {len(gallery)} gallery embeddings |",
         f"| 3b. naive, larger gallery | {res['naive_big']:.2f} | the same loop over {len(big_gallery):,} gallery "
         f"embeddings ({max(10, len(few) // 4)} images) |",
         f"| 4. the sweep | {res['sweep']:.2f} | Ray + Milvus Lite, {sizes[0]} references, end to end |",

@@ -2,7 +2,7 @@
 stage function in __call__. Tests call the stage functions directly, in-process."""
 from __future__ import annotations
 
-import torch
+import dataclasses
 
 from logoscan import stages
 from logoscan.log import configure
@@ -15,6 +15,7 @@ def fetch(batch: dict, cfg) -> dict:
 
 
 def pick_device(requested: str) -> str:
+    import torch
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return requested
@@ -26,16 +27,23 @@ class Models:
     @staticmethod
     def load(kind: str, artifact: str, device: str):
         from logoscan.models import default_artifact_path, load_artifact
-        return load_artifact(artifact or default_artifact_path(kind), device=device)
+        return load_artifact(artifact or default_artifact_path(kind), device=device, inference=True)
 
 
 class DetectActor:
     def __init__(self, det_cfg, crop_size: int, crop_pad: float, max_pixels: int, run_id: str):
+        from logoscan.log import get_logger
+        from logoscan.models.detector import resolve_precision
+        import torch
         configure(run_id)
         torch.set_num_threads(det_cfg.threads)
-        self.cfg, self.crop_size, self.crop_pad, self.max_pixels = det_cfg, crop_size, crop_pad, max_pixels
         self.device = pick_device(det_cfg.device)
+        # "auto" resolved here, on the worker that runs the model (its CPU or GPU decides)
+        self.cfg = dataclasses.replace(det_cfg, precision=resolve_precision(det_cfg.precision, self.device))
+        self.crop_size, self.crop_pad, self.max_pixels = crop_size, crop_pad, max_pixels
         self.model, self.model_cfg = Models.load("detector", det_cfg.artifact, self.device)
+        get_logger(__name__).info("detector.loaded", device=self.device, precision=self.cfg.precision,
+                                  batch_size=self.cfg.batch_size, threads=det_cfg.threads)
 
     def __call__(self, batch: dict) -> dict:
         return metered("detect", stages.detect, batch, self.model, self.model_cfg, self.cfg, self.crop_size,
@@ -44,6 +52,7 @@ class DetectActor:
 
 class EmbedActor:
     def __init__(self, emb_cfg, run_id: str):
+        import torch
         configure(run_id)
         torch.set_num_threads(emb_cfg.threads)
         self.cfg = emb_cfg
@@ -54,11 +63,27 @@ class EmbedActor:
         return metered("embed", stages.embed, batch, self.model, self.model_cfg, self.cfg, self.device)
 
 
+class DetectEmbedActor:
+    """Detect, then embed, in one actor (``ray.embedder_actors: 0``): one torch process and one
+    object-store hop fewer. On a small node a separate embedder actor cost three times its own
+    work in CPU (docs/scaling.md); on a GPU node both models share the GPU anyway."""
+
+    def __init__(self, det_cfg, emb_cfg, crop_size: int, crop_pad: float, max_pixels: int, run_id: str):
+        self.detect = DetectActor(det_cfg, crop_size, crop_pad, max_pixels, run_id)
+        self.embed = EmbedActor(emb_cfg, run_id)
+        import torch
+        torch.set_num_threads(max(det_cfg.threads, emb_cfg.threads))  # process-wide: the larger one
+
+    def __call__(self, batch: dict) -> dict:
+        return self.embed(self.detect(batch))
+
+
 class OcrActor:
     """easyocr on each region's crop (optional stage, between detect and embed)."""
 
     def __init__(self, ocr_cfg, run_id: str):
         from logoscan.ocr import load_reader
+        import torch
         configure(run_id)
         torch.set_num_threads(ocr_cfg.threads)
         self.cfg = ocr_cfg

@@ -25,7 +25,6 @@ import numpy as np
 import pyarrow as pa
 
 from logoscan import storage
-from logoscan.models.embedder import embed_crops
 
 TARGET_FAR = 0.01
 
@@ -42,6 +41,7 @@ def probe_marks(emb_cfg: dict, exclude_labels: set[str], n: int = 300):
 
 def gallery_threshold(model, emb_cfg: dict, gallery: np.ndarray, labels: list[str], seed: int = 11,
                       n: int = 300, target_far: float = TARGET_FAR) -> dict:
+    from logoscan.models.embedder import embed_crops
     from logoscan.synth.crops import scene_view
     rng = random.Random(seed)
     marks = probe_marks(emb_cfg, set(labels), n)
@@ -306,6 +306,7 @@ def _calibrate(cfg, table: pa.Table, model, emb_cfg: dict, matcher, t0: float) -
     tc = np.array([cats.get(x, "") for x in tl], object)
     kinds = table.column("kind").to_pylist() if "kind" in table.column_names else \
         ["known" if x else "not in gallery" for x in tl]
+    from logoscan.models.embedder import embed_crops
     crops = load_crops(table, emb_cfg["input_size"], emb_cfg["crop_pad"])
     vectors = embed_crops(model, emb_cfg, crops, cfg.embedder.batch_size)
     log.info("calibrate.embedded", crops=len(crops), seconds=round(time.time() - t0, 1))

@@ -26,11 +26,24 @@ class FetchConfig:
 class DetectorConfig:
     artifact: str = ""                      # folder or s3:// prefix; "" = the shipped default
     score_thresh: float | None = None       # None = the artifact's operating threshold
-    batch_size: int = 8
+    # images per model call. On 2 CPU threads batches of 2-4 ran fastest (a batch of 8 spills
+    # the activations out of cache: docs/bench/throughput.md); on a GPU use 16-64
+    batch_size: int = 4
     max_regions: int = 20
     device: str = "auto"                    # auto | cpu | cuda
     threads: int = 2
     thumbnail_px: int = 128
+    # auto | fp32 | bf16. bf16: the detector under bfloat16 autocast, ~1.8x faster on a CPU with
+    # AVX512-BF16 or AMX for the same AP50 and recall (docs/bench/detector.md); on a CPU without
+    # them it is emulated and slower. auto: bf16 where the actor's CPU or GPU has it, else fp32.
+    # The embedder always runs in fp32 (distances are compared with calibrated thresholds)
+    precision: str = "auto"
+
+    def __post_init__(self):
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"detector.precision must be auto, fp32 or bf16, not {self.precision!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"detector.batch_size must be at least 1, not {self.batch_size}")
 
 
 @dataclass(frozen=True)
@@ -89,7 +102,10 @@ class RayConfig:
     # detector.batch_size images at a time, so memory does not grow with it
     fetch_batch: int = 128
     detector_actors: int = 1
-    embedder_actors: int = 1
+    # 0: embed inside each detector actor (one process and one object-store hop fewer: on a small
+    # node the separate embedder process cost 3x its own work in CPU); >= 1: a pool of its own.
+    # With OCR on (it reads the crops between detect and embed), 0 means a pool of one
+    embedder_actors: int = 0
     num_gpus_per_actor: float = 0.0         # > 0 puts detector and embedder actors on GPUs
     cpus_per_actor: float = 0.5
 

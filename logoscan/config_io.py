@@ -72,7 +72,10 @@ def build(cls: type[T], data: dict[str, Any], where: str = "") -> T:
         if dataclasses.is_dataclass(t) and isinstance(v, dict):
             v = build(t, v, f"{where}.{f.name}" if where else f.name)
         kw[f.name] = v
-    return cls(**kw)
+    try:
+        return cls(**kw)
+    except (TypeError, ValueError) as e:  # a dataclass's own check (__post_init__)
+        raise ConfigError(f"{where or cls.__name__}: {e}") from None
 
 
 def load(cls: type[T], path: str | None = None, overrides: list[str] | None = None) -> T:

@@ -265,33 +265,39 @@ def actor_cpus(r, n_actors: int, cluster_cpus: float) -> float:
 def _run_ray(manifest: pa.Table, cfg: ScanConfig, ctx: dict, col: Collector) -> dict:
     import ray
 
-    from logoscan.actors import DetectActor, EmbedActor, MatchActor, OcrActor, fetch
+    from logoscan.actors import DetectActor, DetectEmbedActor, EmbedActor, MatchActor, OcrActor, fetch
     dctx = ray.data.DataContext.get_current()
     dctx.enable_progress_bars = False  # our own scan.progress log lines instead
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     r = cfg.ray
     gpus = r.num_gpus_per_actor
-    cpa = actor_cpus(r, r.detector_actors + r.embedder_actors + (cfg.ocr.actors if cfg.ocr.enabled else 0),
+    # embedder_actors 0: embed inside the detector actors, except with OCR on, which reads the crops
+    # between detect and embed (then a pool of one)
+    fused = r.embedder_actors == 0 and not cfg.ocr.enabled
+    n_emb = 0 if fused else max(1, r.embedder_actors)
+    cpa = actor_cpus(r, r.detector_actors + n_emb + (cfg.ocr.actors if cfg.ocr.enabled else 0),
                      ray.cluster_resources().get("CPU", 0.0))
     n_blocks = max(1, math.ceil(manifest.num_rows / r.fetch_batch))
     ds = ray.data.from_arrow(manifest.select(list(stages.KEYS))).repartition(n_blocks)
     ds = ds.map_batches(fetch, fn_kwargs={"cfg": cfg.fetch}, batch_size=r.fetch_batch,
                         batch_format="numpy", num_cpus=0.25)
-    ds = ds.map_batches(DetectActor, fn_constructor_kwargs=dict(
-        det_cfg=cfg.detector, crop_size=ctx["crop_size"], crop_pad=ctx["crop_pad"],
-        max_pixels=cfg.fetch.max_pixels, run_id=ctx["run_id"]),
-        batch_size=r.fetch_batch, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=r.detector_actors),
-        num_cpus=cpa, num_gpus=gpus)
+    det_kw = dict(det_cfg=cfg.detector, crop_size=ctx["crop_size"], crop_pad=ctx["crop_pad"],
+                  max_pixels=cfg.fetch.max_pixels, run_id=ctx["run_id"])
+    ds = ds.map_batches(DetectEmbedActor if fused else DetectActor,
+                        fn_constructor_kwargs=dict(det_kw, emb_cfg=cfg.embedder) if fused else det_kw,
+                        batch_size=r.fetch_batch, batch_format="numpy",
+                        compute=ray.data.ActorPoolStrategy(size=r.detector_actors),
+                        num_cpus=cpa, num_gpus=gpus)
     if cfg.ocr.enabled:
         ds = ds.map_batches(OcrActor, fn_constructor_kwargs=dict(ocr_cfg=cfg.ocr, run_id=ctx["run_id"]),
                             batch_size=r.fetch_batch, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=cfg.ocr.actors),
                             num_cpus=cpa, num_gpus=gpus)
-    ds = ds.map_batches(EmbedActor, fn_constructor_kwargs=dict(emb_cfg=cfg.embedder, run_id=ctx["run_id"]),
-                        batch_size=cfg.embedder.batch_size, batch_format="numpy",
-                        compute=ray.data.ActorPoolStrategy(size=r.embedder_actors),
-                        num_cpus=cpa, num_gpus=gpus)
+    if not fused:
+        ds = ds.map_batches(EmbedActor, fn_constructor_kwargs=dict(emb_cfg=cfg.embedder, run_id=ctx["run_id"]),
+                            batch_size=cfg.embedder.batch_size, batch_format="numpy",
+                            compute=ray.data.ActorPoolStrategy(size=n_emb),
+                            num_cpus=cpa, num_gpus=gpus)
     # The driver matches the embedded batches itself: with Milvus Lite it must (one process owns
     # the .db), and with a server URI a Ray Data matcher actor pool hung on a 2-CPU node (see
     # README "Known limits"); batched searches from one client keep up with the models here.
@@ -371,6 +377,7 @@ def match_version(gallery_version: str, thresholds, ocr) -> str:
 def open_store(uri: str, model_version: str, det, ocr) -> Store:
     """The store folder for these models and the settings that change what is stored."""
     settings = {"score_thresh": det.score_thresh, "max_regions": det.max_regions, "thumbnail_px": det.thumbnail_px,
+                **({"precision": det.precision} if det.precision != "fp32" else {}),  # fp32: the keys stores had
                 "ocr": {"languages": list(ocr.languages), "model_dir": ocr.model_dir,
                         "min_confidence": ocr.min_confidence} if ocr.enabled else None}
     return Store(uri, store_key(model_version, settings), {"model_version": model_version, "settings": settings})

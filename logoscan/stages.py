@@ -17,8 +17,8 @@ from logoscan import storage
 from logoscan.calibration import Thresholds
 from logoscan.config import DetectorConfig, EmbedderConfig, FetchConfig, MatchConfig, OcrConfig, PolicyConfig
 from logoscan.images import ImageRejected, decode, jpeg_bytes
-from logoscan.models.detector import detect_images
-from logoscan.models.embedder import embed_crops, square_crop
+# the models (torch, torchvision) are imported inside detect and embed: the fetch tasks run in
+# Ray workers of their own, and importing torch there cost more CPU than reading the images
 
 KEYS = ("item_id", "image_id", "image_uri")
 ERR = ("error_stage", "error_type", "error_message")  # "" on rows without an error
@@ -90,7 +90,10 @@ def detect(batch: dict, model, model_cfg: dict, cfg: DetectorConfig, crop_size: 
            max_pixels: int, device: str = "cpu") -> dict:
     """Decode, detect regions, cut the embedder's crop and a reviewer thumbnail for each region.
     ``crop_size``/``crop_pad`` come from the embedder artifact (preprocessing travels with it)."""
+    from logoscan.models.detector import detect_images, resolve_precision
+    from logoscan.models.embedder import square_crop
     thresh = cfg.score_thresh if cfg.score_thresh is not None else model_cfg["score_thresh"]
+    precision = resolve_precision(cfg.precision, device)
     rows = {k: [] for k in (*KEYS, "kind", "rows_of_image", "region", "box", "det_score", "crop", "thumbnail_jpeg",
                             *ERR)}
 
@@ -126,7 +129,8 @@ def detect(batch: dict, model, model_cfg: dict, cfg: DetectorConfig, crop_size: 
         if not images:
             continue
         try:
-            results = detect_images(model, images, thresh, device=device, batch_size=cfg.batch_size)
+            results = detect_images(model, images, thresh, device=device, batch_size=cfg.batch_size,
+                                    precision=precision)
         except Exception as e:  # noqa: BLE001 - a model failure fails these images, not the run
             for i in idx:
                 emit(i, "error", error=_error("detect", e))
@@ -153,6 +157,7 @@ def detect(batch: dict, model, model_cfg: dict, cfg: DetectorConfig, crop_size: 
 # ------------------------------------------------------------------ embed
 
 def embed(batch: dict, model, model_cfg: dict, cfg: EmbedderConfig, device: str = "cpu") -> dict:
+    from logoscan.models.embedder import embed_crops
     kinds = batch["kind"]
     sel = np.flatnonzero(kinds == "region")
     dim = model_cfg["arch_args"]["embed_dim"]

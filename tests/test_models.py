@@ -54,3 +54,62 @@ def test_detector_boxes_come_back_in_original_pixels():
         truth = torch.tensor([p.box for p in planted])
         iou = box_iou(torch.from_numpy(boxes), truth)
         assert len(boxes) and (iou.max(0).values >= 0.5).all(), (size, boxes, truth)
+
+
+def test_inference_path_gives_the_saved_models_outputs():
+    """What the sweep runs (BatchNorm folded, images resized before normalising, batches of 4)
+    gives what the models as saved give, called the textbook way; bf16 finds the same logos."""
+    import random
+
+    import numpy as np
+    from PIL import Image
+    from torchvision.ops import box_iou
+
+    from logoscan.models.artifact import default_artifact_path, load_artifact
+    from logoscan.models.detector import LOGO_LABEL, detect_images, images_to_tensors
+    from logoscan.models.embedder import embed_crops, square_crop
+    from logoscan.synth.marks import demo_gallery
+    from logoscan.synth.scenes import make_scene
+
+    saved, cfg = load_artifact(default_artifact_path("detector"))
+    fast, _ = load_artifact(default_artifact_path("detector"), inference=True)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    marks = [m for *_, m in demo_gallery()]
+    rng = random.Random(3)
+    images = [np.asarray(make_scene(rng, rng.sample(marks, 2), size=size, logo_px=(min(size) // 6, min(size) // 3))[0])
+              for size in ((800, 800), (1400, 1000), (300, 420), (640, 480))]
+    with torch.no_grad():
+        want = []
+        for im in images:
+            p = saved(images_to_tensors([im]))[0]
+            keep = (p["labels"] == LOGO_LABEL) & (p["scores"] >= cfg["score_thresh"])
+            want.append((p["boxes"][keep].numpy(), p["scores"][keep].numpy()))
+    # one at a time: a batch pads its images to the largest (a difference batching always made)
+    got = detect_images(fast, images, cfg["score_thresh"], batch_size=1)
+    assert sum(len(b) for b, _ in want) >= 6
+    for (gb, gs), (wb, ws) in zip(got, want):
+        assert gb.dtype == np.float32 and gb.shape == wb.shape
+        assert np.abs(gb - wb).max(initial=0) < 0.05 and np.abs(gs - ws).max(initial=0) < 1e-3
+    for (gb, gs), (wb, _) in zip(detect_images(fast, images, cfg["score_thresh"], precision="bf16"), want):
+        assert gb.dtype == np.float32 and gs.dtype == np.float32
+        if len(wb):
+            iou = box_iou(torch.from_numpy(gb), torch.from_numpy(wb))
+            assert len(gb) and (iou.max(0).values >= 0.9).all()
+
+    e_saved, ecfg = load_artifact(default_artifact_path("embedder"))
+    e_fast, _ = load_artifact(default_artifact_path("embedder"), inference=True)
+    crops = [square_crop(Image.fromarray(im), tuple(b), ecfg["crop_pad"], ecfg["input_size"])
+             for im, (boxes, _) in zip(images, want) for b in boxes]
+    a, b = embed_crops(e_saved, ecfg, crops), embed_crops(e_fast, ecfg, crops)
+    assert np.abs(1 - (a * b).sum(1)).max() < 1e-5
+
+
+def test_detector_precision_is_checked_when_the_config_is_read():
+    from logoscan.config import ScanConfig
+    from logoscan.config_io import ConfigError, load
+
+    assert load(ScanConfig, None, ["detector.precision=bf16"]).detector.precision == "bf16"
+    with pytest.raises(ConfigError, match="detector.precision must be auto, fp32 or bf16"):
+        load(ScanConfig, None, ["detector.precision=fp16"])
+    with pytest.raises(ConfigError, match="batch_size must be at least 1"):
+        load(ScanConfig, None, ["detector.batch_size=0"])

@@ -167,7 +167,8 @@ def test_worker_actor_killed_mid_run_is_retried_by_ray(sample, clean, tmp_path):
         while time.time() < deadline and not killed:
             if list((out / "_checkpoints" / "r1" / "parts").glob("*.parquet")):  # mid-run
                 for p in psutil.process_iter(["cmdline"]):
-                    if "DetectActor" in " ".join(p.info["cmdline"] or []):
+                    # DetectEmbedActor by default (ray.embedder_actors 0), DetectActor otherwise
+                    if "MapBatches(Detect" in " ".join(p.info["cmdline"] or []):
                         p.kill()
                         killed.append(p.pid)
             time.sleep(0.05)

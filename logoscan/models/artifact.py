@@ -70,7 +70,11 @@ def _local_copy(uri: str) -> tuple[str, str | None]:
     return tmp, tmp
 
 
-def load_artifact(uri: str, device: str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+def load_artifact(uri: str, device: str = "cpu", inference: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The model in eval mode, and its config. ``inference=True`` prepares it for the sweep: its
+    BatchNorms folded into the convolutions, and a detector's transform expecting the images
+    ``detect_images`` resizes first. The same outputs up to float rounding, faster; it can no longer
+    be trained."""
     folder, tmp = _local_copy(uri)
     try:
         cfg_path = Path(folder, "config.json")
@@ -84,5 +88,11 @@ def load_artifact(uri: str, device: str = "cpu") -> tuple[torch.nn.Module, dict[
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
-    model.eval().to(device)
+    model.eval()
+    if inference:
+        from logoscan.models.backbone import fold_batchnorm
+        from logoscan.models.detector import prepare_for_inference
+        fold_batchnorm(model)
+        prepare_for_inference(model)
+    model.to(device)
     return model, config
