@@ -6,7 +6,9 @@ Makes (or reuses) a catalog of 800x800 JPEGs like jobs/bench_throughput.py's und
 builds the demo gallery in Milvus Lite, runs a small warm-up sweep, then one timed Ray sweep.
 It prints the wall time, the summary's `stage_worker_seconds`, and the CPU seconds every process on
 the machine used during the sweep (the detector and embedder actors, Ray's workers and daemons,
-the driver). docs/scaling.md quotes its output for `ray.fetch_batch` 16, 64 and 128.
+the driver). docs/scaling.md quotes its output (the embedder inside the detector actor or in
+its own, one or two detector actors); `ray.fetch_batch`'s comment in logoscan/config.py quotes it
+for batches of 16, 64 and 128.
 """
 from __future__ import annotations
 
