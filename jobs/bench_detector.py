@@ -44,27 +44,16 @@ def held_out_scenes(cfg: DetectorTrainConfig, n_logo: int, n_empty: int, seed: i
     return images, truths, tags, len(held), len(invented)
 
 
-@torch.inference_mode()
-def textbook(model, images, thr, device="cpu", batch_size=8, precision="fp32"):
-    """The model called as saved, FCOS's own transform normalising the full-size image then
-    resizing it (how the sweep ran it before the inference path of detect_images)."""
-    from logoscan.models.detector import LOGO_LABEL, images_to_tensors
-    out = []
-    for i in range(0, len(images), batch_size):
-        for p in model(images_to_tensors(images[i:i + batch_size], device)):
-            keep = (p["labels"] == LOGO_LABEL) & (p["scores"] >= thr)
-            out.append((p["boxes"][keep].cpu().numpy(), p["scores"][keep].cpu().numpy()))
-    return out
-
-
-def throughput(model, images, device: str, batch_size: int, repeats: int = 1, precision: str = "fp32",
-               fn=detect_images) -> float:
-    fn(model, images[:batch_size], 0.05, device=device, batch_size=batch_size, precision=precision)  # warm-up
+def throughput(model, images, device: str, batch_size: int, repeats: int = 1, precision: str = "fp32") -> float:
+    """``detect_images`` on a model loaded as saved runs FCOS's own transform on the full image
+    (the path before the inference load); on one loaded with inference=True, the sweep's path."""
+    detect_images(model, images[:batch_size], 0.05, device=device, batch_size=batch_size,
+                  precision=precision)  # warm-up
     if device == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(repeats):
-        fn(model, images, 0.05, device=device, batch_size=batch_size, precision=precision)
+        detect_images(model, images, 0.05, device=device, batch_size=batch_size, precision=precision)
     if device == "cuda":
         torch.cuda.synchronize()
     return len(images) * repeats / (time.perf_counter() - t0)
@@ -99,7 +88,7 @@ def main(argv=None) -> int:
     m16 = detection_metrics(detect_images(model, images, 0.05, batch_size=a.batch_size, precision="bf16"),
                             truths, score_thr=thr)
     sample = images[:96]
-    cpu_old = throughput(saved, sample, "cpu", 8, fn=textbook)
+    cpu_old = throughput(saved, sample, "cpu", 8)
     cpu_ips = {p: throughput(model, sample, "cpu", a.batch_size, precision=p) for p in ("fp32", "bf16")}
     gpu = ""
     if torch.cuda.is_available():

@@ -181,23 +181,20 @@ def model_floor_processes(uris: list[str], det_cfg_run) -> float:
 
 def naive(uris: list[str], gallery: list[tuple[np.ndarray, str]], threshold: float) -> tuple[float, int]:
     """The textbook loop: one image at a time, every gallery embedding compared in Python. The
-    models as saved, called the textbook way: the detector on the full-size image under no_grad
+    models as saved, called the textbook way: the detector on the full-size image, one at a time
     (its own transform normalises, then resizes)."""
-    import torch
     from PIL import Image
 
     from logoscan import storage
     from logoscan.images import decode
-    from logoscan.models.detector import LOGO_LABEL, images_to_tensors
+    from logoscan.models.detector import detect_images
     from logoscan.models.embedder import embed_crops, square_crop
     det, det_cfg, emb, emb_cfg = _models(inference=False)
     flags = 0
     t = time.perf_counter()
     for u in uris:
         im = decode(storage.read_bytes(u), 50_000_000)
-        with torch.no_grad():
-            p = det(images_to_tensors([im]))[0]
-        boxes = p["boxes"][(p["labels"] == LOGO_LABEL) & (p["scores"] >= det_cfg["score_thresh"])].numpy()
+        (boxes, _), = detect_images(det, [im], det_cfg["score_thresh"], batch_size=1)  # as saved: textbook
         pil = Image.fromarray(im)
         for b in boxes[:20]:
             v = embed_crops(emb, emb_cfg, [square_crop(pil, tuple(b), emb_cfg["crop_pad"], emb_cfg["input_size"])])[0]
