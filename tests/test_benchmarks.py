@@ -54,5 +54,5 @@ def test_bench_throughput_prints_its_tables(tmp_path):
     out = _run("jobs/bench_throughput.py", "--images", "12", "--floor-images", "8", "--galleries", "100,300",
                "--workdir", str(tmp_path / "w"), "--write", str(tmp_path / "t.md"))
     for row in ("| 1. decode floor |", "| 2. model floor |", "| 3. naive baseline |", "| 4. the sweep |",
-                "| sweep, 5N=60, 100 refs |", "## Where the time goes"):
+                "| sweep, 5N=60, 100 refs |", "- ceiling: decode + models", "## Where the time goes"):
         assert row in out
