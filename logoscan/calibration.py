@@ -280,6 +280,10 @@ def calibrate(cfg) -> dict:
             raise GalleryError(f"calibrate needs {name} (flag --{name.replace('_', '-')})")
     if cfg.mode not in ("far", "f1") or not 0 < cfg.target_far < 1:
         raise GalleryError(f"mode must be far or f1 and 0 < target_far < 1 (got {cfg.mode!r}, {cfg.target_far})")
+    import dataclasses
+
+    # stored with the gallery (crops_uri, plots): absolute, so they name the same files from anywhere
+    cfg = dataclasses.replace(cfg, crops=storage.absolute(cfg.crops), out=storage.absolute(cfg.out))
     t0 = time.time()
     table = read_labelled_crops(cfg.crops)
     model, emb_cfg = load_artifact(cfg.embedder.artifact or default_artifact_path("embedder"))
@@ -304,8 +308,10 @@ def _calibrate(cfg, table: pa.Table, model, emb_cfg: dict, matcher, t0: float) -
                     note="counted as crops that must not be flagged")
     tl = np.array([x if x in cats else "" for x in labels], object)
     tc = np.array([cats.get(x, "") for x in tl], object)
-    kinds = table.column("kind").to_pylist() if "kind" in table.column_names else \
-        ["known" if x else "not in gallery" for x in tl]
+    # a crop without a kind (null: e.g. appended by `gallery ingest` to a folder of the user's) is
+    # grouped by what it is, like every crop of a table without the column
+    given = table.column("kind").to_pylist() if "kind" in table.column_names else [None] * len(tl)
+    kinds = [k or ("known" if x else "not in gallery") for k, x in zip(given, tl)]
     from logoscan.models.embedder import embed_crops
     crops = load_crops(table, emb_cfg["input_size"], emb_cfg["crop_pad"])
     vectors = embed_crops(model, emb_cfg, crops, cfg.embedder.batch_size)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from logoscan import config_io
@@ -28,16 +29,23 @@ def _scan_config(a):
         config_io.set_dotted(data, "store.incremental", True)
     if a.store:
         config_io.set_dotted(data, "store.uri", a.store)
+    if a.max_error_rate is not None:
+        data["max_error_rate"] = a.max_error_rate
     for o in a.set:
         config_io.set_dotted(data, *config_io.parse_override(o))
     return config_io.build(ScanConfig, data)
 
 
 def cmd_scan(a) -> int:
-    from logoscan.pipeline import run_scan
-    s = run_scan(_scan_config(a))
+    from logoscan.pipeline import run_scan, too_many_errors
+    cfg = _scan_config(a)
+    s = run_scan(cfg)
     print(json.dumps({k: s[k] for k in ("run_id", "rows_in", "rows_scanned", "rows_reused", "rows_errored",
                                         "flagged", "flagged_by_queue", "outputs")}, indent=2))
+    why = too_many_errors(s, cfg.max_error_rate)
+    if why:  # published (the errors are there to read), but a nightly job must see it failed
+        print(f"logoscan: error: {why}", file=sys.stderr)
+        return 3
     return 0
 
 
@@ -63,24 +71,24 @@ def cmd_store_compact(a) -> int:
     from logoscan import storage
     from logoscan.log import configure
     from logoscan.pipeline import read_manifest
-    from logoscan.store import Store
+    from logoscan.store import plan_compaction
     configure()
-    folders = Store.folders(a.store)
-    if not folders:
-        raise StoreError(f"no store entries (key=… folders) under {a.store}")
     keep = None
     if a.manifest:
         m = read_manifest(a.manifest)
         keep = set(zip(m.column("item_id").to_pylist(), m.column("image_id").to_pylist()))
+    plan = plan_compaction(a.store, a.keep_only, keep)
     report = {}
-    for st in folders:
-        name = st.dir.rsplit("/", 1)[-1]
-        if a.keep_only and name != f"key={a.keep_only}":
-            storage.delete_dir(st.dir)
-            report[name] = "deleted"
+    for st, action in plan:
+        if action == "delete":
+            report[st.key] = {"action": "delete", "folder": st.dir, "parts": len(st.region_files())}
+            if a.yes:
+                storage.delete_dir(st.dir)
         else:
-            report[name] = st.compact(keep)
-    print(json.dumps(report, indent=2))
+            report[st.key] = {"action": "compact", **st.compact(keep, dry_run=not a.yes)}
+    print(json.dumps({"dry_run": not a.yes, "keys": report}, indent=2))
+    if not a.yes:
+        print("logoscan: dry run, nothing was changed: add --yes to do the above", file=sys.stderr)
     return 0
 
 
@@ -227,7 +235,7 @@ def parser() -> argparse.ArgumentParser:
     ga = gsub.add_parser("add", help="add a new logo to the references and build a new gallery version")
     ga.add_argument("--refs", required=True, help="references Parquet folder (a new part is added) or file")
     ga.add_argument("--image", required=True, help="the logo's picture (path or s3://)")
-    ga.add_argument("--label", required=True)
+    ga.add_argument("--label", required=True, help="the class the logo belongs to, e.g. fsc-mix")
     ga.add_argument("--category", required=True, help="e.g. sustainability, prohibited, brand")
     ga.add_argument("--text", help="the words in the mark (for OCR fusion)")
     ga.add_argument("--logo-id", help="default: <label>-<hash of the picture>")
@@ -266,19 +274,28 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("--product-px", type=int, default=160, help="product thumbnail size")
     rp.set_defaults(fn=cmd_report)
 
-    s = sub.add_parser("scan", help="sweep a manifest: detect, embed, match, write review queues")
+    s = sub.add_parser("scan", help="sweep a manifest: detect, embed, match, write review queues",
+                       description="Sweep a manifest of product images: fetch, detect logo regions, embed them, "
+                                   "match them against the gallery in Milvus and publish review queues, errors and a "
+                                   "summary under --out. Exit status: 0 published; 2 bad input or config (nothing "
+                                   "published); 3 published, but nothing was scanned or more rows errored than "
+                                   "max_error_rate allows.")
     s.add_argument("--manifest", help="manifest Parquet file, folder or s3:// prefix")
-    s.add_argument("--milvus-uri")
-    s.add_argument("--collection")
+    s.add_argument("--milvus-uri", help="the gallery's Milvus: path/to/x.db (Milvus Lite) or http://host:19530")
+    s.add_argument("--collection", help="the gallery's name, as given to `gallery build` (default: logos)")
     s.add_argument("--out", help="output folder or s3:// prefix")
     s.add_argument("--config", help="YAML/TOML file with ScanConfig keys (flags win over it)")
     s.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS, else local Ray)")
-    s.add_argument("--engine", choices=("ray", "local"))
+    s.add_argument("--engine", choices=("ray", "local"),
+                   help="ray (default: Ray Data actor pools) or local (in-process, same stages; for debugging)")
     s.add_argument("--run-id", help="default: scan-<UTC time>; re-using one resumes that run if it was cut "
                    "short (same inputs and settings), else replaces its outputs")
     s.add_argument("--incremental", action="store_true",
                    help="reuse the embedding store: only new or changed images are fetched and embedded")
     s.add_argument("--store", help="embedding store folder or s3:// prefix (default: OUT/store)")
+    s.add_argument("--max-error-rate", type=float, metavar="SHARE",
+                   help="exit 3 (after publishing) when more than this share of rows errored (default 1.0: only "
+                        "when nothing at all was scanned)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set detector.score_thresh=0.4")
     s.set_defaults(fn=cmd_scan)
@@ -286,30 +303,36 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("rematch", help="match every stored embedding against the gallery as it is now; "
                                        "write only the flags reviewers have not seen (no image is read)")
     r.add_argument("--store", help="the embedding store the scans wrote (e.g. OUT/store)")
-    r.add_argument("--milvus-uri")
-    r.add_argument("--collection")
+    r.add_argument("--milvus-uri", help="the gallery's Milvus: path/to/x.db (Milvus Lite) or http://host:19530")
+    r.add_argument("--collection", help="the gallery's name (default: logos)")
     r.add_argument("--out", help="output folder or s3:// prefix for the review queues")
     r.add_argument("--manifest", help="only the (item_id, image_id) rows of this manifest (default: all stored)")
-    r.add_argument("--run-id")
+    r.add_argument("--run-id", help="default: rematch-<UTC time>")
     r.add_argument("--previous", help="match version to compare with (default: the last one this store saw)")
     r.add_argument("--all-flags", action="store_true", help="write every flag, not only the new ones")
     r.add_argument("--config", help="YAML/TOML with RematchConfig keys (use the scan's detector/ocr settings)")
-    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     r.set_defaults(fn=cmd_rematch)
 
     st = sub.add_parser("store", help="maintain the embedding store")
     stsub = st.add_subparsers(dest="scmd", required=True)
-    sc = stsub.add_parser("compact", help="rewrite each model's parts as one, newest entry per image")
-    sc.add_argument("--store", required=True)
+    sc = stsub.add_parser("compact", help="rewrite each model's parts as one, newest entry per image "
+                                          "(prints what it would do; --yes does it)",
+                          description="Rewrite each key folder's region parts as one part holding the newest "
+                                      "entry of each image. Without --yes it only prints what it would keep, drop "
+                                      "and delete.")
+    sc.add_argument("--store", required=True, help="the embedding store (folder or s3:// prefix), e.g. OUT/store")
     sc.add_argument("--manifest", help="keep only the images of this manifest (drop products that left)")
-    sc.add_argument("--keep-only", metavar="KEY", help="delete every key= folder but key=KEY (old models)")
+    sc.add_argument("--keep-only", metavar="KEY", help="delete every key folder but this one (old models); KEY as "
+                    "scans print it in summary.json store.key, e.g. detector-v2+embedder-v2.d29ecef7")
+    sc.add_argument("--yes", action="store_true", help="do it (default: a dry run that changes nothing)")
     sc.set_defaults(fn=cmd_store_compact)
 
     c = sub.add_parser("calibrate", help="per-category/class thresholds for a gallery from labelled crops")
     c.add_argument("--crops", help="labelled crops Parquet: image_uri, label (null = must not be flagged), "
                                    "optional box, kind, ocr_text")
-    c.add_argument("--milvus-uri")
-    c.add_argument("--collection")
+    c.add_argument("--milvus-uri", help="the gallery's Milvus: path/to/x.db (Milvus Lite) or http://host:19530")
+    c.add_argument("--collection", help="the gallery to calibrate (default: logos)")
     c.add_argument("--out", help="folder or s3:// prefix for calibration.json and the PNG plots")
     c.add_argument("--target-far", type=float, help="share of crops flagged with a wrong label (default 0.01)")
     c.add_argument("--mode", choices=("far", "f1"), help="far: loosest threshold within the target; "
@@ -317,21 +340,21 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--ocr", action="store_true", help="also calibrate OCR-fused distances (needs the ocr extra)")
     c.add_argument("--embedder", help="embedder artifact (default: shipped)")
     c.add_argument("--config", help="YAML/TOML file with CalibrateConfig keys (flags win over it)")
-    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     c.set_defaults(fn=cmd_calibrate)
 
     d = sub.add_parser("demo", help="make sample data, build a gallery, sweep it, print recall/precision")
-    d.add_argument("--workdir", default="demo-output")
-    d.add_argument("--images", type=int, default=300)
-    d.add_argument("--seed", type=int, default=7)
-    d.add_argument("--engine", choices=("ray", "local"), default="ray")
+    d.add_argument("--workdir", default="demo-output", help="where the sample data, gallery and outputs go")
+    d.add_argument("--images", type=int, default=300, help="sample catalog images to make")
+    d.add_argument("--seed", type=int, default=7, help="seed of the sample data")
+    d.add_argument("--engine", choices=("ray", "local"), default="ray", help="as for scan")
     d.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")
     d.set_defaults(fn=cmd_demo)
 
     e = sub.add_parser("evaluate", help="item-level precision/recall of a run against a truth table")
     e.add_argument("--summary", required=True, help="runs/<run_id>/summary.json of the sweep")
     e.add_argument("--truth", required=True, help="Parquet: item_id, label (null = no logo), category")
-    e.add_argument("--json", action="store_true")
+    e.add_argument("--json", action="store_true", help="print JSON instead of a table")
     e.set_defaults(fn=cmd_evaluate)
 
     for kind in ("embedder", "detector"):
@@ -342,14 +365,53 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _describe_subcommands(p: argparse.ArgumentParser) -> None:
+    """Each subcommand's help line is its description too (`logoscan scan --help` says what it does)."""
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {c.dest: c.help for c in action._choices_actions}
+            for name, sp in action.choices.items():
+                if not sp.description and helps.get(name):
+                    sp.description = helps[name][0].upper() + helps[name][1:] + "."
+                _describe_subcommands(sp)
+
+
+KNOWN_ERRORS = (SchemaError, ConfigError, GalleryError, ScanError, OcrUnavailable, StoreError, FeedbackError)
+
+
+def _message(e: BaseException) -> str:
+    from logoscan.runlock import RunLocked
+    text = " ".join(str(e).split())
+    if isinstance(e, (KNOWN_ERRORS, RunLocked)):
+        return text
+    if isinstance(e, FileNotFoundError):
+        return f"not found: {e.filename or text}" if e.filename or "not found" not in text.lower() else text
+    if isinstance(e, IsADirectoryError):
+        return f"{e.filename or text} is a folder, expected a file"
+    if isinstance(e, NotADirectoryError):
+        return f"{e.filename or text}: a file is in the way of a folder"
+    if isinstance(e, PermissionError):
+        return f"permission denied: {e.filename or text}"
+    return f"{type(e).__name__}: {text[:2000]}"
+
+
 def main(argv=None) -> int:
-    a = parser().parse_args(argv)
+    p = parser()
+    _describe_subcommands(p)
+    a = p.parse_args(argv)
     try:
         return a.fn(a)
-    except (SchemaError, ConfigError, GalleryError, ScanError, OcrUnavailable, StoreError, FeedbackError,
-            FileNotFoundError) as e:
-        print(f"logoscan: error: {e}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print("logoscan: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - a user sees one line, never a traceback
+        if os.environ.get("LOGOSCAN_DEBUG"):
+            raise
+        from logoscan.runlock import RunLocked
+        known = isinstance(e, (*KNOWN_ERRORS, RunLocked, OSError))
+        print(f"logoscan: error: {_message(e)}" + ("" if known else " (LOGOSCAN_DEBUG=1 shows the traceback)"),
+              file=sys.stderr)
+        return 2 if known else 1
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pydantic
 import yaml
 
 T = TypeVar("T")
@@ -27,8 +28,12 @@ def read_mapping(path: str | None) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {path}")
-    text = p.read_text()
-    data = tomllib.loads(text) if p.suffix == ".toml" else yaml.safe_load(text)
+    try:
+        text = p.read_text()
+        data = tomllib.loads(text) if p.suffix == ".toml" else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: not a readable {'TOML' if p.suffix == '.toml' else 'YAML'} file: "
+                          f"{' '.join(str(e).split())}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -38,8 +43,12 @@ def read_mapping(path: str | None) -> dict[str, Any]:
 
 def set_dotted(data: dict, dotted: str, value: Any) -> None:
     keys = dotted.split(".")
-    for k in keys[:-1]:
+    if not all(keys):
+        raise ConfigError(f"bad config key {dotted!r}")
+    for n, k in enumerate(keys[:-1]):
         data = data.setdefault(k, {})
+        if not isinstance(data, dict):
+            raise ConfigError(f"cannot set {dotted!r}: {'.'.join(keys[:n + 1])} is a value, not a section")
     data[keys[-1]] = value
 
 
@@ -48,32 +57,74 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key.sub=value")
     k, v = text.split("=", 1)
-    return k.strip(), yaml.safe_load(v)
+    try:
+        return k.strip(), yaml.safe_load(v)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({' '.join(str(e).split())})") from None
 
 
-def build(cls: type[T], data: dict[str, Any], where: str = "") -> T:
-    """Build a (nested) frozen dataclass from a mapping, rejecting unknown keys by name."""
-    hints = typing.get_type_hints(cls)
+def _field_dataclass(t):
+    """The dataclass a field holds, directly or as the values of a ``dict[str, X]``."""
+    if dataclasses.is_dataclass(t):
+        return t, False
+    if typing.get_origin(t) is dict:
+        args = typing.get_args(t)
+        if len(args) == 2 and dataclasses.is_dataclass(args[1]):
+            return args[1], True
+    return None, False
+
+
+def check_keys(cls: type, data: dict[str, Any], where: str = "") -> None:
+    """Refuse unknown keys by name at every depth (the known ones listed), and keys that look
+    like credentials with a message saying where those belong, before any value is looked at."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__} must be a mapping of keys, not {data!r}")
+    hints = typing.get_type_hints(cls, include_extras=False)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
-    secret = sorted(k for k in unknown if SECRET_KEY.search(str(k)))
+    secret = sorted(str(k) for k in unknown if SECRET_KEY.search(str(k)))
     if secret:
         raise ConfigError(f"{secret} in {where or cls.__name__} look like credentials: they do not belong in a "
                           "config file (committed with jobs, dumped next to the outputs). S3 credentials come "
                           "from the AWS chain (AWS_* environment, profile, instance role), Milvus's from MILVUS_TOKEN.")
     if unknown:
-        raise ConfigError(f"unknown config key(s) {sorted(unknown)} in {where or cls.__name__}; "
+        raise ConfigError(f"unknown config key(s) {sorted(map(str, unknown))} in {where or cls.__name__}; "
                           f"known: {sorted(names)}")
-    kw = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in data:
+    for name, v in data.items():
+        sub, mapping = _field_dataclass(hints[name])
+        at = f"{where}.{name}" if where else name
+        if sub is None or v is None:
             continue
-        v, t = data[f.name], hints[f.name]
-        if dataclasses.is_dataclass(t) and isinstance(v, dict):
-            v = build(t, v, f"{where}.{f.name}" if where else f.name)
-        kw[f.name] = v
+        if not mapping:
+            if not dataclasses.is_dataclass(v):
+                check_keys(sub, v, at)
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                if x is not None and not dataclasses.is_dataclass(x):
+                    check_keys(sub, x, f"{at}.{k}")
+        else:
+            raise ConfigError(f"{at} must be a mapping, not {v!r}")
+
+
+def _describe(e: pydantic.ValidationError, where: str) -> str:
+    """pydantic's errors as lines naming the key, the value given and what is allowed."""
+    lines = []
+    for err in e.errors(include_url=False):
+        key = ".".join(str(p) for p in (*([where] if where else []), *err["loc"]))
+        given = err.get("input")
+        lines.append(f"{key or 'config'}={given!r}: {err['msg']}" if err["type"] != "missing"
+                     else f"{key}: required")
+    return "; ".join(lines)
+
+
+def build(cls: type[T], data: dict[str, Any], where: str = "") -> T:
+    """Build a (nested) frozen dataclass from a mapping: unknown keys refused by name, every
+    value checked against its field's type and range (pydantic), the first bad one named."""
+    check_keys(cls, data, where)
     try:
-        return cls(**kw)
+        return pydantic.TypeAdapter(cls).validate_python(data)
+    except pydantic.ValidationError as e:
+        raise ConfigError(f"bad config value: {_describe(e, where)}") from None
     except (TypeError, ValueError) as e:  # a dataclass's own check (__post_init__)
         raise ConfigError(f"{where or cls.__name__}: {e}") from None
 

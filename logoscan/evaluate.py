@@ -16,7 +16,16 @@ from logoscan import storage
 
 
 def read_flagged(summary_uri: str) -> tuple[dict, pa.Table | None]:
-    summary = json.loads(storage.read_bytes(summary_uri))
+    """A published run's flagged rows; ``summary_uri``: its summary.json, its run folder or OUT
+    (the newest published run)."""
+    from logoscan.output import find_summary
+    from logoscan.schema import SchemaError
+    summary_uri = find_summary(summary_uri)
+    try:
+        summary = json.loads(storage.read_bytes(summary_uri))
+        summary["outputs"]["queues"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise SchemaError(f"{summary_uri}: not a logoscan run summary ({type(e).__name__}: {e})") from None
     tables = []
     for path in summary["outputs"]["queues"].values():
         fs, p = storage.resolve(path)
@@ -26,8 +35,8 @@ def read_flagged(summary_uri: str) -> tuple[dict, pa.Table | None]:
 
 def evaluate(summary_uri: str, truth_uri: str) -> dict:
     summary, flagged = read_flagged(summary_uri)
-    fs, p = storage.resolve(truth_uri)
-    truth = pq.read_table(p, filesystem=fs).to_pylist()
+    from logoscan.schema import read_validated, validate_truth
+    truth = read_validated(truth_uri, "truth table", validate_truth).to_pylist()
     items = {r["item_id"] for r in truth}
     true_pairs = {(r["item_id"], r["label"]) for r in truth if r.get("label")}
     cat_of = {r["label"]: r.get("category") for r in truth if r.get("label")}

@@ -94,7 +94,9 @@ def existing_ids(where: str, column: str = "logo_id") -> set[str]:
 
 def add_logo(refs: str, image_uri: str, label: str, category: str, text: str | None = None,
              logo_id: str | None = None) -> dict:
-    """Append one reference (its picture copied beside the references) and return its row."""
+    """Append one reference (its picture copied beside the references) and return its row. Its
+    ``image_uri`` is stored absolute, so the references read the same from any directory."""
+    refs = storage.absolute(refs)
     data = storage.read_bytes(image_uri)
     try:
         im = Image.fromarray(decode(data, 50_000_000))
@@ -129,9 +131,15 @@ def _region_picture(row: dict) -> Image.Image:
 
 
 def ingest(decisions_uri: str, run: str, refs: str, crops: str, run_id: str | None = None) -> dict:
-    """Confirmed regions → new references in ``refs``; rejected → impostor crops in ``crops``."""
+    """Confirmed regions → new references in ``refs``; rejected → impostor crops in ``crops``
+    (pictures written beside them, their ``image_uri`` stored absolute)."""
+    refs, crops = storage.absolute(refs), storage.absolute(crops)
     decisions = read_decisions(decisions_uri)
-    summary_uri = output.find_summary(run, run_id)
+    if run_id is None and "run_id" in decisions.column_names:
+        named = {r for r in decisions.column("run_id").to_pylist() if r}
+        if len(named) == 1:  # the decisions say which run they are about
+            run_id = named.pop()
+    summary_uri = output.find_summary(run, run_id, prefer_flagged=True)
     summary = json.loads(storage.read_bytes(summary_uri))
     queues = output.read_queues(summary)
     if not queues:

@@ -65,7 +65,20 @@ def connect(uri: str):
     # client whose predecessor lost its server "recovers" that dead connection instead of
     # dialling again ("Fail connecting to server on 127.0.0.1:…"): reopening a Lite .db more
     # than 30 s after the last client closed, and a sweep started again after a server outage.
-    return MilvusClient(uri, token=os.environ.get("MILVUS_TOKEN", ""), dedicated=True)
+    import logging
+    lite_log = logging.getLogger("milvus_lite")  # logs its own traceback before raising: ours says it
+    level = lite_log.level
+    lite_log.setLevel(logging.CRITICAL)
+    try:
+        return MilvusClient(uri, token=os.environ.get("MILVUS_TOKEN", ""), dedicated=True)
+    except Exception as e:  # noqa: BLE001 - pymilvus and milvus-lite raise many types
+        why = " ".join(str(e).split())[:300]
+        hint = ("a Milvus Lite .db is opened by one process at a time: is another logoscan (or a "
+                "`milvus-lite server`) using it? Serve it with `milvus-lite server` and pass its http:// URI"
+                if "://" not in uri else "is the server running and reachable at that address?")
+        raise MilvusUnavailable(f"cannot open Milvus at {redact(uri)} ({type(e).__name__}: {why}); {hint}") from None
+    finally:
+        lite_log.setLevel(level)
 
 
 def resolve(client, name: str) -> str:
@@ -136,7 +149,8 @@ def build(refs_uri: str, milvus_uri: str, collection: str, embedder, emb_cfg: di
     (``collection__v<digest>``), and only when it is complete and indexed is the alias
     ``collection`` switched to it. The ``keep_versions`` newest versions are kept (a sweep that
     started on an older one can finish). Returns the gallery metadata."""
-    files = storage.list_files(refs_uri, ".parquet")
+    from logoscan.schema import parquet_files
+    files = parquet_files(refs_uri, "references")
     tables = []
     for f in files:
         fs, path = storage.resolve(f)
@@ -173,6 +187,7 @@ def build(refs_uri: str, milvus_uri: str, collection: str, embedder, emb_cfg: di
                     "references": len(table), "built_at": datetime.now(timezone.utc).isoformat(),
                     "index_type": index_type, "default_threshold": cal["threshold"], "threshold_calibration": cal}
             _create(client, physical, meta, table, vectors, texts, [ref_thumbnail(c) for c in crops], index_type)
+            meta["calibration"] = _inherit_calibration(client, collection, physical, meta, table)
         _switch(client, collection, physical)
         meta["collection"] = physical
         meta["dropped"] = _prune(client, collection, keep_versions)
@@ -180,6 +195,34 @@ def build(refs_uri: str, milvus_uri: str, collection: str, embedder, emb_cfg: di
         client.close()
     log.info("gallery.built", gallery=collection, seconds=round(time.time() - t0, 2), **meta)
     return meta
+
+
+def _inherit_calibration(client, alias: str, physical: str, meta: dict, table: pa.Table) -> dict | None:
+    """A new version built by the same embedder keeps the calibration of the version the alias
+    pointed at (after `gallery add` or `ingest`, thresholds would otherwise fall back to the
+    default without a word). It is marked inherited, with the labels the calibration never saw;
+    those get their category's threshold until `logoscan calibrate` is run again."""
+    from logoscan.calibration import CALIBRATION_KEY, gallery_labels, read_calibration
+    try:
+        prev = read_metadata(client, alias)
+    except GalleryError:
+        return None  # the first version: nothing to inherit
+    cal = read_calibration(client, prev["collection"], prev)
+    if cal is None or prev["embedder_version"] != meta["embedder_version"]:
+        return None
+    unseen = sorted(set(table.column("label").to_pylist()) - set(gallery_labels(client, prev["collection"])))
+    inherited = {**cal, "gallery_version": meta["gallery_version"],
+                 "inherited": {"from_gallery_version": cal.get("inherited", {}).get("from_gallery_version",
+                                                                                     prev["gallery_version"]),
+                               "labels_not_calibrated": unseen, "references_before": prev.get("references"),
+                               "references_now": meta["references"]}}
+    client.alter_collection_properties(physical, properties={CALIBRATION_KEY: json.dumps(inherited)})
+    log.warning("gallery.calibration_inherited", gallery=alias, version=meta["gallery_version"],
+                from_version=inherited["inherited"]["from_gallery_version"], labels_not_calibrated=len(unseen),
+                note="the previous version's thresholds apply; new labels get their category's threshold. "
+                     "Re-run `logoscan calibrate` for this version")
+    return {"inherited_from": inherited["inherited"]["from_gallery_version"], "labels_not_calibrated": unseen,
+            "note": "re-run `logoscan calibrate`"}
 
 
 def _create(client, physical: str, meta: dict, table: pa.Table, vectors: np.ndarray, texts: list,

@@ -25,6 +25,15 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "_"
 
 
+def queue_collisions(queues) -> list[list[str]]:
+    """Groups of different queue names that would be written to the same file (``a/b`` and
+    ``a_b`` are both ``queue=a_b``): one would overwrite the other."""
+    by_file: dict[str, set] = {}
+    for q in queues:
+        by_file.setdefault(safe_name(q), set()).add(q)
+    return [sorted(v) for v in by_file.values() if len(v) > 1]
+
+
 def _parquet_bytes(table: pa.Table) -> bytes:
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
@@ -38,6 +47,9 @@ def queue_path(out: str, queue: str, run_date: str, run_id: str) -> str:
 
 def write_run(out: str, run_id: str, run_date: str, flagged: dict[str, pa.Table], errors: pa.Table,
               summary: dict, config: dict) -> dict[str, str]:
+    clash = queue_collisions(flagged)
+    if clash:  # checked at gallery build and scan start too; never overwrite one queue with another
+        raise ValueError(f"queues {clash} would be written to the same file")
     rid = safe_name(run_id)
     stage = storage.join(out, "_staging", rid)
     storage.delete_dir(stage)
@@ -83,10 +95,11 @@ class RunNotFound(FileNotFoundError):
     pass
 
 
-def find_summary(path: str, run_id: str | None = None) -> str:
+def find_summary(path: str, run_id: str | None = None, prefer_flagged: bool = False) -> str:
     """A published run's summary.json, from: that file; a run folder (OUT/runs/<run_id>); or OUT
-    itself (the run ``run_id``, else the newest published run). Runs without _SUCCESS are not
-    published and never chosen."""
+    itself (the run ``run_id``, else the newest published run; with ``prefer_flagged`` the newest
+    that flagged anything, so a later rematch that found nothing new does not hide the night's
+    queues). Runs without _SUCCESS are not published and never chosen."""
     path = path.rstrip("/")
     if path.endswith(".json"):
         return path
@@ -103,8 +116,16 @@ def find_summary(path: str, run_id: str | None = None) -> str:
              if i.path.endswith("/_SUCCESS")]
     if not infos:
         raise RunNotFound(f"no published run under {path} (expected runs/<run_id>/_SUCCESS)")
-    newest = max(infos, key=lambda i: i.mtime_ns or 0).path
-    return storage.join(runs, newest.rsplit("/", 2)[-2], "summary.json")
+    ordered = [storage.join(runs, i.path.rsplit("/", 2)[-2], "summary.json")
+               for i in sorted(infos, key=lambda i: i.mtime_ns or 0, reverse=True)]
+    if prefer_flagged:
+        for uri in ordered:
+            try:
+                if json.loads(storage.read_bytes(uri)).get("flagged"):
+                    return uri
+            except (OSError, ValueError):
+                continue
+    return ordered[0]
 
 
 def read_queues(summary: dict, columns: list[str] | None = None) -> dict[str, pa.Table]:

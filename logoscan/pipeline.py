@@ -31,6 +31,7 @@ from logoscan.config import RematchConfig, ScanConfig
 from logoscan.gallery import GalleryError, MilvusUnavailable, connect, read_metadata, redact
 from logoscan.log import configure, get_logger
 from logoscan.models import default_artifact_path
+from logoscan.runlock import RunLock
 from logoscan.schema import ERRORS, FLAGGED, SchemaError, parquet_files, validate_manifest
 from logoscan.store import Store, content_keys, store_key
 
@@ -46,6 +47,11 @@ class ScanError(RuntimeError):
 def read_manifest(uri: str, extra_columns: tuple = ()) -> pa.Table:
     """A Parquet file, a folder of them, or an s3:// prefix; validated per file before any work."""
     tables = []
+    stray = storage.other_files(uri, ".parquet")
+    if stray:
+        raise SchemaError(f"the manifest folder {uri} holds {len(stray)} file(s) that are not .parquet "
+                          f"(e.g. {stray[:3]}): their rows would be scanned nowhere. Convert them to Parquet or "
+                          "move them out (names starting with '_' or '.' are skipped)")
     for f in parquet_files(uri, "manifest"):
         fs, path = storage.resolve(f)
         try:
@@ -65,13 +71,21 @@ def read_manifest(uri: str, extra_columns: tuple = ()) -> pa.Table:
     return pa.concat_tables(tables, promote_options="default")
 
 
+def split_unidentified(table: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """Rows without an item_id (null, empty or blank) cannot be acted on by a reviewer: they are
+    not scanned, each becomes an error row (stage manifest)."""
+    ids = table.column("item_id")
+    ok = pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(ids)), 0), False)
+    return table.filter(ok), table.filter(pc.invert(ok))
+
+
 def split_duplicates(table: pa.Table) -> tuple[pa.Table, pa.Table]:
     """Rows repeating an earlier (item_id, image_id) are not scanned twice: they become error rows."""
     seen, keep = set(), []
     for i, key in enumerate(zip(table.column("item_id").to_pylist(), table.column("image_id").to_pylist())):
         keep.append(key not in seen)
         seen.add(key)
-    mask = pa.array(keep)
+    mask = pa.array(keep, pa.bool_())
     return table.filter(mask), table.filter(pc.invert(mask))
 
 
@@ -353,6 +367,12 @@ def _gallery(cfg, emb_cfg: dict) -> tuple[dict, dict | None, object, str]:
                                   emb_cfg.get("default_threshold")) if t is not None), None)
     if threshold is None:
         raise ScanError("no match threshold: set policy.default_threshold or per-category thresholds")
+    queues = {c: cfg.policy.for_category(c).queue or c for c in gmeta.get("categories") or []}
+    clash = output.queue_collisions(set(queues.values()))
+    if clash:
+        raise ScanError(f"review queues {clash} (from categories {sorted(queues)} and policy.categories) would be "
+                        "written to the same file (queue=<name> keeps letters, digits, '.', '-', '_'): give them "
+                        "distinct queue names in policy.categories.<category>.queue")
     mode = "ocr" if cfg.ocr.enabled else "image"
     thresholds = resolve_thresholds(cfg.policy, threshold, calibration, mode)
     _check_calibration(cfg, calibration, mode, thresholds)
@@ -453,13 +473,26 @@ def run_scan(cfg: ScanConfig) -> dict:
             raise ScanError(f"scan needs {name} (flag --{name.replace('_', '-')} or config key {name!r})")
     if cfg.engine not in ("ray", "local"):
         raise ScanError(f"engine must be 'ray' or 'local', not {cfg.engine!r}")
+    clash = sorted(set(cfg.carry_columns) & set(FLAGGED.names))
+    if clash:  # the flagged rows would hold two columns of one name (readers refuse such a file)
+        raise ScanError(f"carry_columns {clash} are columns of the flagged rows already; carry other columns")
+    # local paths made absolute once: summary.json's outputs, the store and the checkpoint then
+    # name the same files from any working directory
+    cfg = dataclasses.replace(cfg, manifest=storage.absolute(cfg.manifest), out=storage.absolute(cfg.out),
+                              milvus_uri=storage.absolute(cfg.milvus_uri),
+                              store=dataclasses.replace(cfg.store, uri=storage.absolute(cfg.store.uri)))
     started, run_id, run_date = _run_ids(cfg, "scan")
     configure(run_id)
     t0 = time.time()
-
     manifest = read_manifest(cfg.manifest, tuple(cfg.carry_columns))  # errors here: before any work
+    with RunLock(cfg.out, run_id):  # one run id on one --out at a time
+        return _scan(cfg, manifest, started, t0, run_id, run_date)
+
+
+def _scan(cfg: ScanConfig, manifest: pa.Table, started: datetime, t0: float, run_id: str, run_date: str) -> dict:
     cfg = dataclasses.replace(cfg, fetch=dataclasses.replace(cfg.fetch, allowed_roots=allowed_roots(cfg)))
-    unique, dups = split_duplicates(manifest)
+    identified, unidentified = split_unidentified(manifest)
+    unique, dups = split_duplicates(identified)
     if cfg.engine == "ray":
         # before any Milvus client: gRPC threads in the driver break the Ray head's fork
         init_ray(cfg.ray)
@@ -511,6 +544,9 @@ def run_scan(cfg: ScanConfig) -> dict:
         store_info["written"] = writer.images_written
 
     now = datetime.now(timezone.utc)
+    for row in unidentified.to_pylist():
+        col.errors.append({**{k: row[k] for k in stages.KEYS}, "stage": "manifest", "error_type": "MissingItemId",
+                           "message": "item_id is null or empty: a reviewer could not act on this row; not scanned"})
     for row in dups.to_pylist():
         col.errors.append({**{k: row[k] for k in stages.KEYS}, "stage": "manifest",
                            "error_type": "DuplicateRow",
@@ -526,7 +562,7 @@ def run_scan(cfg: ScanConfig) -> dict:
                     note="image URIs outside the allowed roots were not read (set fetch.allowed_roots)")
     rows_in = manifest.num_rows
     rows_scanned, rows_reused = len(col.scanned), len(col.reused)
-    rows_errored = len(col.errored) + dups.num_rows
+    rows_errored = len(col.errored) + dups.num_rows + unidentified.num_rows
     summary = {
         "run_id": run_id, "run_date": run_date, "started_at": started.isoformat(),
         "finished_at": datetime.now(timezone.utc).isoformat(), "seconds": round(time.time() - t0, 2),
@@ -585,6 +621,7 @@ def _versions(det_cfg, emb_cfg, gmeta, thresholds, calibration, mode, ocr_enable
     return {"detector": det_cfg["version"], "embedder": emb_cfg["version"],
             "gallery": gmeta["gallery_version"], "threshold_default": thresholds.default,
             "calibration": {"created_at": calibration["created_at"], "mode": mode,
+                            "inherited_from": (calibration.get("inherited") or {}).get("from_gallery_version"),
                             "applied": bool(thresholds.by_category),
                             "categories": thresholds.by_category,
                             "classes": len(thresholds.by_class)} if calibration else None,
@@ -599,8 +636,15 @@ def run_rematch(cfg: RematchConfig) -> dict:
     for name in ("store", "milvus_uri", "out"):
         if not getattr(cfg, name):
             raise ScanError(f"rematch needs {name} (flag --{name.replace('_', '-')} or config key {name!r})")
+    cfg = dataclasses.replace(cfg, store=storage.absolute(cfg.store), out=storage.absolute(cfg.out),
+                              manifest=storage.absolute(cfg.manifest), milvus_uri=storage.absolute(cfg.milvus_uri))
     started, run_id, run_date = _run_ids(cfg, "rematch")
     configure(run_id)
+    with RunLock(cfg.out, run_id):
+        return _rematch(cfg, started, run_id, run_date)
+
+
+def _rematch(cfg: RematchConfig, started: datetime, run_id: str, run_date: str) -> dict:
     t0 = time.time()
     det_cfg = artifact_config("detector", cfg.detector.artifact)
     emb_cfg = artifact_config("embedder", cfg.embedder.artifact)
@@ -663,7 +707,7 @@ def _resume(cfg: ScanConfig, run_id: str, unique: pa.Table, model_version: str, 
     if not cfg.checkpoint_every:
         return None, []
     settings = config_io.to_dict(cfg)
-    for k in ("run_id", "run_date", "engine", "ray", "checkpoint_every", "resume"):
+    for k in ("run_id", "run_date", "engine", "ray", "checkpoint_every", "resume", "max_error_rate"):
         settings.pop(k, None)
     for part, keys in (("detector", ("batch_size", "device", "threads")), ("match", ("search_batch",)),
                        ("embedder", ("batch_size", "device", "threads")), ("ocr", ("actors", "device", "threads"))):
@@ -687,7 +731,7 @@ def _without(table: pa.Table, keys: set) -> pa.Table:
     if not keys:
         return table
     mask = [k not in keys for k in zip(table.column("item_id").to_pylist(), table.column("image_id").to_pylist())]
-    return table.filter(pa.array(mask))
+    return table.filter(pa.array(mask, pa.bool_()))
 
 
 def allowed_roots(cfg: ScanConfig) -> tuple:
@@ -703,12 +747,34 @@ def allowed_roots(cfg: ScanConfig) -> tuple:
     return (m if os.path.isdir(m) else os.path.dirname(m),)
 
 
+def too_many_errors(summary: dict, max_error_rate: float) -> str | None:
+    """Why a run that published should still exit non-zero: nothing scanned at all (every row
+    refused or errored), or more errored rows than ``max_error_rate`` allows. None if neither."""
+    rows_in, errored = summary["rows_in"], summary["rows_errored"]
+    if not rows_in:
+        return None  # a quiet night: an empty run is published and that is fine
+    if summary["rows_scanned"] + summary["rows_reused"] == 0:
+        return (f"nothing was scanned: all {rows_in} rows were refused or errored "
+                f"(errors by stage: {summary['errors_by_stage']}); see {summary['outputs']['errors']}")
+    if errored / rows_in > max_error_rate:
+        return (f"{errored} of {rows_in} rows errored ({errored / rows_in:.1%}), more than max_error_rate "
+                f"{max_error_rate:.1%} (errors by stage: {summary['errors_by_stage']}); see {summary['outputs']['errors']}")
+    return None
+
+
 def _check_calibration(cfg: ScanConfig, calibration: dict | None, mode: str, thresholds) -> None:
     """Say which thresholds this sweep applies, and why not the calibrated ones when it can't."""
     if calibration is None:
         log.warning("scan.uncalibrated", collection=cfg.collection, threshold=thresholds.default,
                     note="no calibration for this gallery version: every category uses the default "
                          "threshold (run `logoscan calibrate`)")
+    elif calibration.get("inherited"):
+        inh = calibration["inherited"]
+        log.warning("scan.calibration_inherited", collection=cfg.collection,
+                    from_gallery_version=inh.get("from_gallery_version"),
+                    labels_not_calibrated=len(inh.get("labels_not_calibrated") or []),
+                    note="this gallery version carries the previous version's calibration (same embedder); "
+                         "labels added since get their category's threshold: re-run `logoscan calibrate`")
     elif cfg.policy.use_calibration and not thresholds.by_category:
         log.warning("scan.calibration_mode_missing", mode=mode, calibrated=sorted(calibration["modes"]),
                     note="the gallery was calibrated without OCR fusion: calibrate with --ocr to get "

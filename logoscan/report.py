@@ -131,7 +131,7 @@ def write_report(run_output: str, out: str | None = None, run_id: str | None = N
                  collection: str | None = None, product_px: int = 160, page_size: int = 500,
                  threads: int = 8) -> dict:
     t0 = time.time()
-    summary_uri = output.find_summary(run_output, run_id)
+    summary_uri = output.find_summary(run_output, run_id, prefer_flagged=True)
     summary = json.loads(storage.read_bytes(summary_uri))
     out = out or storage.join(summary_uri.rsplit("/", 1)[0], "report")
     queues = {q: t.to_pylist() for q, t in output.read_queues(summary).items()}

@@ -34,6 +34,11 @@ DECISIONS_REQUIRED = pa.schema([("item_id", pa.string()), ("logo_id", pa.string(
 DECISIONS_OPTIONAL = pa.schema([("image_id", pa.string()), ("run_id", pa.string()), ("note", pa.string())])
 DECISION_VALUES = ("confirm", "reject")
 
+# A truth table for `logoscan evaluate`: the label each item should be flagged with (null/'' for
+# none), optionally its category
+TRUTH_REQUIRED = pa.schema([("item_id", pa.string()), ("label", pa.string())])
+TRUTH_OPTIONAL = pa.schema([("category", pa.string())])
+
 FLAGGED = pa.schema([
     ("run_id", pa.string()), ("item_id", pa.string()), ("image_id", pa.string()),
     ("image_uri", pa.string()), ("box", BOX), ("det_score", pa.float32()),
@@ -116,6 +121,11 @@ def validate_references(table: pa.Table, source: str) -> pa.Table:
         nulls = table.column(name).null_count
         if nulls:
             raise SchemaError(f"{source}: column {name!r} has {nulls} null value(s); every reference needs one")
+    from logoscan.output import queue_collisions
+    clash = queue_collisions(set(table.column("category").to_pylist()))
+    if clash:
+        raise SchemaError(f"{source}: categories {clash} would share one review-queue file (queue=<name> keeps "
+                          "letters, digits, '.', '-', '_'): rename one of them")
     ids = table.column("logo_id")
     if pc.count_distinct(ids).as_py() != len(ids):
         counts = pc.value_counts(ids)
@@ -132,6 +142,13 @@ def validate_labelled_crops(table: pa.Table, source: str) -> pa.Table:
         raise SchemaError(f"{source}: column 'image_uri' has {nulls} null value(s)")
     if table.num_rows == 0:
         raise SchemaError(f"{source}: no labelled crops")
+    return table
+
+
+def validate_truth(table: pa.Table, source: str) -> pa.Table:
+    table = _check(table, source, TRUTH_REQUIRED, TRUTH_OPTIONAL, "truth table")
+    if table.column("item_id").null_count:
+        raise SchemaError(f"{source}: column 'item_id' has {table.column('item_id').null_count} null value(s)")
     return table
 
 
@@ -171,5 +188,9 @@ def read_validated(uri: str, what: str, validate) -> pa.Table:
     tables = []
     for f in parquet_files(uri, what):
         fs, path = storage.resolve(f)
-        tables.append(validate(pq.read_table(path, filesystem=fs), f))
+        try:
+            t = pq.read_table(path, filesystem=fs)
+        except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+            raise SchemaError(f"{f}: not a readable Parquet file ({' '.join(str(e).split())[:300]})") from None
+        tables.append(validate(t, f))
     return pa.concat_tables(tables, promote_options="default")

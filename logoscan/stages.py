@@ -38,6 +38,27 @@ def _error(stage: str, e: BaseException | str, error_type: str | None = None) ->
     return stage, error_type or "Error", e[:500]
 
 
+def _per_image(fn, items: list) -> list:
+    """``fn(items)`` → one result per item. When the batch call fails, each item is tried alone,
+    so one bad image (a 1 x 50000 PNG, a crop the model cannot take) fails only itself: its
+    result is the exception it raised alone; its neighbours' results are as usual."""
+    try:
+        out = list(fn(items))
+        if len(out) != len(items):
+            raise RuntimeError(f"{len(out)} results for {len(items)} inputs")
+        return out
+    except Exception as batch_error:  # noqa: BLE001
+        if len(items) <= 1:
+            return [batch_error] * len(items)
+        out = []
+        for x in items:
+            try:
+                out.append(list(fn([x]))[0])
+            except Exception as e:  # noqa: BLE001
+                out.append(e)
+        return out
+
+
 # ------------------------------------------------------------------ fetch
 
 def check_allowed(uri: str, roots) -> None:
@@ -128,23 +149,26 @@ def detect(batch: dict, model, model_cfg: dict, cfg: DetectorConfig, crop_size: 
                 emit(i, "error", error=_error("decode", e, "ImageRejected"))
         if not images:
             continue
-        try:
-            results = detect_images(model, images, thresh, device=device, batch_size=cfg.batch_size,
-                                    precision=precision)
-        except Exception as e:  # noqa: BLE001 - a model failure fails these images, not the run
-            for i in idx:
-                emit(i, "error", error=_error("detect", e))
-            continue
-        for i, im, (boxes, scores) in zip(idx, images, results):
+        for i, im, result in zip(idx, images, _per_image(
+                lambda ims: detect_images(model, ims, thresh, device=device, batch_size=cfg.batch_size,
+                                          precision=precision), images)):
+            if isinstance(result, BaseException):  # this image failed on its own too
+                emit(i, "error", error=_error("detect", result))
+                continue
+            boxes, scores = result
             if len(boxes) == 0:
                 emit(i, "empty")
                 continue
-            pil = Image.fromarray(im)
-            kept = list(zip(boxes, scores))[:cfg.max_regions]
-            for r, (box, score) in enumerate(kept):
-                crop = np.asarray(square_crop(pil, tuple(box), crop_pad, crop_size), np.uint8)
-                thumb = square_crop(pil, tuple(box), 0.1, cfg.thumbnail_px)
-                emit(i, "region", box, score, crop, jpeg_bytes(thumb), of=len(kept), region=r)
+            try:  # cutting crops and thumbnails can fail on a degenerate image (1 x 50000)
+                pil = Image.fromarray(im)
+                kept = list(zip(boxes, scores))[:cfg.max_regions]
+                cut = [(box, score, np.asarray(square_crop(pil, tuple(box), crop_pad, crop_size), np.uint8),
+                        jpeg_bytes(square_crop(pil, tuple(box), 0.1, cfg.thumbnail_px))) for box, score in kept]
+            except Exception as e:  # noqa: BLE001 - this image's error row, not its neighbours'
+                emit(i, "error", error=_error("detect", e))
+                continue
+            for r, (box, score, crop, thumb) in enumerate(cut):
+                emit(i, "region", box, score, crop, thumb, of=len(cut), region=r)
     out = {k: _obj(v) for k, v in rows.items() if k not in ("box", "det_score", "crop", "rows_of_image", "region")}
     out["rows_of_image"] = np.asarray(rows["rows_of_image"], np.int32)
     out["region"] = np.asarray(rows["region"], np.int16)
@@ -156,21 +180,51 @@ def detect(batch: dict, model, model_cfg: dict, cfg: DetectorConfig, crop_size: 
 
 # ------------------------------------------------------------------ embed
 
+def _images_of(batch: dict, rows: np.ndarray) -> list[np.ndarray]:
+    """``rows`` grouped by image (item_id, image_id), in order."""
+    groups: dict[tuple, list[int]] = {}
+    for i in rows:
+        groups.setdefault((batch["item_id"][i], batch["image_id"][i]), []).append(int(i))
+    return [np.asarray(g, np.int64) for g in groups.values()]
+
+
 def embed(batch: dict, model, model_cfg: dict, cfg: EmbedderConfig, device: str = "cpu") -> dict:
+    """An embedding for each region. A batch the model fails on is embedded image by image: an
+    image that fails alone turns all its rows into error rows (stage embed); the others embed."""
     from logoscan.models.embedder import embed_crops
-    kinds = batch["kind"]
+    kinds = np.asarray(batch["kind"], dtype=object).copy()
     sel = np.flatnonzero(kinds == "region")
     dim = model_cfg["arch_args"]["embed_dim"]
     emb = np.zeros((len(kinds), dim), np.float32)
+    errs = {k: np.asarray(batch[k], dtype=object).copy() for k in ERR}
     if len(sel):
-        crops = [Image.fromarray(c) for c in batch["crop"][sel]]
-        emb[sel] = embed_crops(model, model_cfg, crops, cfg.batch_size, device)
+        groups = _images_of(batch, sel)
+        results = _per_image(lambda gs: np.split(embed_crops(model, model_cfg, [
+            Image.fromarray(c) for g in gs for c in batch["crop"][g]], cfg.batch_size, device),
+            np.cumsum([len(g) for g in gs])[:-1]), groups)
+        for g, r in zip(groups, results):
+            if isinstance(r, BaseException):
+                kinds[g] = "error"
+                for k, v in zip(ERR, _error("embed", r)):
+                    errs[k][g] = v
+            else:
+                emb[g] = r
     out = {k: v for k, v in batch.items() if k != "crop"}
+    out["kind"] = kinds
+    out.update(errs)
     out["embedding"] = emb
     return out
 
 
 # ------------------------------------------------------------------ OCR (optional)
+
+def _split(values: list, sizes: list[int]) -> list[list]:
+    values, out, at = list(values), [], 0
+    for n in sizes:
+        out.append(values[at:at + n])
+        at += n
+    return out
+
 
 def read_text(batch: dict, reader, cfg: OcrConfig) -> dict:
     """The text in each region's crop (easyocr), as ``ocr_text``; '' for rows without a region.
@@ -181,12 +235,18 @@ def read_text(batch: dict, reader, cfg: OcrConfig) -> dict:
     sel = np.flatnonzero(kinds == "region")
     text = [""] * len(kinds)
     if len(sel):
-        try:
-            for i, t in zip(sel, read_crops(reader, list(batch["crop"][sel]), cfg.min_confidence)):
-                text[i] = t
-        except Exception as e:  # noqa: BLE001
+        groups = _images_of(batch, sel)
+        results = _per_image(lambda gs: _split(read_crops(reader, [c for g in gs for c in batch["crop"][g]],
+                                                          cfg.min_confidence), [len(g) for g in gs]), groups)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        for g, r in zip(groups, results):
+            if not isinstance(r, BaseException):
+                for i, t in zip(g, r):
+                    text[i] = t
+        if failed:
             from logoscan.log import get_logger
-            get_logger(__name__).warning("ocr.failed", regions=len(sel), error=f"{type(e).__name__}: {e}"[:300])
+            get_logger(__name__).warning("ocr.failed", images=len(failed), regions=len(sel),
+                                         error=f"{type(failed[0]).__name__}: {failed[0]}"[:300])
     out = dict(batch)
     out["ocr_text"] = _obj(text)
     return out

@@ -130,6 +130,28 @@ def _ensure_parent(fs: pafs.FileSystem, path: str) -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
 
 
+def absolute(uri: str) -> str:
+    """A local path made absolute (against the working directory, once, where the user typed it),
+    so that what is stored with it (summary.json's outputs, a reference's image_uri) still points
+    at the same file when read from another directory. s3:// and file:// URIs are unchanged."""
+    if not uri or is_s3(uri) or "://" in uri:
+        return uri
+    return os.path.abspath(uri)
+
+
+def other_files(uri: str, suffix: str) -> list[str]:
+    """Files under a folder / prefix that ``list_files(uri, suffix)`` does not return, names
+    starting with "_" or "." aside (markers, checksums): what a reader of ``suffix`` files would
+    silently leave out."""
+    fs, path = resolve(uri)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    base = path.rstrip("/") + "/"
+    return sorted(i.path for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+                  if i.type == pafs.FileType.File and not i.path.endswith(suffix)
+                  and not any(part.startswith(("_", ".")) for part in i.path[len(base):].split("/")))
+
+
 def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
 

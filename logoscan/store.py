@@ -116,15 +116,21 @@ class Store:
 
     @classmethod
     def folders(cls, uri: str) -> list["Store"]:
-        """Every key= folder under a store (for maintenance: compaction)."""
+        """Every key= folder under a store (for maintenance: compaction), each with its key as
+        everything prints it (from its ``_key.json``; the folder name spells "+" as "_")."""
         fs, path = storage.resolve(uri)
         infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
         out = []
         for i in sorted(infos, key=lambda i: i.path):
             name = os.path.basename(i.path)
             if i.type == pafs.FileType.Directory and name.startswith("key="):
-                s = cls(uri, name[len("key="):], {})
-                s.dir = storage.join(uri, name)
+                folder = storage.join(uri, name)
+                try:
+                    info = json.loads(storage.read_bytes(storage.join(folder, "_key.json")))
+                except (FileNotFoundError, ValueError):
+                    info = {}
+                s = cls(uri, info.get("key") or name[len("key="):], info)
+                s.dir = folder
                 out.append(s)
         return out
 
@@ -238,32 +244,41 @@ class Store:
 
     # -------------------------------------------------------------- compaction
 
-    def compact(self, keep: set[tuple] | None = None) -> dict:
+    def compact(self, keep: set[tuple] | None = None, dry_run: bool = False) -> dict:
         """Rewrite this key's region parts as one part holding the newest entry of each image
         (only the images in ``keep``, when given), then delete the parts it replaces. Readers
         running meanwhile see the old parts or the new one, never neither: the new part is
         written (whole) before any old one is deleted. It is named after the newest part it
-        replaces, so a part a sweep appends meanwhile (not deleted: not in the listing) still wins."""
+        replaces, so a part a sweep appends meanwhile (not deleted: not in the listing) still wins.
+        ``dry_run``: only count what it would keep and drop."""
         files = self.region_files()
         if not files:
-            return {"parts_before": 0, "rows_before": 0, "rows_after": 0}
-        tables, latest, rows_before = [], {}, 0
+            return {"parts_before": 0, "rows_before": 0, "rows_after": 0, "images_before": 0, "images_after": 0,
+                    "images_dropped": 0}
+        tables, latest, rows_before, images = [], {}, 0, set()
         for n, f in enumerate(files):
             t = _read(f)
             rows_before += t.num_rows
             tables.append(t)
             for k in zip(t.column("item_id").to_pylist(), t.column("image_id").to_pylist()):
+                images.add(k)
                 if keep is None or k in keep:
                     latest[k] = n
         for n, t in enumerate(tables):
             mask = [latest.get(k) == n for k in zip(t.column("item_id").to_pylist(), t.column("image_id").to_pylist())]
             tables[n] = t.filter(pa.array(mask, pa.bool_()))
         merged = pa.concat_tables(tables).cast(STORE_REGIONS)
+        report = {"parts_before": len(files), "rows_before": rows_before, "rows_after": merged.num_rows,
+                  "images_before": len(images), "images_after": len(latest),
+                  "images_dropped": len(images) - len(latest)}
+        if dry_run:
+            return report
         # named after the newest part it replaces: a part a sweep appends meanwhile sorts after it
         name = f"part-{files[-1].rsplit('/', 1)[-1].split('-')[1]}-compacted.parquet"
         storage.write_bytes(storage.join(self.dir, "regions", name), _parquet(merged))
         for f in files:
-            storage.delete_file(f)
+            if f.rsplit("/", 1)[-1] != name:
+                storage.delete_file(f)
         flag_parts = 0
         fs, path = storage.resolve(storage.join(self.dir, "flags"))
         if fs.get_file_info(path).type == pafs.FileType.Directory:
@@ -277,8 +292,39 @@ class Store:
                     for p in parts:
                         storage.delete_file(p)
                     flag_parts += len(parts)
-        return {"parts_before": len(files), "rows_before": rows_before, "rows_after": merged.num_rows,
-                "images_after": len(latest), "flag_parts_merged": flag_parts}
+        return {**report, "flag_parts_merged": flag_parts}
+
+
+def plan_compaction(uri: str, keep_only: str | None, keep: set[tuple] | None) -> list[tuple["Store", str]]:
+    """What ``store compact`` will do to each key folder: (store, "delete" | "compact"). Refuses,
+    before anything is touched, a ``keep_only`` that names no folder of this store (it must be
+    spelt as scans print it: the summary's ``store.key``) and a ``keep`` manifest that names none
+    of the stored images: either would remove everything."""
+    folders = Store.folders(uri)
+    if not folders:
+        raise StoreError(f"no store entries (key=… folders) under {uri}")
+    keys = [st.key for st in folders]
+    if keep_only is not None and keep_only not in keys:
+        near = [k for k in keys if keep_only.removeprefix("key=") in (k, _folder_spelling(k))]
+        hint = (f"; {keep_only!r} is the folder name of {near[0]!r}: give the key as scans print it "
+                "(summary.json store.key)") if near else ""
+        raise StoreError(f"--keep-only {keep_only!r} is not a key of the store {uri} (it holds {keys}){hint}. "
+                         "Nothing was deleted.")
+    if keep is not None and folders:
+        stored = set()
+        for st in folders:
+            for f in st.region_files():
+                t = _read(f, ["item_id", "image_id"])
+                stored.update(zip(t.column("item_id").to_pylist(), t.column("image_id").to_pylist()))
+        if stored and not stored & keep:
+            raise StoreError(f"the manifest names none of the {len(stored)} stored images (is it this catalog's?): "
+                             "refusing to drop them all. Nothing was changed.")
+    return [(st, "delete" if keep_only is not None and st.key != keep_only else "compact") for st in folders]
+
+
+def _folder_spelling(key: str) -> str:
+    from logoscan.output import safe_name
+    return safe_name(key)
 
 
 def _run_of(part: str) -> str:

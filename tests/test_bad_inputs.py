@@ -38,6 +38,10 @@ def bad(sample, s3_endpoint, tmp_path_factory):
         rows.append({"item_id": item, "image_uri": uri})
         expect[item] = outcome
 
+    # degenerate shapes in the same detector batch as a good image: each is its own outcome, and the
+    # good image's flag is not lost (a 1 x 50000 PNG used to fail the whole batch)
+    add("thin-1x50000", _save(Image.new("RGB", (50000, 1), "white"), cat / "thin.png", "PNG"), "scanned")
+    add("tall-50000x1", _save(Image.new("RGB", (1, 50000), "white"), cat / "tall.png", "PNG"), "scanned")
     # odd but valid: scanned, and the planted logo still found where colours survive
     add("ok-plain", _save(im, cat / "plain.jpg", "JPEG", quality=90), "flag")
     add("cmyk", _save(im.convert("CMYK"), cat / "cmyk.jpg", "JPEG", quality=90), "flag")
@@ -94,6 +98,9 @@ def bad(sample, s3_endpoint, tmp_path_factory):
     add("null-uri", None, ("fetch", "ValueError"))
     add("empty-uri", "", ("fetch", "ValueError"))
     rows.append({"item_id": "ok-plain", "image_uri": str(cat / "plain.jpg")})  # the same row again
+    # no item_id: a reviewer could not act on it; an error row each, never published as a flag
+    rows.append({"item_id": None, "image_uri": str(cat / "plain.jpg")})
+    rows.append({"item_id": " ", "image_uri": str(cat / "cmyk.jpg")})
     manifest = cat / "manifest.parquet"
     pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema([("item_id", pa.string()),
                                                                 ("image_uri", pa.string())])), manifest)
@@ -104,8 +111,11 @@ def test_every_bad_input_ends_as_exactly_one_expected_row(sample, bad, tmp_path)
     manifest, expect, label = bad
     s = run_scan(ScanConfig(manifest=manifest, milvus_uri=sample["milvus"], collection="logos",
                             out=str(tmp_path), run_id="bad", engine="local", ray=RayConfig(fetch_batch=4)))
-    assert s["rows_in"] == len(expect) + 1 == s["rows_scanned"] + s["rows_errored"]
+    assert s["rows_in"] == len(expect) + 3 == s["rows_scanned"] + s["rows_errored"]
     errors = pq.read_table(s["outputs"]["errors"]).to_pylist()
+    unidentified = [e for e in errors if e["error_type"] == "MissingItemId"]
+    assert [(e["item_id"], e["stage"]) for e in unidentified] == [(None, "manifest"), (" ", "manifest")]
+    errors = [e for e in errors if e["error_type"] != "MissingItemId"]
     got = {}
     for e in errors:
         assert e["item_id"] not in got or e["error_type"] == "DuplicateRow", e
@@ -116,6 +126,7 @@ def test_every_bad_input_ends_as_exactly_one_expected_row(sample, bad, tmp_path)
     flagged = {}
     for path in s["outputs"]["queues"].values():
         for r in pq.read_table(path).to_pylist():
+            assert r["item_id"] and r["item_id"].strip()
             flagged.setdefault(r["item_id"], set()).add(r["label"])
     wrong = {}
     for item, outcome in expect.items():

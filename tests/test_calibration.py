@@ -171,3 +171,47 @@ def test_a_blank_reference_is_refused_by_name(tmp_path):
     model, cfg = load_artifact(default_artifact_path("embedder"))
     with pytest.raises(GalleryError, match="ref-white"):
         build(str(tmp_path / "refs.parquet"), str(tmp_path / "g.db"), "g", model, cfg)
+
+
+def test_calibrate_takes_crops_without_a_kind(sample, calibrated, tmp_path):
+    """`gallery ingest` appends rejected crops with a kind to a user's crops folder whose own rows
+    may have none: null kinds are grouped by what the crop is, as if the column were absent."""
+    from logoscan.calibration import calibrate
+    t = pq.read_table(calibrated["crops"])
+    kinds = t.column("kind").to_pylist()
+    t = t.set_column(t.schema.get_field_index("kind"), "kind",
+                     pa.array([k if i % 2 else None for i, k in enumerate(kinds)], pa.string()))
+    pq.write_table(t, tmp_path / "crops.parquet")
+    r = calibrate(CalibrateConfig(crops=str(tmp_path / "crops.parquet"), milvus_uri=sample["milvus"],
+                                  collection="logos_cal", out=str(tmp_path / "out"), target_far=0.02, store=False))
+    assert {"known", "not in gallery"} & set(r["modes"]["image"]["outcome"]["by_kind"])
+
+
+def test_a_new_gallery_version_of_the_same_embedder_inherits_the_calibration(sample, calibrated, tmp_path):
+    """`gallery add` builds a new version: it keeps the calibration, marked inherited with the labels
+    it never saw, and a sweep says so (it used to fall back to the default threshold silently)."""
+    from logoscan.calibration import read_calibration
+    from logoscan.feedback import add_logo
+    from logoscan.gallery import build, connect, read_metadata
+    from logoscan.models import default_artifact_path, load_artifact
+    from logoscan.pipeline import run_scan
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    pq.write_table(pq.read_table(sample["references"]), refs / "base.parquet")
+    src = pq.read_table(sample["references"]).column("image_uri")[0].as_py()
+    add_logo(str(refs), src, "brand-new-mark", "brand")
+    model, cfg = load_artifact(default_artifact_path("embedder"))
+    meta = build(str(refs), sample["milvus"], "logos_cal", model, cfg)
+    assert meta["gallery_version"] != calibrated["meta"]["gallery_version"]
+    assert meta["calibration"]["inherited_from"] == calibrated["meta"]["gallery_version"]
+    assert meta["calibration"]["labels_not_calibrated"] == ["brand-new-mark"]
+    client = connect(sample["milvus"])
+    try:
+        cal = read_calibration(client, "logos_cal", read_metadata(client, "logos_cal"))
+    finally:
+        client.close()
+    assert cal["modes"]["image"]["categories"] == calibrated["result"]["modes"]["image"]["categories"]
+    s = run_scan(ScanConfig(manifest=sample["manifest"], milvus_uri=sample["milvus"], collection="logos_cal",
+                            out=str(tmp_path / "o"), engine="local"))
+    assert s["versions"]["calibration"]["applied"]
+    assert s["versions"]["calibration"]["inherited_from"] == calibrated["meta"]["gallery_version"]

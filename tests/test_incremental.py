@@ -91,7 +91,7 @@ def test_second_night_scans_only_new_and_changed_images(tmp_path):
 
     # compaction keeps the newest entry of each image: the next night still reuses all 44
     from logoscan.cli import main
-    assert main(["store", "compact", "--store", str(out / "store")]) == 0
+    assert main(["store", "compact", "--store", str(out / "store"), "--yes"]) == 0
     assert len(store.region_files()) == 1
     night3 = run_scan(_cfg(m2, db, out, "n3", store=StoreConfig(incremental=True)))
     assert (night3["rows_scanned"], night3["rows_reused"]) == (0, 44)

@@ -109,7 +109,7 @@ def test_detector_precision_is_checked_when_the_config_is_read():
     from logoscan.config_io import ConfigError, load
 
     assert load(ScanConfig, None, ["detector.precision=bf16"]).detector.precision == "bf16"
-    with pytest.raises(ConfigError, match="detector.precision must be auto, fp32 or bf16"):
+    with pytest.raises(ConfigError, match="detector.precision='fp16'.*'auto', 'fp32' or 'bf16'"):
         load(ScanConfig, None, ["detector.precision=fp16"])
-    with pytest.raises(ConfigError, match="batch_size must be at least 1"):
+    with pytest.raises(ConfigError, match="detector.batch_size=0.*greater than or equal to 1"):
         load(ScanConfig, None, ["detector.batch_size=0"])

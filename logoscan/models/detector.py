@@ -118,7 +118,8 @@ def resized_tensors(model: FCOS, images: list[np.ndarray], device: str = "cpu") 
     for im in images:
         h, w = im.shape[:2]
         s = _input_scale(model, h, w)
-        size = (int(math.floor(h * s)), int(math.floor(w * s)))  # what the transform's resize gives
+        # what the transform's resize gives; at least 1 px (a 1 x 50000 image would give 0 rows)
+        size = (max(1, int(math.floor(h * s))), max(1, int(math.floor(w * s))))
         t = torch.from_numpy(np.require(im, np.uint8, ['C', 'W'])).to(device).permute(2, 0, 1)[None].float()
         if size != (h, w):
             t = F.interpolate(t, size=size, mode="bilinear", align_corners=False)

@@ -72,7 +72,8 @@ def job_parser(doc: str | None):
 
 def add_job_flags(ap) -> None:
     ap.add_argument("--config", help="YAML/TOML file with the training config's keys")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key, e.g. --set max_minutes=5")
     ap.add_argument("--no-resume", action="store_true", help="ignore <out>/checkpoint")
 
 
