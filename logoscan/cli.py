@@ -211,6 +211,18 @@ def cmd_train(kind):
     return run
 
 
+def _at_least(low: int):
+    def check(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"{v} is less than {low}")
+        return v
+    return check
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="logoscan", description="Scan a product catalog for logos.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -224,7 +236,7 @@ def parser() -> argparse.ArgumentParser:
         if build:
             x.add_argument("--embedder", default="", help="embedder artifact folder or s3:// (default: shipped)")
             x.add_argument("--index-type", default="FLAT", help="Milvus index: FLAT, HNSW, IVF_FLAT, ...")
-            x.add_argument("--keep-versions", type=int, default=3,
+            x.add_argument("--keep-versions", type=_at_least(1), default=3,
                            help="built versions kept (the current one included); older ones are dropped")
 
     gb = gsub.add_parser("build", help="embed reference logos into a new gallery version and switch to it")
@@ -271,7 +283,7 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("--run-id", help="with OUT: which run (default: the newest published)")
     rp.add_argument("--milvus-uri", help="for the reference pictures (default: the run's own)")
     rp.add_argument("--collection", help="default: the collection the run matched against")
-    rp.add_argument("--product-px", type=int, default=160, help="product thumbnail size")
+    rp.add_argument("--product-px", type=_at_least(16), default=160, help="product thumbnail size")
     rp.set_defaults(fn=cmd_report)
 
     s = sub.add_parser("scan", help="sweep a manifest: detect, embed, match, write review queues",
@@ -345,7 +357,7 @@ def parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="make sample data, build a gallery, sweep it, print recall/precision")
     d.add_argument("--workdir", default="demo-output", help="where the sample data, gallery and outputs go")
-    d.add_argument("--images", type=int, default=300, help="sample catalog images to make")
+    d.add_argument("--images", type=_at_least(1), default=300, help="sample catalog images to make")
     d.add_argument("--seed", type=int, default=7, help="seed of the sample data")
     d.add_argument("--engine", choices=("ray", "local"), default="ray", help="as for scan")
     d.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")

@@ -481,6 +481,9 @@ def run_scan(cfg: ScanConfig) -> dict:
     cfg = dataclasses.replace(cfg, manifest=storage.absolute(cfg.manifest), out=storage.absolute(cfg.out),
                               milvus_uri=storage.absolute(cfg.milvus_uri),
                               store=dataclasses.replace(cfg.store, uri=storage.absolute(cfg.store.uri)))
+    if _inside(cfg.out, cfg.manifest):
+        raise ScanError(f"--out {cfg.out} is inside the manifest folder {cfg.manifest}: the next run would read its "
+                        "queues, errors and store as manifests. Write the outputs elsewhere")
     started, run_id, run_date = _run_ids(cfg, "scan")
     configure(run_id)
     t0 = time.time()
@@ -732,6 +735,16 @@ def _without(table: pa.Table, keys: set) -> pa.Table:
         return table
     mask = [k not in keys for k in zip(table.column("item_id").to_pylist(), table.column("image_id").to_pylist())]
     return table.filter(pa.array(mask, pa.bool_()))
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or below it (a manifest file is no folder: nothing is inside it)."""
+    if storage.is_s3(path) != storage.is_s3(folder) or folder.endswith(".parquet"):
+        return False
+    a, b = path.rstrip("/") + "/", folder.rstrip("/") + "/"
+    if not storage.is_s3(folder):
+        a, b = os.path.realpath(a) + "/", os.path.realpath(b) + "/"
+    return a.startswith(b)
 
 
 def allowed_roots(cfg: ScanConfig) -> tuple:

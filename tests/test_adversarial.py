@@ -345,11 +345,22 @@ def test_errors_are_one_line_not_a_traceback(sample, tmp_path, capsys):
         ["evaluate", "--summary", str(tmp_path), "--truth", str(truth)],
         ["evaluate", "--summary", str(afile), "--truth", str(truth)],
     ]
-    for args in cases:
-        rc, _, err = _cli(capsys, *args)
-        assert rc == 2, (args, err)
-        last = err.strip().splitlines()[-1]
-        assert last.startswith("logoscan: error: ") and "Traceback" not in err, (args, err)
+    db = str(tmp_path / "held.db")  # a second process on a Milvus Lite .db
+    holder = subprocess.Popen([sys.executable, "-c", "import time; from pymilvus import MilvusClient\n"
+                               f"c = MilvusClient({db!r}); print('held', flush=True); time.sleep(120)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        cases.append(["gallery", "versions", "--milvus-uri", db, "--collection", "logos"])
+        for args in cases:
+            rc, _, err = _cli(capsys, *args)
+            assert rc == 2, (args, err)
+            last = err.strip().splitlines()[-1]
+            assert last.startswith("logoscan: error: ") and "Traceback" not in err, (args, err)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert "one process at a time" in err
 
 
 def test_every_subcommand_has_a_description_and_every_option_a_help_text():
@@ -397,3 +408,13 @@ def test_carrying_a_column_the_flagged_rows_already_have_is_refused(sample, tmp_
     rc, _, err = _cli(capsys, "scan", "--manifest", sample["manifest"], "--milvus-uri", sample["milvus"],
                       "--out", str(tmp_path / "o"), "--engine", "local", "--set", "carry_columns=item_id")
     assert rc == 2 and "item_id" in err and not (tmp_path / "o").exists()
+
+
+def test_outputs_inside_the_manifest_folder_are_refused(sample, tmp_path, capsys):
+    """The next night would read this night's queues and store as manifests (found here)."""
+    folder = tmp_path / "manifests"
+    folder.mkdir()
+    _manifest(folder / "part-0.parquet", [])
+    rc, _, err = _cli(capsys, "scan", "--manifest", str(folder), "--milvus-uri", sample["milvus"], "--out",
+                      str(folder / "queues"), "--engine", "local")
+    assert rc == 2 and "inside the manifest folder" in err and not (folder / "queues").exists()
