@@ -12,6 +12,7 @@ from logoscan.feedback import FeedbackError
 from logoscan.gallery import GalleryError
 from logoscan.ocr import OcrUnavailable
 from logoscan.pipeline import ScanError
+from logoscan.review_app import ReviewError
 from logoscan.schema import SchemaError
 from logoscan.store import StoreError
 
@@ -155,6 +156,14 @@ def cmd_report(a) -> int:
     return 0
 
 
+def cmd_review(a) -> int:
+    from logoscan.log import configure
+    from logoscan.review_app import serve
+    configure()
+    serve(a.run_output, a.run_id, a.host, a.port, a.tokens_file, a.milvus_uri, a.collection, a.queue)
+    return 0
+
+
 def cmd_calibrate(a) -> int:
     from logoscan.calibration import calibrate
     from logoscan.config import CalibrateConfig
@@ -286,6 +295,20 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("--product-px", type=_at_least(16), default=160, help="product thumbnail size")
     rp.set_defaults(fn=cmd_report)
 
+    rv = sub.add_parser("review", help="review a run's queues in the browser: confirm / reject, stored as "
+                                       "decisions `gallery ingest` reads")
+    rv.add_argument("run_output", help="OUT, OUT/runs/<run_id> or its summary.json (local or s3://)")
+    rv.add_argument("--run-id", help="with OUT: which run (default: the newest published run that flagged something)")
+    rv.add_argument("--queue", help="the queue to open first (default: the first)")
+    rv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any other needs "
+                                                        "reviewer tokens)")
+    rv.add_argument("--port", type=_at_least(1), default=8765, help="port (default 8765)")
+    rv.add_argument("--tokens-file", help="file of 'name token' lines (also: LOGOSCAN_REVIEW_TOKENS=name=token,…); "
+                                          "with tokens each reviewer logs in and is named by their token")
+    rv.add_argument("--milvus-uri", help="for the reference pictures (default: the run's own)")
+    rv.add_argument("--collection", help="default: the collection the run matched against")
+    rv.set_defaults(fn=cmd_review)
+
     s = sub.add_parser("scan", help="sweep a manifest: detect, embed, match, write review queues",
                        description="Sweep a manifest of product images: fetch, detect logo regions, embed them, "
                                    "match them against the gallery in Milvus and publish review queues, errors and a "
@@ -388,7 +411,8 @@ def _describe_subcommands(p: argparse.ArgumentParser) -> None:
                 _describe_subcommands(sp)
 
 
-KNOWN_ERRORS = (SchemaError, ConfigError, GalleryError, ScanError, OcrUnavailable, StoreError, FeedbackError)
+KNOWN_ERRORS = (SchemaError, ConfigError, GalleryError, ScanError, OcrUnavailable, StoreError, FeedbackError,
+                ReviewError)
 
 
 def _message(e: BaseException) -> str:

@@ -160,6 +160,8 @@ def ingest(decisions_uri: str, run: str, refs: str, crops: str, run_id: str | No
         latest[(d["item_id"], d["logo_id"], d.get("image_id"))] = d
     known_refs, known_crops = existing_ids(refs), existing_ids(crops, "crop_id")
     new_refs, new_crops, unmatched, skipped = [], [], [], 0
+    undone = {k for k, d in latest.items() if d["decision"] == "undo"}
+    latest = {k: d for k, d in latest.items() if k not in undone}
     for (item, logo, image), d in latest.items():
         rows = [r for r in by_key.get((item, logo), []) if image is None or r["image_id"] == image]
         if not rows:
@@ -184,7 +186,7 @@ def ingest(decisions_uri: str, run: str, refs: str, crops: str, run_id: str | No
     if unmatched:
         log.warning("feedback.unmatched", count=len(unmatched), examples=unmatched[:5], run_id=summary["run_id"],
                     note="no flagged row of this run has that (item_id, logo_id)")
-    if len(unmatched) == len(latest):
+    if latest and len(unmatched) == len(latest):
         raise FeedbackError(f"none of the {len(latest)} decision(s) matches a flagged row of run "
                             f"{summary['run_id']} (joined on item_id, logo_id): wrong run?")
     written = {}
@@ -193,7 +195,7 @@ def ingest(decisions_uri: str, run: str, refs: str, crops: str, run_id: str | No
                                              "confirmed")
     if new_crops:
         written["calibration_crops"] = append_parts(crops, pa.Table.from_pylist(new_crops), "rejected")
-    result = {"run_id": summary["run_id"], "decisions": len(latest), "confirmed_exemplars": len(new_refs),
+    result = {"run_id": summary["run_id"], "decisions": len(latest), "undone": len(undone), "confirmed_exemplars": len(new_refs),
               "impostor_crops": len(new_crops), "unmatched": len(unmatched), "already_ingested": skipped,
               "written": written}
     log.info("feedback.ingested", **result)

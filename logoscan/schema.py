@@ -32,7 +32,9 @@ LABELLED_CROPS_OPTIONAL = pa.schema([("box", BOX), ("kind", pa.string()), ("ocr_
 DECISIONS_REQUIRED = pa.schema([("item_id", pa.string()), ("logo_id", pa.string()), ("decision", pa.string()),
                                 ("reviewer", pa.string()), ("decided_at", pa.timestamp("us", tz="UTC"))])
 DECISIONS_OPTIONAL = pa.schema([("image_id", pa.string()), ("run_id", pa.string()), ("note", pa.string())])
-DECISION_VALUES = ("confirm", "reject")
+# undo: the reviewer took their decision back (the review app's u); the newest decision per (item,
+# image, reference) wins, so an undo leaves that card undecided and ingest skips it
+DECISION_VALUES = ("confirm", "reject", "undo")
 
 # A truth table for `logoscan evaluate`: the label each item should be flagged with (null/'' for
 # none), optionally its category

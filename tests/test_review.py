@@ -151,7 +151,7 @@ def test_decisions_become_exemplars_and_impostor_crops(world, capsys):
     bad = w["work"] / "bad-decisions.parquet"
     pq.write_table(pa.Table.from_pylist([{**decisions[0], "decision": "maybe"}]), bad)
     assert cli(args[:2] + ["--decisions", str(bad)] + args[4:]) == 2
-    assert "'decision' must be one of ['confirm', 'reject']" in capsys.readouterr().err
+    assert "'decision' must be one of ['confirm', 'reject', 'undo']" in capsys.readouterr().err
 
 
 def _chromium() -> str:
@@ -214,3 +214,19 @@ def test_progress_is_a_bar_on_a_terminal_and_log_lines_otherwise(monkeypatch):
         col.scanned.update({("a", "1"), ("b", "1")})
         col._progress()
     assert col.bar is None and [e["event"] for e in logs] == ["scan.progress"] and logs[0]["done"] == 2
+
+
+def test_an_undone_decision_is_not_ingested(world, capsys):
+    """`undo` (the review app's u) as the newest decision of a card: ingest skips that card."""
+    w = world
+    summary = _scan(w, "undone")
+    row = sorted(_rows(summary), key=lambda r: (r["item_id"], r["logo_id"]))[0]
+    t0 = datetime(2026, 11, 24, 9, 0, tzinfo=timezone.utc)
+    decisions = [{"item_id": row["item_id"], "logo_id": row["logo_id"], "decision": d, "reviewer": "ana",
+                  "decided_at": t0.replace(minute=m)} for m, d in ((0, "confirm"), (1, "undo"))]
+    pq.write_table(pa.Table.from_pylist(decisions), w["work"] / "undone.parquet")
+    assert cli(["gallery", "ingest", "--decisions", str(w["work"] / "undone.parquet"), "--run", str(w["work"] / "out"),
+                "--run-id", "undone", "--refs", str(w["work"] / "grefs"), "--crops", str(w["work"] / "ucrops"),
+                "--no-build", "--milvus-uri", w["db"], "--collection", "logos"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert (r["decisions"], r["undone"], r["confirmed_exemplars"], r["impostor_crops"]) == (0, 1, 0, 0)
