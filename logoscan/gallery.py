@@ -81,6 +81,19 @@ def connect(uri: str):
         lite_log.setLevel(level)
 
 
+def release_lite(uri: str) -> None:
+    """Let go of a Milvus Lite .db this process opened: milvus-lite keeps its in-process server (and
+    the file's lock) after the client closes, until the process exits. A long-running process that
+    only read from it (the review server) calls this so that sweeps and builds can open it."""
+    if not uri or "://" in uri:
+        return
+    try:
+        from milvus_lite.server_manager import server_manager_instance
+    except ImportError:
+        return
+    server_manager_instance.release_server(uri)
+
+
 def resolve(client, name: str) -> str:
     """The collection an alias points at now (a name that is no alias is its own collection).
     A sweep resolves the alias once, at its start, and matches against that collection to the

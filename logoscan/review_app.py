@@ -116,8 +116,10 @@ class Review:
             for r in rows:
                 self.cards.append({**r, "queue": queue, "n": len(self.cards)})
         self.queues = sorted({c["queue"] for c in self.cards})
+        from logoscan.gallery import release_lite
         self.refs = _reference_pictures(self.summary, milvus_uri, collection,
                                         sorted({c["logo_id"] for c in self.cards}))
+        release_lite(milvus_uri or self.summary["config"]["milvus_uri"])  # a Lite .db stays free for sweeps
         self.product_px = product_px
         self.dir = storage.join(self.out, "decisions", f"run_date={self.run_date}", output.safe_name(self.run_id))
         self.lock = threading.Lock()
