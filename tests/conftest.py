@@ -100,6 +100,17 @@ def renamed_artifact(kind: str, version: str, folder: Path) -> str:
     return str(folder)
 
 
+def chromium() -> str:
+    """Debian's Chromium for the tests that open pages (`make test` installs it); skipped where it
+    is missing, except under CI, where that fails."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not exe:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (`make test` installs Debian's chromium package)")
+        pytest.skip("chromium is not installed: apt-get install chromium")
+    return exe
+
+
 def upload_dir(s3, bucket: str, local: Path, prefix: str) -> None:
     for p in Path(local).rglob("*"):
         if p.is_file():

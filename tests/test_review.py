@@ -4,9 +4,7 @@ gallery and the calibration crops, and the HTML report renders in a real headles
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from collections import Counter
 from datetime import datetime, timezone
@@ -15,6 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import chromium
 
 from logoscan.cli import main as cli
 from logoscan.config import ScanConfig, StoreConfig
@@ -154,17 +153,8 @@ def test_decisions_become_exemplars_and_impostor_crops(world, capsys):
     assert "'decision' must be one of ['confirm', 'reject', 'undo']" in capsys.readouterr().err
 
 
-def _chromium() -> str:
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not exe:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed (`make test` installs Debian's chromium package)")
-        pytest.skip("chromium is not installed: apt-get install chromium")
-    return exe
-
-
 def test_report_renders_every_card_in_headless_chromium(world, tmp_path, capsys):
-    exe = _chromium()
+    exe = chromium()
     w = world
     summary = _scan(w, "report")
     assert cli(["report", str(w["work"] / "out"), "--run-id", "report", "--out", str(tmp_path / "report")]) == 0

@@ -8,7 +8,6 @@ import io
 import json
 import os
 import re
-import shutil
 import socket
 import threading
 import time
@@ -19,6 +18,7 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import chromium
 from PIL import Image
 
 from logoscan import output
@@ -94,19 +94,10 @@ def server(run):
     t.join(timeout=10)
 
 
-def _chromium() -> str:
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not exe:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed (`make test` installs Debian's chromium package)")
-        pytest.skip("chromium is not installed: apt-get install chromium")
-    return exe
-
-
 @pytest.fixture(scope="module")
 def browser():
     from playwright.sync_api import sync_playwright
-    exe = _chromium()
+    exe = chromium()
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=exe, headless=True,
                               args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
