@@ -278,12 +278,6 @@ def calibrate(cfg) -> dict:
     for name in ("crops", "milvus_uri", "out"):
         if not getattr(cfg, name):
             raise GalleryError(f"calibrate needs {name} (flag --{name.replace('_', '-')})")
-    if cfg.mode not in ("far", "f1") or not 0 < cfg.target_far < 1:
-        raise GalleryError(f"mode must be far or f1 and 0 < target_far < 1 (got {cfg.mode!r}, {cfg.target_far})")
-    import dataclasses
-
-    # stored with the gallery (crops_uri, plots): absolute, so they name the same files from anywhere
-    cfg = dataclasses.replace(cfg, crops=storage.absolute(cfg.crops), out=storage.absolute(cfg.out))
     t0 = time.time()
     table = read_labelled_crops(cfg.crops)
     model, emb_cfg = load_artifact(cfg.embedder.artifact or default_artifact_path("embedder"))

@@ -45,7 +45,17 @@ def _texts(v):
     return v
 
 
+def _location(v):
+    """A local path made absolute where the config is made (s3:// and http:// URIs unchanged), so
+    what a run stores with it (summary.json's outputs, the checkpoint, a Lite .db for the report)
+    names the same files from any working directory."""
+    from logoscan.storage import absolute
+    v = _text(v)
+    return absolute(v) if isinstance(v, str) else v
+
+
 Str = Annotated[str, BeforeValidator(_text)]
+Location = Annotated[str, BeforeValidator(_location)]  # a file, folder, s3:// prefix or Milvus URI
 Strs = Annotated[tuple[str, ...], BeforeValidator(_texts)]
 Positive = Annotated[int, Field(ge=1)]
 NonNegative = Annotated[int, Field(ge=0)]
@@ -154,7 +164,7 @@ class RayConfig:
 
 @dataclass(frozen=True, config=STRICT)
 class StoreConfig:
-    uri: Str = ""                           # the catalog embedding store; "" = <out>/store
+    uri: Location = ""                      # the catalog embedding store; "" = <out>/store
     write: bool = True                      # append each scanned image's regions + embeddings
     incremental: bool = False               # reuse stored images whose content and model are unchanged:
                                             # no fetch, decode, detect or embed for them
@@ -163,10 +173,10 @@ class StoreConfig:
 
 @dataclass(frozen=True, config=STRICT)
 class ScanConfig:
-    manifest: Str = ""
-    milvus_uri: Str = ""
+    manifest: Location = ""
+    milvus_uri: Location = ""
     collection: Str = "logos"
-    out: Str = ""
+    out: Location = ""
     run_id: RunId | None = None             # default: scan-<UTC timestamp>
     run_date: Str | None = None             # default: today (UTC), YYYY-MM-DD
     engine: Literal["ray", "local"] = "ray"  # ray | local (in-process, same stage functions)
@@ -188,11 +198,11 @@ class ScanConfig:
 
 @dataclass(frozen=True, config=STRICT)
 class RematchConfig:
-    store: Str = ""                         # the embedding store (folder or s3:// prefix)
-    milvus_uri: Str = ""
+    store: Location = ""                    # the embedding store (folder or s3:// prefix)
+    milvus_uri: Location = ""
     collection: Str = "logos"
-    out: Str = ""                           # review queues, as a scan writes them
-    manifest: Str = ""                      # optional: only these (item_id, image_id) of the store
+    out: Location = ""                      # review queues, as a scan writes them
+    manifest: Location = ""                 # optional: only these (item_id, image_id) of the store
     run_id: RunId | None = None             # default: rematch-<UTC timestamp>
     run_date: Str | None = None
     previous: Str | None = None             # match version to compare with; None = the last one seen
@@ -206,10 +216,10 @@ class RematchConfig:
 
 @dataclass(frozen=True, config=STRICT)
 class CalibrateConfig:
-    crops: Str = ""                         # labelled crops Parquet (file, folder or s3:// prefix)
-    milvus_uri: Str = ""
+    crops: Location = ""                    # labelled crops Parquet (file, folder or s3:// prefix)
+    milvus_uri: Location = ""
     collection: Str = "logos"
-    out: Str = ""                           # calibration.json and the PNG plots go here
+    out: Location = ""                      # calibration.json and the PNG plots go here
     target_far: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.01  # share of crops flagged with a label they do not carry
     mode: Literal["far", "f1"] = "far"      # far: loosest threshold within target | f1: best F1 within it
     min_class_crops: Positive = 20          # a class with this many labelled crops gets its own threshold

@@ -471,16 +471,9 @@ def run_scan(cfg: ScanConfig) -> dict:
     for name in ("manifest", "milvus_uri", "out"):
         if not getattr(cfg, name):
             raise ScanError(f"scan needs {name} (flag --{name.replace('_', '-')} or config key {name!r})")
-    if cfg.engine not in ("ray", "local"):
-        raise ScanError(f"engine must be 'ray' or 'local', not {cfg.engine!r}")
     clash = sorted(set(cfg.carry_columns) & set(FLAGGED.names))
     if clash:  # the flagged rows would hold two columns of one name (readers refuse such a file)
         raise ScanError(f"carry_columns {clash} are columns of the flagged rows already; carry other columns")
-    # local paths made absolute once: summary.json's outputs, the store and the checkpoint then
-    # name the same files from any working directory
-    cfg = dataclasses.replace(cfg, manifest=storage.absolute(cfg.manifest), out=storage.absolute(cfg.out),
-                              milvus_uri=storage.absolute(cfg.milvus_uri),
-                              store=dataclasses.replace(cfg.store, uri=storage.absolute(cfg.store.uri)))
     if _inside(cfg.out, cfg.manifest):
         raise ScanError(f"--out {cfg.out} is inside the manifest folder {cfg.manifest}: the next run would read its "
                         "queues, errors and store as manifests. Write the outputs elsewhere")
@@ -639,8 +632,6 @@ def run_rematch(cfg: RematchConfig) -> dict:
     for name in ("store", "milvus_uri", "out"):
         if not getattr(cfg, name):
             raise ScanError(f"rematch needs {name} (flag --{name.replace('_', '-')} or config key {name!r})")
-    cfg = dataclasses.replace(cfg, store=storage.absolute(cfg.store), out=storage.absolute(cfg.out),
-                              manifest=storage.absolute(cfg.manifest), milvus_uri=storage.absolute(cfg.milvus_uri))
     started, run_id, run_date = _run_ids(cfg, "rematch")
     configure(run_id)
     with RunLock(cfg.out, run_id):

@@ -60,7 +60,7 @@ def _uri(jpeg: bytes, mime: str = "image/jpeg") -> str:
     return f"data:{mime};base64,{base64.b64encode(jpeg).decode()}"
 
 
-def _product_thumb(uri: str, boxes: list, px: int) -> bytes | None:
+def product_thumb(uri: str, boxes: list, px: int) -> bytes | None:
     """The product image, small, with the flagged regions outlined; None if it can't be read."""
     try:
         im = Image.fromarray(decode(storage.read_bytes(uri, 64 << 20), 50_000_000))
@@ -77,7 +77,7 @@ def _product_thumb(uri: str, boxes: list, px: int) -> bytes | None:
     return buf.getvalue()
 
 
-def _reference_pictures(summary: dict, milvus_uri: str | None, collection: str | None, logo_ids: list[str]) -> dict:
+def reference_pictures(summary: dict, milvus_uri: str | None, collection: str | None, logo_ids: list[str]) -> dict:
     from logoscan.gallery import reference_thumbnails
     uri = milvus_uri or summary["config"]["milvus_uri"]
     # the run's pinned version first; then the gallery's alias (the version may have been pruned)
@@ -136,12 +136,12 @@ def write_report(run_output: str, out: str | None = None, run_id: str | None = N
     out = out or storage.join(summary_uri.rsplit("/", 1)[0], "report")
     queues = {q: t.to_pylist() for q, t in output.read_queues(summary).items()}
     rows = [r for q in queues.values() for r in q]
-    refs = _reference_pictures(summary, milvus_uri, collection, sorted({r["logo_id"] for r in rows}))
+    refs = reference_pictures(summary, milvus_uri, collection, sorted({r["logo_id"] for r in rows}))
     boxes = {}
     for r in rows:
         boxes.setdefault(r["image_uri"], []).append(r["box"])
     with ThreadPoolExecutor(threads) as pool:
-        products = dict(zip(boxes, pool.map(lambda u: _product_thumb(u, boxes[u], product_px), boxes)))
+        products = dict(zip(boxes, pool.map(lambda u: product_thumb(u, boxes[u], product_px), boxes)))
     run = html.escape(summary["run_id"])
     sub = (f'<small>run {run} · {html.escape(summary["run_date"])} · gallery '
            f'{html.escape(summary["versions"]["gallery"])} · models {html.escape(summary["versions"]["detector"])}'

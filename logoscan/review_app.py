@@ -36,8 +36,8 @@ import json
 import os
 import secrets
 import threading
-from datetime import datetime, timezone
 from functools import lru_cache
+from datetime import datetime, timezone
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -102,7 +102,7 @@ class Review:
 
     def __init__(self, out: str, run_id: str | None = None, milvus_uri: str | None = None,
                  collection: str | None = None, product_px: int = 320):
-        from logoscan.report import _reference_pictures
+        from logoscan.report import reference_pictures
         self.out = storage.absolute(out)
         summary_uri = output.find_summary(self.out, run_id, prefer_flagged=True)
         self.summary = json.loads(storage.read_bytes(summary_uri))
@@ -117,10 +117,15 @@ class Review:
                 self.cards.append({**r, "queue": queue, "n": len(self.cards)})
         self.queues = sorted({c["queue"] for c in self.cards})
         from logoscan.gallery import release_lite
-        self.refs = _reference_pictures(self.summary, milvus_uri, collection,
+        self.refs = reference_pictures(self.summary, milvus_uri, collection,
                                         sorted({c["logo_id"] for c in self.cards}))
         release_lite(milvus_uri or self.summary["config"]["milvus_uri"])  # a Lite .db stays free for sweeps
         self.product_px = product_px
+        self.boxes: dict[str, list] = {}  # image_uri -> every flagged box in it (outlined on its picture)
+        for c in self.cards:
+            self.boxes.setdefault(c["image_uri"], []).append(c["box"])
+        from logoscan.report import product_thumb  # each picture read once, the recent ones kept
+        self._product = lru_cache(maxsize=512)(lambda uri: product_thumb(uri, self.boxes[uri], self.product_px))
         self.dir = storage.join(self.out, "decisions", f"run_date={self.run_date}", output.safe_name(self.run_id))
         self.lock = threading.Lock()
         self.latest: dict[tuple, dict] = {}
@@ -132,13 +137,13 @@ class Review:
 
     def _load(self) -> None:
         """Decisions already made on this run (by anyone, before this server started)."""
+        from logoscan.feedback import read_decisions
         try:
-            files = storage.list_files(self.dir, ".parquet")
+            if not storage.list_files(self.dir, ".parquet"):
+                return
         except FileNotFoundError:
             return
-        rows = [r for f in files for r in pq.read_table(storage.resolve(f)[1], filesystem=storage.resolve(f)[0])
-                .to_pylist()]
-        for r in sorted(rows, key=lambda r: r["decided_at"]):
+        for r in sorted(read_decisions(self.dir).to_pylist(), key=lambda r: r["decided_at"]):
             self.latest[self.key(r)] = r
 
     def decide(self, n: int, decision: str, reviewer: str, note: str | None) -> dict:
@@ -174,19 +179,8 @@ class Review:
                 "has_ref": c["logo_id"] in self.refs}
 
     def product(self, n: int) -> bytes | None:
-        return _product(self, n)
-
-
-@lru_cache(maxsize=256)
-def _product_cached(uri: str, boxes: tuple, px: int) -> bytes | None:
-    from logoscan.report import _product_thumb
-    return _product_thumb(uri, [list(b) for b in boxes], px)
-
-
-def _product(review: Review, n: int) -> bytes | None:
-    c = review.cards[n]
-    boxes = tuple(tuple(x["box"]) for x in review.cards if x["image_uri"] == c["image_uri"])
-    return _product_cached(c["image_uri"], boxes, review.product_px)
+        """Card ``n``'s product picture with its image's flagged boxes outlined."""
+        return self._product(self.cards[n]["image_uri"])
 
 
 # ------------------------------------------------------------------ the web app

@@ -37,6 +37,7 @@ class RunLock:
         self.out, self.run_id, self.lease_s = out, run_id, lease_s
         self.uri = storage.join(out, "_locks", f"{safe_name(run_id)}.lock")
         self._fd: int | None = None
+        self._client_cached = None  # the S3 client the lease was taken with (renewed and deleted with it)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 

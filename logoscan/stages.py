@@ -192,27 +192,24 @@ def embed(batch: dict, model, model_cfg: dict, cfg: EmbedderConfig, device: str 
     """An embedding for each region. A batch the model fails on is embedded image by image: an
     image that fails alone turns all its rows into error rows (stage embed); the others embed."""
     from logoscan.models.embedder import embed_crops
-    kinds = np.asarray(batch["kind"], dtype=object).copy()
-    sel = np.flatnonzero(kinds == "region")
+    sel = np.flatnonzero(batch["kind"] == "region")
     dim = model_cfg["arch_args"]["embed_dim"]
-    emb = np.zeros((len(kinds), dim), np.float32)
-    errs = {k: np.asarray(batch[k], dtype=object).copy() for k in ERR}
-    if len(sel):
-        groups = _images_of(batch, sel)
-        results = _per_image(lambda gs: np.split(embed_crops(model, model_cfg, [
-            Image.fromarray(c) for g in gs for c in batch["crop"][g]], cfg.batch_size, device),
-            np.cumsum([len(g) for g in gs])[:-1]), groups)
-        for g, r in zip(groups, results):
-            if isinstance(r, BaseException):
-                kinds[g] = "error"
-                for k, v in zip(ERR, _error("embed", r)):
-                    errs[k][g] = v
-            else:
-                emb[g] = r
     out = {k: v for k, v in batch.items() if k != "crop"}
-    out["kind"] = kinds
-    out.update(errs)
-    out["embedding"] = emb
+    out["embedding"] = emb = np.zeros((len(batch["kind"]), dim), np.float32)
+    if not len(sel):
+        return out
+    groups = _images_of(batch, sel)
+    results = _per_image(lambda gs: np.split(embed_crops(model, model_cfg, [
+        Image.fromarray(c) for g in gs for c in batch["crop"][g]], cfg.batch_size, device),
+        np.cumsum([len(g) for g in gs])[:-1]), groups)
+    for g, r in zip(groups, results):
+        if not isinstance(r, BaseException):
+            emb[g] = r
+            continue
+        for k, v in (("kind", "error"), *zip(ERR, _error("embed", r))):  # copied only when an image failed
+            if out[k] is batch[k]:
+                out[k] = np.asarray(batch[k], dtype=object).copy()
+            out[k][g] = v
     return out
 
 

@@ -305,7 +305,8 @@ def plan_compaction(uri: str, keep_only: str | None, keep: set[tuple] | None) ->
         raise StoreError(f"no store entries (key=… folders) under {uri}")
     keys = [st.key for st in folders]
     if keep_only is not None and keep_only not in keys:
-        near = [k for k in keys if keep_only.removeprefix("key=") in (k, _folder_spelling(k))]
+        from logoscan.output import safe_name  # the folder name spells the key through safe_name
+        near = [k for k in keys if keep_only.removeprefix("key=") in (k, safe_name(k))]
         hint = (f"; {keep_only!r} is the folder name of {near[0]!r}: give the key as scans print it "
                 "(summary.json store.key)") if near else ""
         raise StoreError(f"--keep-only {keep_only!r} is not a key of the store {uri} (it holds {keys}){hint}. "
@@ -320,11 +321,6 @@ def plan_compaction(uri: str, keep_only: str | None, keep: set[tuple] | None) ->
             raise StoreError(f"the manifest names none of the {len(stored)} stored images (is it this catalog's?): "
                              "refusing to drop them all. Nothing was changed.")
     return [(st, "delete" if keep_only is not None and st.key != keep_only else "compact") for st in folders]
-
-
-def _folder_spelling(key: str) -> str:
-    from logoscan.output import safe_name
-    return safe_name(key)
 
 
 def _run_of(part: str) -> str:
