@@ -18,14 +18,20 @@ import random
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from logoscan.models.artifact import default_artifact_path, load_artifact
-from logoscan.models.detector import detect_images, native_bf16
+from logoscan.models.detector import detect_images, native_bf16, set_input_size
 from logoscan.synth.marks import training_marks, unseen_invented
 from logoscan.train.common import config_from, emit_report
-from logoscan.train.detector import DetectorTrainConfig, detection_metrics, scene_sample
+from logoscan.config_io import load as load_config
+from logoscan.train.detector import (DetectorTrainConfig, detection_metrics, load_photo, precision_at,
+                                     real_split, scene_sample)
+
+REAL_CONFIG = "jobs/configs/train_detector.yaml"   # its `datasets` define the real held-out split
 
 
 def held_out_scenes(cfg: DetectorTrainConfig, n_logo: int, n_empty: int, seed: int):
@@ -42,6 +48,50 @@ def held_out_scenes(cfg: DetectorTrainConfig, n_logo: int, n_empty: int, seed: i
         tags.append([["held-out brand" if p.key.startswith("brand-") else "unseen invented mark",
                       *(p.effects or ("no effect",))] for p in planted])
     return images, truths, tags, len(held), len(invented)
+
+
+def logo_free_photos(n_per_photo: int, seed: int):
+    """Real photos without logos: crops (40-100% of the side, 240-640 px) of the sample photos in
+    scikit-image's wheel that `logoscan.synth.photos` keeps as logo-free (no insignia, no marks)."""
+    from PIL import Image
+
+    from logoscan.synth.photos import photo_paths
+    rng = random.Random(seed)
+    out = []
+    for path in photo_paths():
+        with Image.open(path) as im:
+            src = im.convert("RGB")
+        for _ in range(n_per_photo):
+            k = rng.uniform(0.4, 1.0)
+            cw, ch = max(int(src.width * k), 32), max(int(src.height * k), 32)
+            x, y = rng.randint(0, src.width - cw), rng.randint(0, src.height - ch)
+            crop = src.crop((x, y, x + cw, y + ch))
+            side = rng.randint(240, 640)
+            f = side / max(crop.size)
+            out.append(np.asarray(crop.resize((max(1, int(crop.width * f)), max(1, int(crop.height * f))))))
+    return out, len(photo_paths())
+
+
+def real_heldout(model, config, cfg: DetectorTrainConfig, batch_size: int, limit: int = 0):
+    """Per source: the held-out photos (never trained on), their boxes and the detections at 0.05."""
+    split = real_split(cfg)
+    out = {}
+    for name in dict.fromkeys(n for n, _ in split.heldout):
+        items = [it for n, it in split.heldout if n == name][:limit or None]
+        photos = [load_photo(it) for it in items]
+        out[name] = (detect_images(model, [p[0] for p in photos], 0.05, batch_size=batch_size),
+                     [p[1] for p in photos])
+    return out, split
+
+
+def real_row(name: str, preds, truths, thr: float) -> str:
+    m = detection_metrics(preds, truths, score_thr=thr)
+    rs, gs = m["recall_by_size"], m["gt_by_size"]
+    big = ((rs["32-96"] or 0) * gs["32-96"] + (rs[">96"] or 0) * gs[">96"]) / max(gs["32-96"] + gs[">96"], 1)
+    per = np.mean([(p[1] >= thr).sum() for p in preds]) if preds else 0.0
+    return (f"| {name} | {len(truths)} | {sum(gs.values())} | {m['AP50']:.3f} | {m['recall']:.3f} | **{big:.3f}** | "
+            f"{rs['<32']} ({gs['<32']}) | {rs['32-96']} ({gs['32-96']}) | {rs['>96']} ({gs['>96']}) | {per:.2f} | "
+            f"{precision_at(preds, truths, thr):.3f} |")
 
 
 def throughput(model, images, device: str, batch_size: int, repeats: int = 1, precision: str = "fp32") -> float:
@@ -67,13 +117,26 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for the CPU timing")
     ap.add_argument("--batch-size", type=int, default=4, help="the sweep's default detector.batch_size")
+    ap.add_argument("--real-config", default=None,
+                    help="training config whose `datasets` give the real held-out photos (default: the "
+                         f"artifact's own, or {REAL_CONFIG} for an artifact trained without any, e.g. "
+                         "detector-v2); '' skips the real photos")
+    ap.add_argument("--real-limit", type=int, default=0, help="at most this many held-out photos per source")
+    ap.add_argument("--logo-free-crops", type=int, default=6, help="crops per logo-free sample photo")
+    ap.add_argument("--input-size", type=int, default=0, help="run the model at this input size instead")
     ap.add_argument("--write", default="", help="also write the report (markdown) to this path")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
 
     saved, _ = load_artifact(a.artifact)
     model, config = load_artifact(a.artifact, inference=True)  # BatchNorm folded, as a sweep's actors load it
-    cfg = replace(config_from(DetectorTrainConfig, config.get("train_config", {})), hard_scenes=True)
+    if a.input_size:
+        for mdl in (saved, model):
+            set_input_size(mdl, a.input_size)
+        config["arch_args"]["input_size"] = a.input_size
+    trained = config_from(DetectorTrainConfig, config.get("train_config", {}))
+    # the synthetic held-out scenes are the same for every model: no real-photo backgrounds
+    cfg = replace(trained, hard_scenes=True, datasets=(), onphoto_weight=0.0, threshold_on="synthetic")
     thr = float(config["score_thresh"])
     t0 = time.time()
     images, truths, tags, n_brands, n_inv = held_out_scenes(cfg, a.scenes, a.empty, a.seed)
@@ -98,14 +161,71 @@ def main(argv=None) -> int:
         gpu = f"{torch.cuda.get_device_name(0)}: " + ", ".join(
             f"{v:.1f} img/s at batch {k[0]} {k[1]}" for k, v in gpu_ips.items())
 
+    real_lines = []
+    rcfg = (load_config(DetectorTrainConfig, a.real_config) if a.real_config
+            else trained if trained.datasets and a.real_config is None
+            else load_config(DetectorTrainConfig, REAL_CONFIG) if a.real_config is None else None)
+    missing = [d.path for d in rcfg.datasets if not Path(d.path).is_dir()] if rcfg else []
+    if missing:
+        real_lines = ["## Real photographs, held out", "",
+                      f"Not measured: {', '.join(missing)} not found (see ../shared/data/real-photos/README.md).", ""]
+    elif rcfg is not None and rcfg.datasets:
+        real, split = real_heldout(model, config, rcfg, a.batch_size, a.real_limit)
+        allp = [p for v in real.values() for p in v[0]]
+        allt = [t for v in real.values() for t in v[1]]
+        free, n_free_src = logo_free_photos(a.logo_free_crops, a.seed)
+        fpred = detect_images(model, free, 0.05, batch_size=a.batch_size)
+        fp_free = {t: float(np.mean([(p[1] >= t).sum() for p in fpred])) for t in (0.2, 0.3, 0.4, 0.5, 0.6, thr)}
+        split_desc = "; ".join(
+            f"`{d.path}`: " + ", ".join(([f"every photo of {', '.join(d.heldout_classes)}"] if d.heldout_classes else [])
+                                        + ([f"the last {d.heldout_share:.0%} of each photo group"] if d.heldout_share else []))
+            for d in rcfg.datasets)
+        head = ("| photos | n | logos | AP50 | recall | recall >32 px | <32 px | 32–96 px | >96 px "
+                "| detections / photo | precision vs boxes |")
+        real_lines = [
+            "## Real photographs, held out",
+            "",
+            f"Never trained on, in any form ({split_desc}; the split of "
+            f"{'the artifact' if rcfg is trained else a.real_config or REAL_CONFIG}). "
+            f"{f'The first {a.real_limit} per source. ' if a.real_limit else ''}"
+            "Boxes in the photos' own pixels (longest side ≤ 640). Not every logo in these photos is "
+            "boxed, so precision against the boxes is a floor.",
+            f"Operating threshold **{thr}**.",
+            "",
+            head, "|---|---|---|---|---|---|---|---|---|---|---|",
+            *[real_row(n, *v, thr) for n, v in real.items()],
+            real_row("all", allp, allt, thr),
+            "",
+            "Other score thresholds (all held-out photos):",
+            "",
+            head, "|---|---|---|---|---|---|---|---|---|---|---|",
+            *[real_row(f"score ≥ {t}", allp, allt, t) for t in (0.2, 0.3, 0.4, 0.5, 0.6)],
+            "",
+            f"Logo-free real photos: {len(free)} crops (240–640 px) of the {n_free_src} scikit-image sample "
+            "photos `logoscan.synth.photos` keeps as logo-free (cat, coffee, camera man, bricks, grass, moon, "
+            "microscopy, a page of text...; astronaut, rocket, motorcycles and the logo left out). Their "
+            "logo-free parts were also backgrounds of synthetic training scenes, so this is no unseen set.",
+            "",
+            "| score threshold | false detections / logo-free photo |",
+            "|---|---|",
+            *[f"| {t}{' (operating)' if t == thr else ''} | {v:.3f} |" for t, v in sorted(fp_free.items())],
+            "",
+        ]
+
     rs, gs = m["recall_by_size"], m["gt_by_size"]
     n_gt = sum(gs.values())
     big = (rs["32-96"] * gs["32-96"] + rs[">96"] * gs[">96"]) / max(gs["32-96"] + gs[">96"], 1)
     lines = [
         f"# Detector benchmark: {config.get('version', '?')}",
         "",
-        f"Command: `python jobs/bench_detector.py --scenes {a.scenes} --empty {a.empty} --seed {a.seed}`",
-        f"(artifact `{a.artifact if a.artifact != default_artifact_path('detector') else 'logoscan/weights/detector'}`).",
+        f"Command: `python jobs/bench_detector.py --scenes {a.scenes} --empty {a.empty} --seed {a.seed}"
+        f"{f' --input-size {a.input_size}' if a.input_size else ''}`",
+        f"(artifact `{a.artifact if a.artifact != default_artifact_path('detector') else 'logoscan/weights/detector'}`,"
+        f" input {config['arch_args']['input_size']} px). Needs the real photos beside the project "
+        "(../shared/data/real-photos).",
+        "",
+        *real_lines,
+        "## Synthetic held-out scenes",
         "",
         f"Held-out scenes: {a.scenes} with 1–3 logos ({n_gt} logos) + {a.empty} logo-free, "
         f"{cfg.scene_px[0]}–{cfg.scene_px[1]} px, made in {gen_s:.0f} s from {n_brands} brands held out of "

@@ -42,6 +42,9 @@ class DetectActor:
         self.cfg = dataclasses.replace(det_cfg, precision=resolve_precision(det_cfg.precision, self.device))
         self.crop_size, self.crop_pad, self.max_pixels = crop_size, crop_pad, max_pixels
         self.model, self.model_cfg = Models.load("detector", det_cfg.artifact, self.device)
+        if det_cfg.input_size:
+            from logoscan.models.detector import set_input_size
+            set_input_size(self.model, det_cfg.input_size)
         get_logger(__name__).info("detector.loaded", device=self.device, precision=self.cfg.precision,
                                   batch_size=self.cfg.batch_size, threads=det_cfg.threads)
 

@@ -97,6 +97,9 @@ class DetectorConfig:
     # them it is emulated and slower. auto: bf16 where the actor's CPU or GPU has it, else fp32.
     # The embedder always runs in fp32 (distances are compared with calibrated thresholds)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # the longest side the detector sees; None = the artifact's own (512 for detector-v3). 320 runs
+    # the same model ~2x faster and misses more small logos (docs/bench/detector.md)
+    input_size: Annotated[int, Field(ge=64, le=2048)] | None = None
 
 
 @dataclass(frozen=True, config=STRICT)

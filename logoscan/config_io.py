@@ -64,13 +64,15 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def _field_dataclass(t):
-    """The dataclass a field holds, directly or as the values of a ``dict[str, X]``."""
+    """The dataclass a field holds, directly, as the values of a ``dict[str, X]`` ("mapping") or as
+    the items of a ``tuple[X, ...]`` / ``list[X]`` ("sequence")."""
     if dataclasses.is_dataclass(t):
         return t, False
-    if typing.get_origin(t) is dict:
-        args = typing.get_args(t)
-        if len(args) == 2 and dataclasses.is_dataclass(args[1]):
-            return args[1], True
+    origin, args = typing.get_origin(t), typing.get_args(t)
+    if origin is dict and len(args) == 2 and dataclasses.is_dataclass(args[1]):
+        return args[1], True
+    if origin in (tuple, list) and args and dataclasses.is_dataclass(args[0]):
+        return args[0], "sequence"
     return None, False
 
 
@@ -95,7 +97,13 @@ def check_keys(cls: type, data: dict[str, Any], where: str = "") -> None:
         at = f"{where}.{name}" if where else name
         if sub is None or v is None:
             continue
-        if not mapping:
+        if mapping == "sequence":
+            if not isinstance(v, (list, tuple)):
+                raise ConfigError(f"{at} must be a list, not {v!r}")
+            for i, x in enumerate(v):
+                if x is not None and not dataclasses.is_dataclass(x):
+                    check_keys(sub, x, f"{at}.{i}")
+        elif not mapping:
             if not dataclasses.is_dataclass(v):
                 check_keys(sub, v, at)
         elif isinstance(v, dict):

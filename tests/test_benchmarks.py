@@ -14,10 +14,20 @@ def _run(*args, timeout=600):
 
 
 def test_bench_detector_prints_its_table(tmp_path):
+    from test_yolo import make_yolo
+    root = make_yolo(tmp_path / "photos", {f"p_{i}": "0 0.375 0.4167 0.25 0.3333\n" for i in range(1, 9)})
+    (tmp_path / "real.yaml").write_text(f"datasets: [{{path: '{root}', heldout_share: 0.25}}]\n")
     out = _run("jobs/bench_detector.py", "--scenes", "4", "--empty", "2", "--threads", "1",
+               "--real-config", str(tmp_path / "real.yaml"), "--logo-free-crops", "1",
                "--write", str(tmp_path / "d.md"))
     assert "| AP50 | recall |" in out and "false det. / logo-free image" in out
+    assert "| photos | 2 | 2 |" in out              # the two held-out photos, one box each
+    assert "false detections / logo-free photo" in out
     assert "| AP50 | recall |" in (tmp_path / "d.md").read_text()
+    (tmp_path / "gone.yaml").write_text(f"datasets: [{{path: '{tmp_path / 'gone'}'}}]\n")
+    missing = _run("jobs/bench_detector.py", "--scenes", "2", "--empty", "1", "--threads", "1",
+                   "--real-config", str(tmp_path / "gone.yaml"))
+    assert "Not measured" in missing and "gone not found" in missing
 
 
 def test_bench_embedder_runs_the_ablation(tmp_path):

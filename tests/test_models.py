@@ -113,3 +113,37 @@ def test_detector_precision_is_checked_when_the_config_is_read():
         load(ScanConfig, None, ["detector.precision=fp16"])
     with pytest.raises(ConfigError, match="detector.batch_size=0.*greater than or equal to 1"):
         load(ScanConfig, None, ["detector.batch_size=0"])
+
+
+def test_detector_runs_at_another_input_size_and_the_store_keeps_them_apart(tmp_path):
+    """detector.input_size: the same model at a smaller size (the faster choice), boxes still in
+    the image's pixels; the embedding store keys the runs apart (different boxes)."""
+    import random
+
+    import numpy as np
+    from torchvision.ops import box_iou
+
+    from logoscan.config import ScanConfig
+    from logoscan.config_io import ConfigError, load
+    from logoscan.models.artifact import default_artifact_path, load_artifact
+    from logoscan.models.detector import detect_images, set_input_size
+    from logoscan.pipeline import open_store
+    from logoscan.synth.marks import demo_gallery
+    from logoscan.synth.scenes import make_scene
+
+    model, cfg = load_artifact(default_artifact_path("detector"), inference=True)
+    rng = random.Random(11)
+    im, planted = make_scene(rng, [m for *_, m in demo_gallery()][:1], size=(900, 700), logo_px=(200, 260),
+                             max_rot=0, n_clutter=0)
+    truth = torch.tensor([p.box for p in planted])
+    for size in (256, 384):
+        set_input_size(model, size)
+        assert model.transform.max_size == size
+        (boxes, _), = detect_images(model, [np.asarray(im)], cfg["score_thresh"])
+        assert len(boxes) and box_iou(torch.from_numpy(boxes), truth).max() >= 0.5, size
+    assert load(ScanConfig, None, ["detector.input_size=320"]).detector.input_size == 320
+    with pytest.raises(ConfigError, match="detector.input_size=8"):
+        load(ScanConfig, None, ["detector.input_size=8"])
+    a, b = (load(ScanConfig, None, o).detector for o in ([], ["detector.input_size=320"]))
+    from logoscan.config import OcrConfig
+    assert open_store(str(tmp_path), "m", a, OcrConfig()).key != open_store(str(tmp_path), "m", b, OcrConfig()).key

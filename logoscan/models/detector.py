@@ -71,6 +71,13 @@ class PresizedTransform(GeneralizedRCNNTransform):
         return image, target
 
 
+def set_input_size(model: FCOS, size: int) -> FCOS:
+    """In place: run the detector at ``size`` px (longest side) instead of its trained size. FCOS is
+    fully convolutional, so any size works; the boxes come back in the image's pixels either way."""
+    model.transform.min_size, model.transform.max_size = (int(size),), int(size)
+    return model
+
+
 def prepare_for_inference(model: nn.Module) -> nn.Module:
     """In place: the detector's transform expects images resized by ``detect_images``."""
     if isinstance(model, FCOS) and type(model.transform) is GeneralizedRCNNTransform:
