@@ -79,10 +79,13 @@ def add_job_flags(ap) -> None:
 
 def config_from(cls, saved: dict):
     """A training config dataclass from the ``train_config`` an artifact saved (JSON: lists back
-    to tuples; keys this version no longer knows are ignored)."""
+    to tuples, nested configs such as the detector's ``datasets`` back to dataclasses; keys this
+    version no longer knows are ignored)."""
     from dataclasses import fields
+
+    from logoscan import config_io
     known = {f.name for f in fields(cls)}
-    return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in saved.items() if k in known})
+    return config_io.build(cls, {k: v for k, v in saved.items() if k in known})
 
 
 def emit_report(report: str, path: str = "") -> None:
