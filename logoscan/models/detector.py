@@ -78,6 +78,13 @@ def set_input_size(model: FCOS, size: int) -> FCOS:
     return model
 
 
+def flush_denormals() -> None:
+    """Process-wide: treat subnormal floats as zero on the CPU. A detector fine-tuned on real photos
+    (detector-v3) produces subnormal activations that made its CPU inference 1.5x slower than the
+    same architecture's (7.0 against 10.6 images/s at 320 px); outputs differ by < 1e-37."""
+    torch.set_flush_denormal(True)
+
+
 def prepare_for_inference(model: nn.Module) -> nn.Module:
     """In place: the detector's transform expects images resized by ``detect_images``."""
     if isinstance(model, FCOS) and type(model.transform) is GeneralizedRCNNTransform:
