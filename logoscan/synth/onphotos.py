@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from logoscan.synth.marks import Mark, render
-from logoscan.synth.scenes import Planted, colourway, curve, ensure_contrast, perspective
+from logoscan.synth.scenes import Planted, colourway, curve, ensure_contrast, fits, perspective, visible_box
 
 PHOTO_EFFECTS = (("perspective", 0.35), ("curve", 0.15), ("shade", 0.6), ("gradient", 0.3),
                  ("emboss", 0.15), ("faint", 0.15))
@@ -84,13 +84,10 @@ def plant_on_photo(rng: random.Random, im: Image.Image, mark: Mark, size: int, t
             piece = curve(rng, piece)
         if "emboss" in effects:
             piece = _emboss(rng, piece)
-        bbox = piece.getchannel("A").point(lambda v: 255 if v > 40 else 0).getbbox()
-        if bbox is None:
+        box = visible_box(piece, x, y)
+        if box is None:
             return None
-        box = (x + bbox[0], y + bbox[1], x + bbox[2], y + bbox[3])
-        if box[2] > w or box[3] > h:
-            continue
-        if any(not (box[2] < t[0] or box[0] > t[2] or box[3] < t[1] or box[1] > t[3]) for t in taken):
+        if not fits(box, w, h, taken):
             continue
         if "shade" in effects:
             piece = _shade(piece, im.crop((x, y, x + piece.width, y + piece.height)), rng.uniform(0.5, 1.0))

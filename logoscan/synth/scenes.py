@@ -217,6 +217,19 @@ def occlude(rng: random.Random, im: Image.Image, box) -> None:
     ImageDraw.Draw(im).rectangle(r, fill=_rand_color(rng))
 
 
+def visible_box(piece: Image.Image, x: int, y: int):
+    """The box of what ``piece`` shows (alpha > 40) pasted at (x, y); None if it shows nothing."""
+    bbox = piece.getchannel("A").point(lambda v: 255 if v > 40 else 0).getbbox()
+    return None if bbox is None else (x + bbox[0], y + bbox[1], x + bbox[2], y + bbox[3])
+
+
+def fits(box, w: int, h: int, taken) -> bool:
+    """``box`` lies inside a w×h image and touches none of the boxes in ``taken``."""
+    if box[2] > w or box[3] > h:
+        return False
+    return not any(not (box[2] < t[0] or box[0] > t[2] or box[3] < t[1] or box[1] > t[3]) for t in taken)
+
+
 def plant(rng: random.Random, im: Image.Image, mark: Mark, size: int, max_rot: float,
           taken: list, region=None, hard: bool = False) -> Planted | None:
     """Paste ``mark`` at a random free place; returns its true box or None if it did not fit.
@@ -246,13 +259,10 @@ def plant(rng: random.Random, im: Image.Image, mark: Mark, size: int, max_rot: f
                 piece = perspective(rng, piece)
             if "curve" in effects:
                 piece = curve(rng, piece)
-        bbox = piece.getchannel("A").point(lambda v: 255 if v > 40 else 0).getbbox()
-        if bbox is None:
+        box = visible_box(piece, x, y)
+        if box is None:
             return None
-        box = (x + bbox[0], y + bbox[1], x + bbox[2], y + bbox[3])
-        if box[2] > w or box[3] > h:
-            continue
-        if any(not (box[2] < t[0] or box[0] > t[2] or box[3] < t[1] or box[1] > t[3]) for t in taken):
+        if not fits(box, w, h, taken):
             continue
         if "faint" in effects:  # a faint print: the logo blends 40-65% into what is under it
             piece.putalpha(piece.getchannel("A").point(lambda v, k=rng.uniform(0.4, 0.65): int(v * k)))
