@@ -1,8 +1,12 @@
-"""Train the class-agnostic logo detector (FCOS, EfficientNet-Lite0 + FPN) on product scenes.
+"""Train the class-agnostic logo detector (FCOS, EfficientNet-Lite0 + FPN) on a weighted mix of
+synthetic product scenes, synthetic logos planted on real photos, and labelled real photos.
 
 Scenes are made on the fly by `logoscan.synth.scenes`: backgrounds, products, text and barcode
 clutter that must not be detected, and 0–3 logos each (invented marks and brand icons; the demo's
-marks and a share of brands held out). Evaluation uses scenes built only from held-out logos.
+marks and a share of brands held out). Labelled photos come from YOLO folders (`datasets`, read by
+`logoscan.train.yolo`), split into train / a validation block (the operating threshold) / held out
+(never trained on; `jobs/bench_detector.py` measures on it), and are augmented as photos vary.
+`logoscan.synth.onphotos` plants synthetic logos on the real training photos, their boxes kept.
 """
 from __future__ import annotations
 
