@@ -334,6 +334,9 @@ def train(cfg: DetectorTrainConfig, resume: bool = True) -> dict:
 
         from logoscan.models.artifact import default_artifact_path
         src = default_artifact_path("detector") if cfg.init_from == "default" else cfg.init_from
+        if not (Path(src) / "model.safetensors").is_file():
+            raise SystemExit(f"init_from: no detector artifact at {src} (model.safetensors); make it first "
+                             "(e.g. jobs/configs/train_detector_v2.yaml), or set init_from: null")
         model.load_state_dict(load_file(str(Path(src) / "model.safetensors")))
         log.info("detector.init_from", artifact=src)
     elif cfg.imagenet_init:
