@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from logoscan.models.artifact import default_artifact_path, load_artifact
-from logoscan.models.detector import detect_images, flush_denormals, native_bf16, set_input_size
+from logoscan.models.detector import detect_images, native_bf16, set_input_size
 from logoscan.synth.marks import training_marks, unseen_invented
 from logoscan.train.common import config_from, emit_report
 from logoscan.config_io import load as load_config
@@ -127,7 +127,6 @@ def main(argv=None) -> int:
     ap.add_argument("--write", default="", help="also write the report (markdown) to this path")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    flush_denormals()  # as the sweep's detector actors do
 
     saved, _ = load_artifact(a.artifact)
     model, config = load_artifact(a.artifact, inference=True)  # BatchNorm folded, as a sweep's actors load it

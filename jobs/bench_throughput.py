@@ -121,9 +121,6 @@ def _models(inference: bool = True, threads: int | None = None):
 
     from logoscan.models import default_artifact_path, load_artifact
     torch.set_num_threads(threads or os.cpu_count())
-    if inference:  # as the sweep's detector actors run
-        from logoscan.models.detector import flush_denormals
-        flush_denormals()
     det, det_cfg = load_artifact(default_artifact_path("detector"), inference=inference)
     emb, emb_cfg = load_artifact(default_artifact_path("embedder"), inference=inference)
     return det, det_cfg, emb, emb_cfg

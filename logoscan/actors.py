@@ -42,8 +42,6 @@ class DetectActor:
         self.cfg = dataclasses.replace(det_cfg, precision=resolve_precision(det_cfg.precision, self.device))
         self.crop_size, self.crop_pad, self.max_pixels = crop_size, crop_pad, max_pixels
         self.model, self.model_cfg = Models.load("detector", det_cfg.artifact, self.device)
-        from logoscan.models.detector import flush_denormals
-        flush_denormals()
         if det_cfg.input_size:
             from logoscan.models.detector import set_input_size
             set_input_size(self.model, det_cfg.input_size)

@@ -7,6 +7,7 @@ on 2 CPU cores feasible (see ../shared/STACK.md).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import OrderedDict
 
@@ -78,11 +79,20 @@ def set_input_size(model: FCOS, size: int) -> FCOS:
     return model
 
 
-def flush_denormals() -> None:
-    """Process-wide: treat subnormal floats as zero on the CPU. A detector fine-tuned on real photos
-    (detector-v3) produces subnormal activations that made its CPU inference 1.5x slower than the
-    same architecture's (7.0 against 10.6 images/s at 320 px); outputs differ by < 1e-37."""
-    torch.set_flush_denormal(True)
+@contextlib.contextmanager
+def flushed_denormals(enabled: bool = True):
+    """Within the block, treat subnormal floats as zero on the CPU, then turn it back off. A
+    detector fine-tuned on real photos (detector-v3) produces subnormal activations that made its
+    CPU inference 1.5x slower than the same architecture's (7.0 against 10.6 images/s at 320 px);
+    outputs differ by < 1e-37. Scoped, not process-wide: the flag is global CPU state (hypothesis,
+    for one, refuses to run under it)."""
+    if enabled:
+        torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if enabled:
+            torch.set_flush_denormal(False)
 
 
 def prepare_for_inference(model: nn.Module) -> nn.Module:
@@ -157,7 +167,8 @@ def detect_images(model: FCOS, images: list[np.ndarray], score_thresh: float, de
         else:  # the model as saved: its transform resizes the full-size image
             tensors = images_to_tensors(images[i:i + batch_size], device)
             back = [torch.ones(4, device=device)] * len(tensors)
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"), \
+                flushed_denormals(device_type == "cpu"):
             preds = model(tensors)
         for p, f in zip(preds, back):
             keep = (p["labels"] == LOGO_LABEL) & (p["scores"] >= score_thresh)
