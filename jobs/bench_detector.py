@@ -28,7 +28,7 @@ from logoscan.models.detector import detect_images, native_bf16, set_input_size
 from logoscan.synth.marks import training_marks, unseen_invented
 from logoscan.train.common import config_from, emit_report
 from logoscan.config_io import load as load_config
-from logoscan.train.detector import (DetectorTrainConfig, detection_metrics, load_photo, precision_at,
+from logoscan.train.detector import (DetectorTrainConfig, detection_metrics, load_photo,
                                      real_split, scene_sample)
 
 REAL_CONFIG = "jobs/configs/train_detector.yaml"   # its `datasets` define the real held-out split
@@ -91,7 +91,7 @@ def real_row(name: str, preds, truths, thr: float) -> str:
     per = np.mean([(p[1] >= thr).sum() for p in preds]) if preds else 0.0
     return (f"| {name} | {len(truths)} | {sum(gs.values())} | {m['AP50']:.3f} | {m['recall']:.3f} | **{big:.3f}** | "
             f"{rs['<32']} ({gs['<32']}) | {rs['32-96']} ({gs['32-96']}) | {rs['>96']} ({gs['>96']}) | {per:.2f} | "
-            f"{precision_at(preds, truths, thr):.3f} |")
+            f"{m['precision']:.3f} |")
 
 
 def throughput(model, images, device: str, batch_size: int, repeats: int = 1, precision: str = "fp32") -> float:

@@ -189,6 +189,7 @@ class SceneStream(IterableDataset):
 
     def __init__(self, marks, cfg, seed, real: list | None = None):
         self.marks, self.cfg, self.seed, self.real = marks, cfg, seed, real or []
+        self.pool = [it for items in self.real for it in items]   # backgrounds for on-photo scenes
 
     def _sample(self, rng: random.Random):
         cfg = self.cfg
@@ -202,8 +203,7 @@ class SceneStream(IterableDataset):
             from PIL import Image
 
             from logoscan.synth.onphotos import scene_on_photo
-            pool = [it for items in self.real for it in items]
-            im, boxes = load_photo(rng.choice(pool))
+            im, boxes = load_photo(rng.choice(self.pool))
             n = rng.choices((1, 2, 3), weights=(0.5, 0.3, 0.2))[0]
             out, allb, _ = scene_on_photo(rng, Image.fromarray(im), boxes, rng.sample(self.marks, n))
             return augment_photo(rng, np.asarray(out, np.uint8), allb)
@@ -224,7 +224,8 @@ def _collate(batch):
 
 
 def detection_metrics(preds, truths, iou_thr=0.5, score_thr=0.3, tags=None) -> dict:
-    """AP50 (all-point), recall at ``score_thr`` overall and by size bucket, false detections
+    """AP50 (all-point), recall at ``score_thr`` overall and by size bucket, precision at
+    ``score_thr`` (detections that hit a true box, IoU ≥ 0.5, each box once), false detections
     per logo-free image. preds: [(boxes, scores)], truths: [boxes]. ``tags`` (optional): per image,
     per true box, a list of labels (e.g. the logo's source, the effects on it) → recall by tag."""
     from torchvision.ops import box_iou
@@ -267,9 +268,11 @@ def detection_metrics(preds, truths, iou_thr=0.5, score_thr=0.3, tags=None) -> d
             ap += (rec[i] - prev_r) * prec[i:].max()
             prev_r = rec[i]
     found = sum(v[0] for v in sizes.values())
+    above = [hit for sc, hit in recs if sc >= score_thr]   # greedy in score order: the same matches
     return {"AP50": round(float(ap), 4), "recall": round(found / max(n_gt, 1), 4),
             "recall_by_size": {k: (round(v[0] / v[1], 4) if v[1] else None) for k, v in sizes.items()},
             "gt_by_size": {k: v[1] for k, v in sizes.items()},
+            "precision": round(sum(above) / len(above), 4) if above else 1.0,
             "fp_per_empty_image": round(fp_empty / max(n_empty, 1), 4), "empty_images": n_empty,
             "score_thresh": score_thr,
             "recall_by_tag": {t: (round(v[0] / v[1], 4), v[1]) for t, v in sorted(by_tag.items())}}
@@ -290,34 +293,14 @@ def choose_threshold(preds, truths, max_fp: float) -> float:
     return 0.9
 
 
-def precision_at(preds, truths, score_thr: float, iou_thr: float = 0.5) -> float:
-    """Share of detections at or above ``score_thr`` that hit a true box (IoU ≥ 0.5, each box once)."""
-    from torchvision.ops import box_iou
-    tp = n = 0
-    for (pb, ps), tb in zip(preds, truths):
-        keep = ps >= score_thr
-        pb, ps = pb[keep][np.argsort(-ps[keep])], ps[keep]
-        n += len(pb)
-        if not len(pb) or not len(tb):
-            continue
-        iou = box_iou(torch.from_numpy(pb), torch.from_numpy(tb)).numpy()
-        used = np.zeros(len(tb), bool)
-        for i in range(len(pb)):
-            j = int(np.argmax(np.where(used, -1, iou[i])))
-            if iou[i, j] >= iou_thr and not used[j]:
-                used[j] = True
-                tp += 1
-    return tp / n if n else 1.0
-
-
 def choose_threshold_real(preds, truths) -> float:
     """The score threshold with the best F1 (recall and precision against the boxes, IoU ≥ 0.5) on
     real labelled photos. Real photos have unlabelled logos, so precision there is a floor and a
     precision target would push the threshold too high; F1 balances what the boxes can tell."""
     best, best_t = -1.0, 0.9
     for t in np.arange(0.10, 0.91, 0.05):
-        r = detection_metrics(preds, truths, score_thr=float(t))["recall"]
-        p = precision_at(preds, truths, float(t))
+        m = detection_metrics(preds, truths, score_thr=float(t))
+        r, p = m["recall"], m["precision"]
         f1 = 2 * p * r / (p + r) if p + r else 0.0
         if f1 > best + 1e-9:
             best, best_t = f1, round(float(t), 2)
