@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test browser train-extra train-embedder train-detector bench-embedder bench-detector bench-calibration bench-incremental bench-throughput bench-milvus-index drill-reliability fonts clean
+.PHONY: setup demo test browser train-extra train-embedder train-detector bench-embedder bench-embedder-real bench-real-sweep bench-detector bench-calibration bench-incremental bench-throughput bench-milvus-index drill-reliability fonts clean
 
 setup: $(VENV)/.installed
 
@@ -51,6 +51,19 @@ train-detector: train-extra
 # Benchmarks: print the tables committed under docs/bench/
 bench-embedder: train-extra fonts
 	$(PY) jobs/bench_embedder.py --write docs/bench/embedder.md
+# The embedder on real photos (../shared/data/real-photos): zero-shot on held-out car makes, gallery
+# views, the synthetic table beside it; the shipped embedder against embedder-v2
+bench-embedder-real: train-extra fonts build/embedder-v2/model.safetensors
+	$(PY) jobs/bench_embedder.py --no-ablation --artifact embedder-v2=build/embedder-v2 --write docs/bench/embedder_real.md
+# A sweep over real photos with a gallery of 378 clean logos and its default threshold
+bench-real-sweep: train-extra build/embedder-v2/model.safetensors
+	RAY_AUTH_MODE=disabled $(PY) jobs/bench_real_sweep.py --embedder embedder-v2=build/embedder-v2 \
+	  --embedder shipped=logoscan/weights/embedder --views clean --views $(ALL_VIEWS) --write docs/bench/real_sweep.md
+ALL_VIEWS = clean,inverted,dark_ground,mono_dark,mono_light,chrome
+# embedder-v2, the embedder before real photos, as committed in eafa88e
+build/embedder-v2/model.safetensors:
+	mkdir -p build/embedder-v2
+	for f in config.json model.safetensors MODEL_CARD.md; do git show eafa88e:logoscan/weights/embedder/$$f > build/embedder-v2/$$f; done
 bench-detector: train-extra
 	$(PY) jobs/bench_detector.py --write docs/bench/detector.md
 bench-calibration: setup

