@@ -43,8 +43,11 @@ train-extra: setup
 	$(PY) -m pip install -q -e '.[train,dev]'
 
 # Re-make the shipped default models
-train-embedder: train-extra fonts
-	$(PY) jobs/train_embedder.py --config jobs/configs/train_embedder.yaml
+# embedder-v3: embedder-v2 (as committed) fine-tuned on real photos in two stages; needs
+# ../shared/data/real-photos. embedder-v2's own recipe: jobs/configs/train_embedder.yaml
+train-embedder: train-extra fonts build/embedder-v2/model.safetensors
+	$(PY) jobs/train_embedder.py --config jobs/configs/train_embedder_real.yaml
+	$(PY) jobs/train_embedder.py --config jobs/configs/train_embedder_real2.yaml
 train-detector: train-extra
 	$(PY) jobs/train_detector.py --config jobs/configs/train_detector.yaml
 

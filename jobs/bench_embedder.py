@@ -187,10 +187,12 @@ def main(argv=None) -> int:
     r0 = rows[0][1]
     f = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
     lines = [
-        "# Embedder benchmark and ablation",
+        "# Embedder benchmark" + ("" if a.no_ablation else " and ablation"),
         "",
         f"Command: `python jobs/bench_embedder.py --config {a.config} --minutes {a.minutes:g}"
-        + "".join(f" --set {s}" for s in a.set) + f" --queries {a.queries}`",
+        + "".join(f" --set {s}" for s in a.set) + f" --queries {a.queries}"
+        + (" --no-ablation" if a.no_ablation else "") + "".join(f" --artifact {s}" for s in a.artifact)
+        + (f" --shipped {a.shipped or repr('')}" if a.shipped != default_artifact_path("embedder") else "") + "`",
         *([] if a.no_ablation else [
         f"(b) and (c): same data, sampler and budget ({base.max_minutes:g} min wall clock each on "
         f"{a.threads} CPU threads, batch {base.batch_size}, "

@@ -619,8 +619,10 @@ Zero-shot: gallery = one clean rendering per test class, queries = {cfg.eval_que
 | demo gallery marks (never trained on) | {dg['classes']} | {f(dg['recall@1'])} | {f(dg['recall@5'])} |
 
 {real_card(cfg, m)}
-The ablation (untrained init / proxy loss alone / + text hard negatives), the real-photo table with
-gallery-side views, and CPU throughput are in `docs/bench/embedder.md` (`python jobs/bench_embedder.py`).
+The ablation (untrained init / proxy loss alone / + text hard negatives) and CPU throughput are in
+`docs/bench/embedder.md` (`make bench-embedder`); the real-photo table with gallery-side views beside
+the synthetic one in `docs/bench/embedder_real.md` (`make bench-embedder-real`), a sweep over real
+photos in `docs/bench/real_sweep.md` (`make bench-real-sweep`).
 
 ## Reproduce
 ```
