@@ -49,7 +49,9 @@ def gallery_threshold(model, emb_cfg: dict, gallery: np.ndarray, labels: list[st
     shipped = emb_cfg.get("threshold_probes") or {}
     if "vectors" in shipped:
         low = {x.lower() for x in labels}
-        keep = np.array([nm.split(":")[-1].lower() not in low for nm in shipped["names"]], bool)
+        # a synthetic probe of a brand the gallery holds is no unknown logo to it
+        keep = np.array([k != "synthetic" or nm.lower() not in low
+                         for nm, k in zip(shipped["names"], shipped["kinds"])], bool)
         probes, kinds = shipped["vectors"][keep], np.array(shipped["kinds"])[keep]
         source = "artifact"
     else:

@@ -11,8 +11,8 @@ from logoscan.config_io import ConfigError
 from logoscan.feedback import FeedbackError
 from logoscan.gallery import GalleryError
 from logoscan.ocr import OcrUnavailable
-from logoscan.refviews import DEFAULT_VIEWS, VIEWS
 from logoscan.pipeline import ScanError
+from logoscan.refviews import DEFAULT_VIEWS, VIEWS
 from logoscan.review_app import ReviewError
 from logoscan.schema import SchemaError
 from logoscan.store import StoreError

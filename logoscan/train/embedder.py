@@ -323,7 +323,6 @@ def load_pool(cfg: EmbedderTrainConfig, cache_dir: Path) -> tuple[ExtraPool | No
     """The real-photo pool (made once, cached beside the synthetic views) and how many of each
     batch come from each of its sources."""
     import hashlib
-    import pickle
     shares = {"make": cfg.make_share, "instance": cfg.instance_share, "badge": cfg.badge_share}
     counts = {k: int(round(v * cfg.batch_size)) for k, v in shares.items() if v > 0}
     if not counts:
@@ -339,15 +338,18 @@ def load_pool(cfg: EmbedderTrainConfig, cache_dir: Path) -> tuple[ExtraPool | No
                 crop_views=cfg.crop_views, signboard_views=cfg.signboard_views, badge_views=cfg.badge_views,
                 sources=tuple(sorted(counts)))
     key = hashlib.sha1(repr(sorted(args.items())).encode() + _source_stamp()).hexdigest()[:12]
-    cache = cache_dir / f"realpool-{key}.pkl"
+    cache = cache_dir / f"realpool-{key}.npz"
     if cache.is_file():
-        pool = pickle.loads(cache.read_bytes())
+        with np.load(cache, allow_pickle=False) as z:
+            pool = ExtraPool(z["views"], z["labels"], z["clean"], z["sources"].tolist(), z["names"].tolist())
     else:
         t0 = time.time()
         pool = real_pool(cfg.real_data, log=log, **args)
         cache_dir.mkdir(parents=True, exist_ok=True)
-        cache.with_suffix(".tmp").write_bytes(pickle.dumps(pool, protocol=5))
-        cache.with_suffix(".tmp").rename(cache)
+        tmp = cache.with_suffix(".tmp.npz")
+        np.savez(tmp, views=pool.views, labels=pool.labels, clean=pool.clean,
+                 sources=np.array(pool.sources), names=np.array(pool.names))
+        tmp.rename(cache)
         log.info("embedder.real_pool_made", seconds=round(time.time() - t0, 1), cache=str(cache))
     return pool, counts
 
