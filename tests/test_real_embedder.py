@@ -69,7 +69,7 @@ def test_real_pool_never_holds_a_heldout_make(tmp_path):
     assert {"logo:audi", "logo:honda", "logo:opel"} <= names        # clean logos of the other makes
     by_source = {s: pool.sources.count(s) for s in ("make", "instance", "badge")}
     assert by_source == {"make": 2, "instance": 5, "badge": 3}       # 6 signboards, the last 15% held out
-    clean, photo = pool.class_views()
+    clean, photo, _ = pool.class_views()
     audi = pool.names.index("make:Audi")
     assert len(clean[audi]) == 2 and len(photo[audi]) == 4 * 2       # 4 photos x 2 crops each
     inst = pool.sources.index("instance")

@@ -15,13 +15,12 @@ resized to the embedder's input), as badges and marks are in catalogue and stree
 """
 from __future__ import annotations
 
-import io
 import random
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
-from logoscan.models.embedder import square_crop
+from logoscan.synth.crops import jittered_crop, jpeg
 from logoscan.synth.onphotos import _emboss, _gradient, _shade
 from logoscan.synth.scenes import _lum, mono_alpha, perspective, visible_box
 
@@ -60,12 +59,6 @@ def _motion_blur(rng: random.Random, im: Image.Image) -> Image.Image:
     if rng.random() < 0.5:
         k = k.T
     return im.filter(ImageFilter.Kernel((5, 5), k.ravel().tolist(), scale=float(k.sum())))
-
-
-def _jpeg(rng: random.Random, im: Image.Image) -> Image.Image:
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=rng.randint(30, 90))
-    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
 
 
 def _plate(rng: random.Random, piece: Image.Image) -> Image.Image:
@@ -126,9 +119,5 @@ def photo_view(rng: random.Random, logo: Image.Image, photo: Image.Image, size: 
         im = im.filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 1.5)))
     if rng.random() < 0.3:
         im = ImageOps.equalize(im)
-    w, h = box[2] - box[0], box[3] - box[1]
-    j = 0.1
-    box = (box[0] + rng.uniform(-j, j) * w, box[1] + rng.uniform(-j, j) * h,
-           box[2] + rng.uniform(-j, j) * w, box[3] + rng.uniform(-j, j) * h)
-    crop = square_crop(im, box, pad + rng.uniform(-0.05, 0.15), size)
-    return _jpeg(rng, crop) if rng.random() < 0.6 else crop
+    crop = jittered_crop(rng, im, box, size, pad)
+    return jpeg(rng, crop, (30, 90)) if rng.random() < 0.6 else crop

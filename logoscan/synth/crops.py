@@ -13,10 +13,20 @@ from logoscan.synth.marks import Mark, on_white, render
 from logoscan.synth.scenes import make_scene
 
 
-def jpeg(rng: random.Random, im: Image.Image) -> Image.Image:
+def jpeg(rng: random.Random, im: Image.Image, quality=(45, 95)) -> Image.Image:
     buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=rng.randint(45, 95))
+    im.save(buf, "JPEG", quality=rng.randint(*quality))
     return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+def jittered_crop(rng: random.Random, im: Image.Image, box, size: int, pad: float, j: float = 0.1,
+                  pad_jitter=(-0.05, 0.15)) -> Image.Image:
+    """A detection-like crop: the box moved by up to ``j`` of its size, the padding varied."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    w, h = x2 - x1, y2 - y1
+    b = (x1 + rng.uniform(-j, j) * w, y1 + rng.uniform(-j, j) * h,
+         x2 + rng.uniform(-j, j) * w, y2 + rng.uniform(-j, j) * h)
+    return square_crop(im, b, pad + rng.uniform(*pad_jitter), size)
 
 
 def clean_view(mark: Mark, size: int, pad: float) -> Image.Image:
@@ -33,10 +43,5 @@ def scene_view(rng: random.Random, mark: Mark, size: int, pad: float) -> Image.I
             break
     else:
         return clean_view(mark, size, pad)
-    x1, y1, x2, y2 = planted[0].box
-    w, h = x2 - x1, y2 - y1
-    j = 0.08
-    box = (x1 + rng.uniform(-j, j) * w, y1 + rng.uniform(-j, j) * h,
-           x2 + rng.uniform(-j, j) * w, y2 + rng.uniform(-j, j) * h)
-    crop = square_crop(scene, box, pad + rng.uniform(-0.05, 0.1), size)
+    crop = jittered_crop(rng, scene, planted[0].box, size, pad, j=0.08, pad_jitter=(-0.05, 0.1))
     return jpeg(rng, crop) if rng.random() < 0.5 else crop

@@ -232,7 +232,7 @@ def threshold_probes(model, config: dict, cfg: EmbedderTrainConfig, n_synthetic:
     names = [m.extra.get("slug") or m.text or m.key for m in marks]
     kinds = ["synthetic"] * len(marks)
     if cfg.real_data and Path(cfg.real_data, "signboards").is_dir():
-        from logoscan.train.realcrops import jittered_crop
+        from logoscan.synth.crops import jittered_crop
         from logoscan.train.yolo import load_yolo, split_heldout
         from PIL import Image
         _, held = split_heldout(load_yolo(Path(cfg.real_data, "signboards")), (), 0.15)
@@ -361,12 +361,10 @@ def _source_stamp() -> bytes:
     return Path(badges.__file__).read_bytes() + Path(realcrops.__file__).read_bytes()
 
 
-def pool_batch(rng: np.random.Generator, pool: ExtraPool, class_views, counts: dict[str, int],
-               clean_p: float) -> np.ndarray:
+def pool_batch(rng: np.random.Generator, class_views, counts: dict[str, int], clean_p: float) -> np.ndarray:
     """Indices into the pool: ``counts[source]`` random classes of each source, one view each (its
     clean reference view with chance ``clean_p`` where it has one, else a photo view)."""
-    clean_idx, photo_idx = class_views
-    by_source = {s: np.flatnonzero(np.array(pool.sources) == s) for s in counts}
+    clean_idx, photo_idx, by_source = class_views
     out = []
     for src, n in counts.items():
         for c in rng.choice(by_source[src], n):
@@ -450,7 +448,7 @@ def train(cfg: EmbedderTrainConfig, resume: bool = True, cache_dir: str | None =
             idx = torch.randint(0, len(flat), (n_syn,), generator=g)
         x, y = flat[idx], labels_all[idx]
         if n_pool:
-            pidx = torch.from_numpy(pool_batch(pool_rng, pool, pool_classes, counts, cfg.clean_p))
+            pidx = torch.from_numpy(pool_batch(pool_rng, pool_classes, counts, cfg.clean_p))
             x, y = torch.cat([x, pool_x[pidx]]), torch.cat([y, pool_y[pidx]])
         x = x.permute(0, 3, 1, 2).float().div(255)
         x = _augment_batch(x)

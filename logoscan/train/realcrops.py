@@ -11,6 +11,7 @@ Training and evaluation only: the runtime never reads these sets.
 """
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from PIL import Image
 
 from logoscan.images import decode
 from logoscan.models.embedder import embed_crops, square_crop
+from logoscan.synth.crops import jittered_crop
 from logoscan.train.yolo import load_yolo, split_heldout
 
 # badge class (car-badges/classes.txt) → clean logo file stem (car-logos-clean/); None: the clean
@@ -96,12 +98,19 @@ def real_zero_shot(model, config: dict, data_dir: str | Path, heldout_makes=HELD
     if gallery_embeddings is None:
         gallery_embeddings = embed_crops(model, config, [clean_logo(f, size, pad) for f in files])
         gallery_labels = names
-    _, held = split_badges(data_dir / "car-badges", heldout_makes)
-    q = badge_crops(data_dir / "car-badges", held, size, pad)
+    crops, logos = heldout_queries(str(data_dir), tuple(heldout_makes), size, pad)
+    return retrieval_report(embed_crops(model, config, list(crops)), list(logos), gallery_embeddings,
+                            gallery_labels, names, ks) | {"heldout_makes": list(heldout_makes)}
+
+
+@functools.lru_cache(maxsize=4)
+def heldout_queries(data_dir: str, heldout_makes: tuple, size: int, pad: float) -> tuple[tuple, tuple]:
+    """(badge crops of ``heldout_makes``, their makes' logo stems), cut once per process: a benchmark
+    measures several models and galleries on the same queries."""
+    _, held = split_badges(Path(data_dir) / "car-badges", heldout_makes)
+    q = badge_crops(Path(data_dir) / "car-badges", held, size, pad)
     keep = [i for i, m in enumerate(q.makes) if m in set(heldout_makes)]  # not a kept make beside one
-    qe = embed_crops(model, config, [q.crops[i] for i in keep])
-    return retrieval_report(qe, [MAKE_LOGO[q.makes[i]] for i in keep], gallery_embeddings, gallery_labels,
-                            names, ks) | {"heldout_makes": list(heldout_makes)}
+    return tuple(q.crops[i] for i in keep), tuple(MAKE_LOGO[q.makes[i]] for i in keep)
 
 
 def retrieval_report(q: np.ndarray, q_logo: list[str], gal: np.ndarray, gal_labels: list[str],
@@ -132,15 +141,6 @@ def retrieval_report(q: np.ndarray, q_logo: list[str], gal: np.ndarray, gal_labe
     return rep
 
 
-def jittered_crop(rng: random.Random, im: Image.Image, box, size: int, pad: float, j: float = 0.1) -> Image.Image:
-    """A detection-like crop: the box moved by up to ``j`` of its size, the padding varied."""
-    x1, y1, x2, y2 = (float(v) for v in box)
-    w, h = x2 - x1, y2 - y1
-    b = (x1 + rng.uniform(-j, j) * w, y1 + rng.uniform(-j, j) * h,
-         x2 + rng.uniform(-j, j) * w, y2 + rng.uniform(-j, j) * h)
-    return square_crop(im, b, pad + rng.uniform(-0.05, 0.15), size)
-
-
 @dataclass
 class ExtraPool:
     """Training views beside the synthetic classes: uint8 [N, S, S, 3] views, their class (0-based
@@ -153,14 +153,17 @@ class ExtraPool:
     sources: list[str]
     names: list[str]
 
-    def class_views(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Per class, (indices of its clean views, indices of its photo views)."""
+    def class_views(self) -> tuple[list[np.ndarray], list[np.ndarray], dict[str, np.ndarray]]:
+        """Per class, (indices of its clean views, indices of its photo views), and the classes of
+        each source: the index a batch sampler needs, made once."""
         n = len(self.sources)
         clean = [[] for _ in range(n)]
         photo = [[] for _ in range(n)]
         for i, (c, k) in enumerate(zip(self.labels, self.clean)):
             (clean if k else photo)[int(c)].append(i)
-        return [np.array(v, np.int64) for v in clean], [np.array(v, np.int64) for v in photo]
+        sources = np.array(self.sources)
+        return ([np.array(v, np.int64) for v in clean], [np.array(v, np.int64) for v in photo],
+                {s: np.flatnonzero(sources == s) for s in set(self.sources)})
 
 
 def real_pool(data_dir: str | Path, size: int, pad: float, seed: int = 0, heldout_makes=HELDOUT_MAKES,
