@@ -97,17 +97,23 @@ class OcrActor:
 
 
 class MatchActor:
-    """Owns a Milvus client; match + decide. The sweep's driver holds the one instance (a Milvus
-    Lite .db must have a single owner process)."""
+    """Owns a Milvus client; match + decide. A Ray Data actor pool of them searches a Milvus server
+    (the run serves an embedded .db on loopback: logoscan.lite_server); the in-process engine and
+    ``ray.matcher_actors: 0`` hold one instance in the driver. ``keep_embedding``: the batch keeps
+    its embeddings for the embedding store's writer."""
 
     def __init__(self, milvus_uri: str, collection: str, match_cfg, policy, thresholds,
-                 embedder_version: str, run_id: str, ocr_cfg=None):
+                 embedder_version: str, run_id: str, ocr_cfg=None, keep_embedding: bool = False):
         from logoscan.gallery import Matcher
         configure(run_id)
         self.matcher = Matcher(milvus_uri, collection, expect_embedder=embedder_version,
                                unavailable_s=match_cfg.unavailable_s)
         self.cfg, self.policy, self.thresholds, self.ocr = match_cfg, policy, thresholds, ocr_cfg
+        self.keep_embedding = keep_embedding
 
     def __call__(self, batch: dict) -> dict:
-        return metered("match", lambda b: stages.decide(stages.match(b, self.matcher, self.cfg, self.ocr),
-                                                        self.policy, self.thresholds), batch)
+        out = metered("match", lambda b: stages.decide(stages.match(b, self.matcher, self.cfg, self.ocr),
+                                                       self.policy, self.thresholds), batch)
+        if self.keep_embedding and "embedding" in batch:
+            out["embedding"] = batch["embedding"]
+        return out

@@ -163,6 +163,10 @@ class RayConfig:
     embedder_actors: NonNegative = 0
     num_gpus_per_actor: Annotated[float, Field(ge=0.0)] = 0.0  # > 0 puts detector and embedder actors on GPUs
     cpus_per_actor: Annotated[float, Field(gt=0.0)] = 0.5
+    # matcher actors searching Milvus (a server URI; an embedded .db is served on loopback for the
+    # run). 0: the driver matches with one client (the old path, kept for comparison)
+    matcher_actors: NonNegative = 1
+    matcher_cpus: Annotated[float, Field(gt=0.0)] = 0.25  # each: a client; the search runs in Milvus
 
 
 @dataclass(frozen=True, config=STRICT)
@@ -210,6 +214,8 @@ class RematchConfig:
     run_date: Str | None = None
     previous: Str | None = None             # match version to compare with; None = the last one seen
     all_flags: bool = False                 # write every flag, not only the new ones
+    engine: Literal["ray", "local"] = "ray"  # ray: a matcher actor pool; local: the driver matches
+    ray: RayConfig = RayConfig()
     detector: DetectorConfig = DetectorConfig()
     embedder: EmbedderConfig = EmbedderConfig()
     match: MatchConfig = MatchConfig()

@@ -29,6 +29,7 @@ from logoscan.calibration import read_calibration, resolve_thresholds
 from logoscan.checkpoint import Checkpoint, fingerprint
 from logoscan.config import RematchConfig, ScanConfig
 from logoscan.gallery import GalleryError, MilvusUnavailable, connect, read_metadata, redact
+from logoscan.lite_server import serving
 from logoscan.log import configure, get_logger
 from logoscan.models import default_artifact_path
 from logoscan.runlock import RunLock
@@ -225,7 +226,7 @@ def _run_local(manifest: pa.Table, cfg: ScanConfig, ctx: dict, col: Collector) -
     # after the actors: each sets the (process-wide) thread count for itself, and the embedder's
     # single thread left the detector on one core (half the in-process engine's throughput)
     torch.set_num_threads(max(cfg.detector.threads, cfg.embedder.threads))
-    mat = MatchActor(cfg.milvus_uri, cfg.collection, cfg.match, cfg.policy, ctx["thresholds"],
+    mat = MatchActor(ctx["milvus_uri"], cfg.collection, cfg.match, cfg.policy, ctx["thresholds"],
                      ctx["embedder_version"], ctx["run_id"], cfg.ocr)
     timings = Counter()
     try:
@@ -261,12 +262,13 @@ def init_ray(rcfg) -> None:
 FREE_FOR_RAY_DATA = 0.75  # measured on 2 CPUs: 0.75 free ran, 0.5 and 0.25 free stalled
 
 
-def actor_cpus(r, n_actors: int, cluster_cpus: float) -> float:
+def actor_cpus(r, n_actors: int, cluster_cpus: float, matchers: int = 0) -> float:
     """CPUs each model actor reserves. Ray Data's own tasks (reading and splitting the manifest)
     need CPU left over: with detector + OCR + embedder actors at 0.5 each on 2 CPUs the sweep
     stalled with every actor idle and no error. So the reservation is lowered to leave
-    ``FREE_FOR_RAY_DATA`` besides the fetch tasks' 0.25, and a warning says so."""
-    free = cluster_cpus - 0.25 - FREE_FOR_RAY_DATA  # the fetch tasks hold 0.25
+    ``FREE_FOR_RAY_DATA`` besides the fetch tasks' 0.25 and the matcher actors' own reservation,
+    and a warning says so."""
+    free = cluster_cpus - 0.25 - FREE_FOR_RAY_DATA - matchers * r.matcher_cpus  # the fetch tasks hold 0.25
     if n_actors * r.cpus_per_actor <= free or n_actors == 0:
         return r.cpus_per_actor
     cpa = max(round(free / n_actors, 3), 0.05)
@@ -290,7 +292,7 @@ def _run_ray(manifest: pa.Table, cfg: ScanConfig, ctx: dict, col: Collector) -> 
     fused = r.embedder_actors == 0 and not cfg.ocr.enabled
     n_emb = 0 if fused else max(1, r.embedder_actors)
     cpa = actor_cpus(r, r.detector_actors + n_emb + (cfg.ocr.actors if cfg.ocr.enabled else 0),
-                     ray.cluster_resources().get("CPU", 0.0))
+                     ray.cluster_resources().get("CPU", 0.0), r.matcher_actors)
     n_blocks = max(1, math.ceil(manifest.num_rows / r.fetch_batch))
     ds = ray.data.from_arrow(manifest.select(list(stages.KEYS))).repartition(n_blocks)
     ds = ds.map_batches(fetch, fn_kwargs={"cfg": cfg.fetch}, batch_size=r.fetch_batch,
@@ -312,19 +314,34 @@ def _run_ray(manifest: pa.Table, cfg: ScanConfig, ctx: dict, col: Collector) -> 
                             batch_size=cfg.embedder.batch_size, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=n_emb),
                             num_cpus=cpa, num_gpus=gpus)
-    # The driver matches the embedded batches itself: with Milvus Lite it must (one process owns
-    # the .db), and with a server URI a Ray Data matcher actor pool hung on a 2-CPU node (see
-    # README "Known limits"); batched searches from one client keep up with the models here.
-    owner = MatchActor(milvus_uri=cfg.milvus_uri, collection=cfg.collection, match_cfg=cfg.match,
-                       policy=cfg.policy, thresholds=ctx["thresholds"],
-                       embedder_version=ctx["embedder_version"], run_id=ctx["run_id"], ocr_cfg=cfg.ocr)
-    try:
-        for b in ds.iter_batches(batch_format="numpy", batch_size=cfg.match.search_batch):
-            col.capture(b)
-            col.add(owner(b))
-    finally:
-        owner.matcher.close()
+    if not r.matcher_actors:  # the driver matches, with one client (ray.matcher_actors: 0)
+        owner = _match_actor(cfg, ctx)
+        try:
+            for b in ds.iter_batches(batch_format="numpy", batch_size=cfg.match.search_batch):
+                col.capture(b)
+                col.add(owner(b))
+        finally:
+            owner.matcher.close()
+        return {}
+    ds = ds.map_batches(MatchActor, fn_constructor_kwargs=_match_kwargs(cfg, ctx, keep_embedding=col.writer is not None),
+                        batch_size=cfg.match.search_batch, batch_format="numpy",
+                        compute=ray.data.ActorPoolStrategy(size=r.matcher_actors), num_cpus=r.matcher_cpus)
+    for b in ds.iter_batches(batch_format="numpy", batch_size=None):
+        col.capture(b)
+        b.pop("embedding", None)
+        col.add(b)
     return {}
+
+
+def _match_kwargs(cfg, ctx: dict, keep_embedding: bool = False) -> dict:
+    return dict(milvus_uri=ctx["milvus_uri"], collection=cfg.collection, match_cfg=cfg.match, policy=cfg.policy,
+                thresholds=ctx["thresholds"], embedder_version=ctx["embedder_version"], run_id=ctx["run_id"],
+                ocr_cfg=cfg.ocr, keep_embedding=keep_embedding)
+
+
+def _match_actor(cfg, ctx: dict):
+    from logoscan.actors import MatchActor
+    return MatchActor(**_match_kwargs(cfg, ctx))
 
 
 # ------------------------------------------------------------------ the run
@@ -351,9 +368,10 @@ def _run_ids(cfg, prefix: str) -> tuple[datetime, str, str]:
     return started, run_id, run_date
 
 
-def _gallery(cfg, emb_cfg: dict) -> tuple[dict, dict | None, object, str]:
-    """The gallery's metadata and calibration, and the thresholds this run applies."""
-    client = connect(cfg.milvus_uri)
+def _gallery(cfg, emb_cfg: dict, uri: str) -> tuple[dict, dict | None, object, str]:
+    """The gallery's metadata and calibration (from Milvus at ``uri``: the run's own URI, an
+    embedded .db being served), and the thresholds this run applies."""
+    client = connect(uri)
     try:
         gmeta = read_metadata(client, cfg.collection)  # an alias: pinned to its version for this run
         calibration = read_calibration(client, gmeta["collection"], gmeta)
@@ -451,21 +469,45 @@ def _allowed(uri, roots) -> bool:
         return False
 
 
-def _run_stored(store: Store, wanted: dict, cfg, ctx: dict, col: Collector) -> float:
-    """Match images from the embedding store: no fetch, decode, detect or embed."""
-    from logoscan.actors import MatchActor
+def _run_stored(store: Store, wanted: dict, cfg, ctx: dict, col: Collector, engine: str, r) -> float:
+    """Match images from the embedding store: no fetch, decode, detect or embed. ``ray`` with
+    matcher actors: Ray Data tasks read the store's parts (one part a task: an image's rows are in
+    one part, so they stay together without a shuffle) and the matcher actor pool searches; else
+    the driver reads and matches with one client."""
     if not wanted:
         return 0.0
-    owner = MatchActor(milvus_uri=cfg.milvus_uri, collection=cfg.collection, match_cfg=cfg.match,
-                       policy=cfg.policy, thresholds=ctx["thresholds"],
-                       embedder_version=ctx["embedder_version"], run_id=ctx["run_id"], ocr_cfg=cfg.ocr)
-    t0 = time.perf_counter()  # the matching loop (store reads, searches, decisions), not the connect
+    t0 = time.perf_counter()  # the matching loop (store reads, searches, decisions)
+    if engine == "ray" and r.matcher_actors:
+        import ray
+
+        from logoscan.actors import MatchActor
+        by_file: dict[str, list] = {}
+        for key, f in wanted.items():
+            by_file.setdefault(f, []).append(key)
+        ds = ray.data.from_items([{"part": f, "keys": keys} for f, keys in sorted(by_file.items())],
+                                 override_num_blocks=len(by_file))
+        ds = ds.map_batches(_read_parts, fn_kwargs={"store": store, "batch_rows": cfg.match.search_batch},
+                            batch_size=1, batch_format="pyarrow", num_cpus=0.25)
+        ds = ds.map_batches(MatchActor, fn_constructor_kwargs=_match_kwargs(cfg, ctx),
+                            batch_size=cfg.match.search_batch, batch_format="numpy",
+                            compute=ray.data.ActorPoolStrategy(size=r.matcher_actors), num_cpus=r.matcher_cpus)
+        for b in ds.iter_batches(batch_format="numpy", batch_size=None):
+            col.add(b, status="reused")
+        return round(time.perf_counter() - t0, 3)
+    owner = _match_actor(cfg, ctx)
     try:
         for b in store.entries(wanted, cfg.match.search_batch):
             col.add(owner(b), status="reused")
     finally:
         owner.matcher.close()
     return round(time.perf_counter() - t0, 3)
+
+
+def _read_parts(items: pa.Table, store: Store, batch_rows: int):
+    """A Ray Data task: the stored regions of the wanted images of one store part, as batches."""
+    for part, keys in zip(items.column("part").to_pylist(), items.column("keys").to_pylist()):
+        for b in store.entries({tuple(k): part for k in keys}, batch_rows):
+            yield b
 
 
 def run_scan(cfg: ScanConfig) -> dict:
@@ -483,22 +525,24 @@ def run_scan(cfg: ScanConfig) -> dict:
     t0 = time.time()
     manifest = read_manifest(cfg.manifest, tuple(cfg.carry_columns))  # errors here: before any work
     with RunLock(cfg.out, run_id):  # one run id on one --out at a time
-        return _scan(cfg, manifest, started, t0, run_id, run_date)
+        if cfg.engine == "ray":
+            # before any Milvus client: gRPC threads in the driver break the Ray head's fork
+            init_ray(cfg.ray)
+        with serving(cfg.milvus_uri, enabled=cfg.engine == "ray" and cfg.ray.matcher_actors > 0) as uri:
+            return _scan(cfg, manifest, started, t0, run_id, run_date, uri)
 
 
-def _scan(cfg: ScanConfig, manifest: pa.Table, started: datetime, t0: float, run_id: str, run_date: str) -> dict:
+def _scan(cfg: ScanConfig, manifest: pa.Table, started: datetime, t0: float, run_id: str, run_date: str,
+          uri: str) -> dict:
     cfg = dataclasses.replace(cfg, fetch=dataclasses.replace(cfg.fetch, allowed_roots=allowed_roots(cfg)))
     identified, unidentified = split_unidentified(manifest)
     unique, dups = split_duplicates(identified)
-    if cfg.engine == "ray":
-        # before any Milvus client: gRPC threads in the driver break the Ray head's fork
-        init_ray(cfg.ray)
     det_cfg = artifact_config("detector", cfg.detector.artifact)
     emb_cfg = artifact_config("embedder", cfg.embedder.artifact)
-    gmeta, calibration, thresholds, mode = _gallery(cfg, emb_cfg)
+    gmeta, calibration, thresholds, mode = _gallery(cfg, emb_cfg, uri)
     cfg = _pin_gallery(cfg, gmeta)
     ctx = {"run_id": run_id, "crop_size": emb_cfg["input_size"], "crop_pad": emb_cfg["crop_pad"],
-           "thresholds": thresholds, "embedder_version": emb_cfg["version"]}
+           "thresholds": thresholds, "embedder_version": emb_cfg["version"], "milvus_uri": uri}
     model_version = f"{det_cfg['version']}+{emb_cfg['version']}"
     ckpt, resumed = _resume(cfg, run_id, unique, model_version, gmeta["gallery_version"], thresholds)
     if resumed:
@@ -521,7 +565,7 @@ def _scan(cfg: ScanConfig, manifest: pa.Table, started: datetime, t0: float, run
     stage_s = {}
     try:
         if reuse:
-            stage_s["stored_match"] = _run_stored(store, reuse, cfg, ctx, col)
+            stage_s["stored_match"] = _run_stored(store, reuse, cfg, ctx, col, cfg.engine, cfg.ray)
         if to_scan.num_rows:
             stage_s.update((_run_local if cfg.engine == "local" else _run_ray)(to_scan, cfg, ctx, col))
     except MilvusUnavailable as e:
@@ -636,10 +680,13 @@ def run_rematch(cfg: RematchConfig) -> dict:
     started, run_id, run_date = _run_ids(cfg, "rematch")
     configure(run_id)
     with RunLock(cfg.out, run_id):
-        return _rematch(cfg, started, run_id, run_date)
+        if cfg.engine == "ray":
+            init_ray(cfg.ray)  # before any Milvus client
+        with serving(cfg.milvus_uri, enabled=cfg.engine == "ray" and cfg.ray.matcher_actors > 0) as uri:
+            return _rematch(cfg, started, run_id, run_date, uri)
 
 
-def _rematch(cfg: RematchConfig, started: datetime, run_id: str, run_date: str) -> dict:
+def _rematch(cfg: RematchConfig, started: datetime, run_id: str, run_date: str, uri: str) -> dict:
     t0 = time.time()
     det_cfg = artifact_config("detector", cfg.detector.artifact)
     emb_cfg = artifact_config("embedder", cfg.embedder.artifact)
@@ -653,15 +700,15 @@ def _rematch(cfg: RematchConfig, started: datetime, run_id: str, run_date: str) 
     if cfg.manifest:
         keep = set(zip(*(read_manifest(cfg.manifest).column(k).to_pylist() for k in ("item_id", "image_id"))))
         index = {k: v for k, v in index.items() if k in keep}
-    gmeta, calibration, thresholds, mode = _gallery(cfg, emb_cfg)
+    gmeta, calibration, thresholds, mode = _gallery(cfg, emb_cfg, uri)
     cfg = _pin_gallery(cfg, gmeta)
     version = match_version(gmeta["gallery_version"], thresholds, cfg.ocr)
     previous = cfg.previous or store.previous_match(version)
-    ctx = {"run_id": run_id, "thresholds": thresholds, "embedder_version": emb_cfg["version"]}
+    ctx = {"run_id": run_id, "thresholds": thresholds, "embedder_version": emb_cfg["version"], "milvus_uri": uri}
     log.info("rematch.start", store=redact(cfg.store), key=store.key, images=len(index), match_version=version,
              previous=previous, collection=cfg.collection)
     col = Collector(len(index))
-    seconds = _run_stored(store, {k: part for k, (_, part) in index.items()}, cfg, ctx, col)
+    seconds = _run_stored(store, {k: part for k, (_, part) in index.items()}, cfg, ctx, col, cfg.engine, cfg.ray)
     content = {k: ck for k, (ck, _) in index.items()}
     shown = set() if cfg.all_flags else (store.read_flags(previous) if previous else set()) | store.read_flags(
         version, before_run=run_id)

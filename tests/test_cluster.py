@@ -122,3 +122,82 @@ def test_sweep_submitted_through_the_jobs_api_as_ci_does(ray_head, sample, tmp_p
                          env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert bad.returncode != 0
     assert "FAILED" in bad.stderr and "no-such-manifest" in bad.stdout + bad.stderr
+
+
+TWO_NODES = r"""
+import json, os, sys
+import ray
+from ray.cluster_utils import Cluster
+from dataclasses import replace
+from logoscan.config import PolicyConfig, RayConfig, RematchConfig, ScanConfig
+
+args = json.loads(sys.argv[1])
+# the driver's node has no CPU: every Ray Data task and actor runs on the worker node
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+cluster.add_node(num_cpus=2)
+cluster.wait_for_nodes()
+ray.init(address=cluster.address)
+try:
+    from logoscan.pipeline import run_rematch, run_scan
+    ray_cfg = RayConfig(address=cluster.address, fetch_batch=4, matcher_actors=2)
+    policy = PolicyConfig(default_threshold=args["threshold"])
+    s = run_scan(ScanConfig(manifest=args["manifest"], milvus_uri=args["milvus"], out=args["out"], run_id="two-nodes",
+                            run_date="2026-11-30", policy=policy, ray=ray_cfg))
+    r = run_rematch(RematchConfig(store=os.path.join(args["out"], "store"), milvus_uri=args["milvus"],
+                                  out=args["rematch_out"], run_id="two-nodes-rematch", run_date="2026-11-30",
+                                  policy=policy, all_flags=True, ray=ray_cfg))
+    nodes = {n["NodeID"]: n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]}
+    print("RESULT " + json.dumps({"scan": s["outputs"], "rematch": r["outputs"], "nodes": sorted(nodes.values()),
+                                  "rows": [s["rows_in"], s["rows_scanned"], s["rows_reused"], s["rows_errored"]]}))
+finally:
+    ray.shutdown()
+    cluster.shutdown()
+"""
+
+
+def _flagged(outputs: dict) -> set:
+    return {(r["item_id"], r["image_id"], tuple(round(v) for v in r["box"]), r["label"], r["logo_id"])
+            for p in outputs["queues"].values() for r in pq.read_table(p).to_pylist()}
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_two_node_cluster_gives_the_single_node_flags(sample, tmp_path):
+    """Two raylets on this machine (ray.cluster_utils.Cluster): the driver on a node with no CPU,
+    fetch/detect/embed and a pool of two matcher actors on the other, the gallery's .db served
+    on loopback for the run. Its scan and rematch flag exactly what the in-process engine flags."""
+    import json
+    import shutil
+
+    import ray
+
+    from logoscan.config import PolicyConfig, RematchConfig, ScanConfig
+    from logoscan.gallery import release_lite
+    from logoscan.pipeline import run_rematch, run_scan
+
+    ray.shutdown()  # the session's local Ray; the child process starts the two-node cluster
+    release_lite(sample["milvus"])
+    db = str(tmp_path / "gallery.db")
+    shutil.copytree(sample["milvus"], db)
+    policy = PolicyConfig(default_threshold=sample["meta"]["default_threshold"])
+    single = run_scan(ScanConfig(manifest=sample["manifest"], milvus_uri=db, out=str(tmp_path / "single"),
+                                 run_id="one-node", run_date="2026-11-30", engine="local", policy=policy))
+    single_re = run_rematch(RematchConfig(store=str(tmp_path / "single" / "store"), milvus_uri=db,
+                                          out=str(tmp_path / "single-rematch"), run_id="one-node-rematch",
+                                          run_date="2026-11-30", engine="local", policy=policy, all_flags=True))
+    release_lite(db)
+    args = {"manifest": sample["manifest"], "milvus": db, "out": str(tmp_path / "two"),
+            "rematch_out": str(tmp_path / "two-rematch"), "threshold": sample["meta"]["default_threshold"]}
+    env = _env()
+    env.pop("RAY_ADDRESS", None)
+    p = subprocess.run([sys.executable, "-c", TWO_NODES, json.dumps(args)], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=600)
+    line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    assert p.returncode == 0 and line, p.stdout[-3000:] + p.stderr[-3000:]
+    two = json.loads(line[len("RESULT "):])
+    assert two["nodes"] == [0, 2]  # the driver's CPU-less head and the worker node
+    rows_in, scanned, reused, errored = two["rows"]
+    assert rows_in == single["rows_in"] and rows_in == scanned + reused + errored
+    assert _flagged(two["scan"]) == _flagged(single["outputs"]) and _flagged(single["outputs"])
+    assert _flagged(two["rematch"]) == _flagged(single_re["outputs"]) and _flagged(single_re["outputs"])
+    assert pq.read_table(two["scan"]["errors"]).num_rows == pq.read_table(single["outputs"]["errors"]).num_rows
