@@ -37,12 +37,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from logoscan.calibration import (Thresholds, _decisions, calibrate, load_crops, outcome,
-                                  read_labelled_crops)
+from logoscan.calibration import _decisions, calibrate, load_crops, outcome, read_labelled_crops
 from logoscan.config import CalibrateConfig, OcrConfig
 from logoscan.gallery import Matcher, build
 from logoscan.models import default_artifact_path, load_artifact
 from logoscan.models.embedder import embed_crops
+from logoscan.thresholds import Thresholds
 from logoscan.synth.labelled import look_alikes, write_labelled_crops
 from logoscan.synth.marks import class_name, design, on_white, render, training_marks, unseen_invented
 from logoscan.train.common import emit_report

@@ -56,7 +56,7 @@ def main() -> int:
     from logoscan.gallery import add_distractors, build, release_lite
     from logoscan.log import configure
     from logoscan.models import default_artifact_path, load_artifact
-    from logoscan.pipeline import init_ray, run_rematch, run_scan
+    from logoscan.sweep import init_ray, run_rematch, run_scan
     from logoscan.store import Store
 
     init_ray(RayConfig(num_cpus=a.num_cpus))  # before any Milvus client (gRPC threads break Ray's fork)

@@ -64,7 +64,7 @@ def sweep(work: Path, data: Path, name: str, embedder: str, detector_input: int 
     from logoscan.evaluate import evaluate, read_flagged
     from logoscan.gallery import build, release_lite
     from logoscan.models import default_artifact_path, load_artifact
-    from logoscan.pipeline import run_scan
+    from logoscan.sweep import run_scan
     run = work / (name + ("" if views == ("clean",) else "-views"))
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True)

@@ -235,7 +235,7 @@ def main() -> int:
     from logoscan.config import PolicyConfig, RayConfig, ScanConfig, StoreConfig
     from logoscan.log import configure
     from logoscan.models import default_artifact_path, load_artifact
-    from logoscan.pipeline import init_ray, run_scan
+    from logoscan.sweep import init_ray, run_scan
 
     work = Path(a.workdir)
     shutil.rmtree(work, ignore_errors=True)

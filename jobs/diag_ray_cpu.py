@@ -50,7 +50,7 @@ def main() -> int:
     from logoscan import config_io
     from logoscan.config import PolicyConfig, RayConfig, ScanConfig
     from logoscan.log import configure
-    from logoscan.pipeline import init_ray, run_scan
+    from logoscan.sweep import init_ray, run_scan
 
     work = Path(a.workdir)
     manifest = work / f"manifest-{a.images}.parquet"

@@ -100,7 +100,7 @@ def main() -> int:
     from logoscan.gallery import build
     from logoscan.log import configure
     from logoscan.models import default_artifact_path, load_artifact
-    from logoscan.pipeline import init_ray, run_scan
+    from logoscan.sweep import init_ray, run_scan
     configure(level="WARNING")
     init_ray(RayConfig(num_cpus=2))  # before any Milvus client: gRPC threads break the Ray head's fork
     t0 = time.time()

@@ -11,7 +11,7 @@ from logoscan.config_io import ConfigError
 from logoscan.feedback import FeedbackError
 from logoscan.gallery import GalleryError
 from logoscan.ocr import OcrUnavailable
-from logoscan.pipeline import ScanError
+from logoscan.sweep import ScanError
 from logoscan.refviews import DEFAULT_VIEWS, VIEWS
 from logoscan.review_app import ReviewError
 from logoscan.schema import SchemaError
@@ -39,7 +39,7 @@ def _scan_config(a):
 
 
 def cmd_scan(a) -> int:
-    from logoscan.pipeline import run_scan, too_many_errors
+    from logoscan.sweep import run_scan, too_many_errors
     cfg = _scan_config(a)
     s = run_scan(cfg)
     print(json.dumps({k: s[k] for k in ("run_id", "rows_in", "rows_scanned", "rows_reused", "rows_errored",
@@ -53,7 +53,7 @@ def cmd_scan(a) -> int:
 
 def cmd_rematch(a) -> int:
     from logoscan.config import RematchConfig
-    from logoscan.pipeline import run_rematch
+    from logoscan.sweep import run_rematch
     data = config_io.read_mapping(a.config)
     for key, val in (("store", a.store), ("milvus_uri", a.milvus_uri), ("collection", a.collection),
                      ("out", a.out), ("manifest", a.manifest), ("run_id", a.run_id), ("previous", a.previous)):
@@ -72,7 +72,7 @@ def cmd_rematch(a) -> int:
 def cmd_store_compact(a) -> int:
     from logoscan import storage
     from logoscan.log import configure
-    from logoscan.pipeline import read_manifest
+    from logoscan.sweep import read_manifest
     from logoscan.store import plan_compaction
     configure()
     keep = None

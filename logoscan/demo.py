@@ -118,14 +118,14 @@ def run_demo(workdir: str = "demo-output", n_images: int = 300, seed: int = 7, e
     from logoscan.evaluate import evaluate, format_table
     from logoscan.gallery import build
     from logoscan.models import default_artifact_path, load_artifact
-    from logoscan.pipeline import run_scan
+    from logoscan.sweep import run_scan
 
     t0 = time.time()
     work = Path(workdir).resolve()
     print(f"[1/5] making sample data in {work} ({n_images} catalog images) ...", flush=True)
     paths = make_sample_data(work, n_images, seed)
     if engine == "ray":  # start Ray before any Milvus client exists in this process (gRPC + fork)
-        from logoscan.pipeline import init_ray
+        from logoscan.sweep import init_ray
         init_ray(RayConfig(num_cpus=num_cpus))
     print(f"[2/5] building the gallery in Milvus Lite ({work / 'milvus.db'}) ...", flush=True)
     emb, emb_cfg = load_artifact(default_artifact_path("embedder"))

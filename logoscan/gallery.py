@@ -200,7 +200,7 @@ def build(refs_uri: str, milvus_uri: str, collection: str, embedder, emb_cfg: di
             if client.has_collection(physical):  # a build that died before it was complete
                 client.drop_collection(physical)
             vectors = embed_crops(embedder, emb_cfg, [v for c in crops for v in reference_views(c, views)])
-            from logoscan.calibration import gallery_threshold
+            from logoscan.thresholds import gallery_threshold
             cal = gallery_threshold(embedder, emb_cfg, vectors,
                                     [lab for lab in table.column("label").to_pylist() for _ in views])
             meta = {"gallery_version": f"{collection}-{digest.hexdigest()[:12]}",
@@ -225,7 +225,7 @@ def _inherit_calibration(client, alias: str, physical: str, meta: dict, table: p
     pointed at (after `gallery add` or `ingest`, thresholds would otherwise fall back to the
     default without a word). It is marked inherited, with the labels the calibration never saw;
     those get their category's threshold until `logoscan calibrate` is run again."""
-    from logoscan.calibration import CALIBRATION_KEY, gallery_labels, read_calibration
+    from logoscan.thresholds import CALIBRATION_KEY, gallery_labels, read_calibration
     try:
         prev = read_metadata(client, alias)
     except GalleryError:

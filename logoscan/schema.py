@@ -60,6 +60,12 @@ STORE_REGIONS = pa.schema([
     ("embedding", pa.list_(pa.float32())), ("ocr_text", pa.string()), ("thumbnail_jpeg", pa.binary()),
     ("run_id", pa.string()), ("stored_at", pa.timestamp("us", tz="UTC")),
 ])
+# The one list of a flagged region's fields: the review queue's columns (FLAGGED) but those every
+# row of a run shares, plus where it goes (queue) and which region of its image it is (region, for
+# the store's flag ledger)
+FLAG_RUN_FIELDS = ("run_id", "model_version", "gallery_version", "scanned_at")
+FLAG_FIELDS = tuple(n for n in FLAGGED.names if n not in FLAG_RUN_FIELDS) + ("region", "queue")
+
 STORE_FLAGS = pa.schema([
     ("item_id", pa.string()), ("image_id", pa.string()), ("content_key", pa.string()),
     ("region", pa.int16()), ("label", pa.string()), ("logo_id", pa.string()), ("distance", pa.float32()),
@@ -72,7 +78,7 @@ ERRORS = pa.schema([
     ("message", pa.string()), ("scanned_at", pa.timestamp("us", tz="UTC")),
 ])
 
-# Keys of summary.json (values: see pipeline.RunSummary)
+# Keys of summary.json (scan and rematch; built by logoscan.sweep.publish.summary)
 RUN_SUMMARY_KEYS = ("run_id", "run_date", "started_at", "finished_at", "seconds", "rows_in",
                     "rows_scanned", "rows_reused", "rows_errored", "regions", "flagged", "flagged_by_queue",
                     "errors_by_stage", "versions", "outputs", "config")

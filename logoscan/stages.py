@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from logoscan import storage
-from logoscan.calibration import Thresholds
+from logoscan.thresholds import Thresholds
 from logoscan.config import DetectorConfig, EmbedderConfig, FetchConfig, MatchConfig, OcrConfig, PolicyConfig
 from logoscan.images import ImageRejected, decode, jpeg_bytes
 # the models (torch, torchvision) are imported inside detect and embed: the fetch tasks run in
@@ -63,7 +63,7 @@ def _per_image(fn, items: list) -> list:
 
 def check_allowed(uri: str, roots) -> None:
     """Refuse, before any read, a URI outside the allowed roots. The URI's path is resolved
-    (symlinks, "..") so neither escapes; local ``roots`` come resolved (pipeline.allowed_roots).
+    (symlinks, "..") so neither escapes; local ``roots`` come resolved (sweep.inputs.allowed_roots).
     s3:// roots restrict buckets/prefixes (none given: any s3:// URI). No local root: local paths
     are refused."""
     if storage.is_s3(uri):
@@ -71,7 +71,7 @@ def check_allowed(uri: str, roots) -> None:
         if s3_roots and not any(uri.startswith(r.rstrip("/") + "/") for r in s3_roots):
             raise PermissionError(f"{uri!r} is outside the allowed S3 prefixes {s3_roots}")
         return
-    local = [r for r in roots if not storage.is_s3(r)]  # resolved once by pipeline.allowed_roots
+    local = [r for r in roots if not storage.is_s3(r)]  # resolved once by sweep.inputs.allowed_roots
     real = os.path.realpath(storage.resolve(uri)[1])
     if not any(real == r or real.startswith(r.rstrip("/") + "/") for r in local):
         raise PermissionError(f"{uri!r} is outside the allowed roots {local or '(none: local paths refused)'}"

@@ -57,7 +57,7 @@ def ray_local(s3_endpoint):
     import ray
 
     from logoscan.config import RayConfig
-    from logoscan.pipeline import init_ray
+    from logoscan.sweep import init_ray
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     init_ray(RayConfig(num_cpus=2))
     yield

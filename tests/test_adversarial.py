@@ -97,7 +97,7 @@ def test_compact_refuses_a_manifest_that_would_drop_every_image(tmp_path, capsys
 
 def test_allowed_roots_given_as_one_string_is_one_root_and_etc_passwd_stays_refused(tmp_path):
     from logoscan import stages
-    from logoscan.pipeline import allowed_roots
+    from logoscan.sweep.inputs import allowed_roots
     (tmp_path / "catalog").mkdir()
     cfg = config_io.load(ScanConfig, None, [f"fetch.allowed_roots={tmp_path / 'catalog'}", "manifest=m.parquet"])
     assert cfg.fetch.allowed_roots == (str(tmp_path / "catalog"),)
@@ -157,7 +157,7 @@ def test_embed_failure_of_one_image_makes_only_its_rows_error_rows():
 # ------------------------------------------------------------------ 5. queue names that collide
 
 def test_categories_sharing_a_queue_file_are_refused_at_gallery_and_scan_time(sample, tmp_path):
-    from logoscan.pipeline import ScanError, run_scan
+    from logoscan.sweep import ScanError, run_scan
     from logoscan.schema import SchemaError, validate_references
     refs = pa.table({"logo_id": ["1", "2"], "label": ["x", "y"], "category": ["a/b", "a_b"],
                      "image_uri": ["/a.png", "/b.png"]})

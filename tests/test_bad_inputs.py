@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from logoscan.config import RayConfig, ScanConfig
-from logoscan.pipeline import run_scan
+from logoscan.sweep import run_scan
 
 
 def _save(im: Image.Image, path: Path, fmt: str, **kw) -> str:

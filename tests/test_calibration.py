@@ -11,7 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from logoscan.calibration import Thresholds, choose_thresholds, outcome
+from logoscan.calibration import choose_thresholds, outcome
+from logoscan.thresholds import Thresholds
 from logoscan.config import CalibrateConfig, PolicyConfig, ScanConfig
 
 
@@ -77,7 +78,7 @@ def calibrated(sample, tmp_path_factory):
 
 
 def test_calibrate_writes_thresholds_plots_and_stores_them_with_the_gallery(sample, calibrated):
-    from logoscan.calibration import read_calibration
+    from logoscan.thresholds import read_calibration
     from logoscan.gallery import connect, read_metadata
     r, work = calibrated["result"], calibrated["work"]
     img = r["modes"]["image"]
@@ -97,7 +98,7 @@ def test_calibrate_writes_thresholds_plots_and_stores_them_with_the_gallery(samp
 
 
 def test_sweep_applies_the_gallery_calibration_and_policy_pins_win(sample, calibrated, tmp_path):
-    from logoscan.pipeline import run_scan
+    from logoscan.sweep import run_scan
     pinned = {"prohibited": {"threshold": 0.05}}
     s = run_scan(ScanConfig(manifest=sample["manifest"], milvus_uri=sample["milvus"], collection="logos_cal",
                             out=str(tmp_path), run_id="cal", engine="local",
@@ -121,7 +122,7 @@ def test_sweep_applies_the_gallery_calibration_and_policy_pins_win(sample, calib
 
 
 def test_rebuilt_gallery_starts_uncalibrated(sample, calibrated, tmp_path):
-    from logoscan.calibration import read_calibration
+    from logoscan.thresholds import read_calibration
     from logoscan.gallery import build, connect, read_metadata
     from logoscan.models import default_artifact_path, load_artifact
     model, cfg = load_artifact(default_artifact_path("embedder"))
@@ -190,11 +191,11 @@ def test_calibrate_takes_crops_without_a_kind(sample, calibrated, tmp_path):
 def test_a_new_gallery_version_of_the_same_embedder_inherits_the_calibration(sample, calibrated, tmp_path):
     """`gallery add` builds a new version: it keeps the calibration, marked inherited with the labels
     it never saw, and a sweep says so (it used to fall back to the default threshold silently)."""
-    from logoscan.calibration import read_calibration
+    from logoscan.thresholds import read_calibration
     from logoscan.feedback import add_logo
     from logoscan.gallery import build, connect, read_metadata
     from logoscan.models import default_artifact_path, load_artifact
-    from logoscan.pipeline import run_scan
+    from logoscan.sweep import run_scan
     refs = tmp_path / "refs"
     refs.mkdir()
     pq.write_table(pq.read_table(sample["references"]), refs / "base.parquet")

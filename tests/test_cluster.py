@@ -138,7 +138,7 @@ cluster.add_node(num_cpus=2)
 cluster.wait_for_nodes()
 ray.init(address=cluster.address)
 try:
-    from logoscan.pipeline import run_rematch, run_scan
+    from logoscan.sweep import run_rematch, run_scan
     ray_cfg = RayConfig(address=cluster.address, fetch_batch=4, matcher_actors=2)
     policy = PolicyConfig(default_threshold=args["threshold"])
     s = run_scan(ScanConfig(manifest=args["manifest"], milvus_uri=args["milvus"], out=args["out"], run_id="two-nodes",
@@ -173,7 +173,7 @@ def test_two_node_cluster_gives_the_single_node_flags(sample, tmp_path):
 
     from logoscan.config import PolicyConfig, RematchConfig, ScanConfig
     from logoscan.gallery import release_lite
-    from logoscan.pipeline import run_rematch, run_scan
+    from logoscan.sweep import run_rematch, run_scan
 
     ray.shutdown()  # the session's local Ray; the child process starts the two-node cluster
     release_lite(sample["milvus"])

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from logoscan.config import DetectorConfig, FetchConfig, RematchConfig, ScanConfig, StoreConfig
-from logoscan.pipeline import run_rematch, run_scan
+from logoscan.sweep import run_rematch, run_scan
 
 from tests.conftest import renamed_artifact, upload_dir
 from test_reliability import Flags

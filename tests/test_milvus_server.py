@@ -4,7 +4,7 @@ an embedded .db, through Ray. Flags must equal the embedded run's."""
 import pyarrow.parquet as pq
 
 from logoscan.config import RayConfig, ScanConfig
-from logoscan.pipeline import run_scan
+from logoscan.sweep import run_scan
 
 
 def _pairs(summary):

@@ -127,7 +127,7 @@ def test_detector_runs_at_another_input_size_and_the_store_keeps_them_apart(tmp_
     from logoscan.config_io import ConfigError, load
     from logoscan.models.artifact import default_artifact_path, load_artifact
     from logoscan.models.detector import detect_images, set_input_size
-    from logoscan.pipeline import open_store
+    from logoscan.sweep.plan import open_store
     from logoscan.synth.marks import demo_gallery
     from logoscan.synth.scenes import make_scene
 

@@ -52,7 +52,7 @@ def test_missing_weights_folder_is_a_clear_error(tmp_path):
 
 def test_sweep_with_ocr_on_ray_records_text_and_needs_its_own_calibration(sample, tmp_path):
     from logoscan.config import RayConfig
-    from logoscan.pipeline import run_scan
+    from logoscan.sweep import run_scan
     s = run_scan(ScanConfig(manifest=sample["manifest"], milvus_uri=sample["milvus"], collection="logos",
                             out=str(tmp_path), run_id="ocr", engine="ray", ocr=OcrConfig(enabled=True),
                             ray=RayConfig(num_cpus=2, fetch_batch=4)))

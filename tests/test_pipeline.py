@@ -11,7 +11,7 @@ import pytest
 
 from logoscan.config import FetchConfig, RayConfig, ScanConfig
 from logoscan.gallery import GalleryError
-from logoscan.pipeline import run_scan
+from logoscan.sweep import run_scan
 from logoscan.schema import RUN_SUMMARY_KEYS
 from tests.conftest import renamed_artifact, upload_dir
 
@@ -166,7 +166,7 @@ def test_carry_columns_reach_the_flagged_rows(sample, tmp_path):
 
 def test_actor_cpu_reservation_leaves_room_for_ray_data():
     """Three 0.5-CPU actors on 2 CPUs stalled the sweep silently; the reservation is lowered."""
-    from logoscan.pipeline import FREE_FOR_RAY_DATA, actor_cpus
+    from logoscan.sweep.engines import FREE_FOR_RAY_DATA, actor_cpus
     r = RayConfig(cpus_per_actor=0.5)
     assert actor_cpus(r, 2, 2.0) == 0.5          # detector + embedder on 2 CPUs: as configured
     low = actor_cpus(r, 3, 2.0)                  # + OCR: lowered to fit

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from logoscan.calibration import gallery_threshold
+from logoscan.thresholds import gallery_threshold
 from logoscan.models import load_artifact
 from logoscan.refviews import VIEWS, reference_views
 from logoscan.synth.badges import photo_view

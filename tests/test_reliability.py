@@ -18,7 +18,7 @@ import pytest
 
 from logoscan.config import MatchConfig, RayConfig, ScanConfig
 from logoscan.drills import FlakyS3, TcpGate
-from logoscan.pipeline import run_scan
+from logoscan.sweep import run_scan
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.drill  # about 4 minutes in all; `pytest -m "not drill"` skips them
@@ -278,7 +278,7 @@ def test_milvus_outage_shorter_than_the_limit_is_ridden_out(sample, clean, serve
 
 
 def test_milvus_gone_fails_loudly_without_publishing_then_resumes(sample, clean, served_gallery, tmp_path):
-    from logoscan.pipeline import ScanError
+    from logoscan.sweep import ScanError
     manifest, ref = clean
     gate = TcpGate(served_gallery)
     out = tmp_path / "out"

@@ -17,7 +17,7 @@ from conftest import chromium
 
 from logoscan.cli import main as cli
 from logoscan.config import ScanConfig, StoreConfig
-from logoscan.pipeline import run_scan
+from logoscan.sweep import run_scan
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +182,7 @@ def test_progress_is_a_bar_on_a_terminal_and_log_lines_otherwise(monkeypatch):
 
     from structlog.testing import capture_logs
 
-    from logoscan import pipeline
+    from logoscan.sweep import collect as pipeline
 
     class Tty(io.StringIO):
         def isatty(self):

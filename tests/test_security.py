@@ -11,7 +11,7 @@ import pytest
 
 from logoscan.config import FetchConfig, RayConfig, ScanConfig
 from logoscan.config_io import ConfigError, load
-from logoscan.pipeline import run_scan
+from logoscan.sweep import run_scan
 from tests.conftest import upload_dir
 
 SECRET = "Sup3r-S3cret-Value-42"

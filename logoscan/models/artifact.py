@@ -23,20 +23,24 @@ from safetensors.torch import load_file, save_file
 from logoscan import storage
 
 _REGISTRY: dict[str, Callable[..., torch.nn.Module]] = {}
+_INFERENCE: dict[str, Callable[[torch.nn.Module], Any]] = {}  # arch -> its in-place inference set-up
 
 
-def register_model(name: str):
+def register_model(name: str, prepare_for_inference: Callable[[torch.nn.Module], Any] | None = None):
+    """Register an architecture's builder under ``name`` (config.json's ``arch``), with what
+    ``load_artifact(inference=True)`` does to it after folding batch norms, if anything."""
     def deco(fn):
         _REGISTRY[name] = fn
+        if prepare_for_inference is not None:
+            _INFERENCE[name] = prepare_for_inference
         return fn
 
     return deco
 
 
 def build_model(config: dict[str, Any]) -> torch.nn.Module:
-    # import for the side effect of registering the architectures
-    from logoscan.models import detector, embedder  # noqa: F401
-
+    # the architectures register themselves when logoscan.models (the package) is imported,
+    # which any import of this module does first
     arch = config["arch"]
     if arch not in _REGISTRY:
         raise ValueError(f"unknown model arch {arch!r}; known: {sorted(_REGISTRY)}")
@@ -54,7 +58,7 @@ PROBES_FILE = "probes.safetensors"
 def save_probes(folder: str | os.PathLike, vectors) -> None:
     """An embedder's threshold probes: embeddings of unknown logos and logo-free crops measured when
     it was trained (``config.json``'s ``threshold_probes`` names them), so that a gallery's default
-    threshold is measured without rendering anything (`calibration.gallery_threshold`)."""
+    threshold is measured without rendering anything (`thresholds.gallery_threshold`)."""
     save_file({"vectors": torch.as_tensor(vectors).to(torch.float16).contiguous()}, str(Path(folder, PROBES_FILE)))
 
 
@@ -110,8 +114,8 @@ def load_artifact(uri: str, device: str = "cpu", inference: bool = False) -> tup
     model.eval()
     if inference:
         from logoscan.models.backbone import fold_batchnorm
-        from logoscan.models.detector import prepare_for_inference
         fold_batchnorm(model)
-        prepare_for_inference(model)
+        if config["arch"] in _INFERENCE:
+            _INFERENCE[config["arch"]](model)
     model.to(device)
     return model, config

@@ -58,7 +58,14 @@ def build_fcos(input_size: int = 384, fpn_channels: int = 64, score_thresh: floa
                 detections_per_img=detections_per_img, topk_candidates=200)
 
 
-@register_model("fcos_lite0")
+def prepare_for_inference(model: nn.Module) -> nn.Module:
+    """In place: the detector's transform expects images resized by ``detect_images``."""
+    if isinstance(model, FCOS) and type(model.transform) is GeneralizedRCNNTransform:
+        model.transform.__class__ = PresizedTransform
+    return model
+
+
+@register_model("fcos_lite0", prepare_for_inference=prepare_for_inference)
 def _fcos_lite0(**kw) -> FCOS:
     return build_fcos(**kw)
 
@@ -93,13 +100,6 @@ def flushed_denormals(enabled: bool = True):
     finally:
         if enabled:
             torch.set_flush_denormal(False)
-
-
-def prepare_for_inference(model: nn.Module) -> nn.Module:
-    """In place: the detector's transform expects images resized by ``detect_images``."""
-    if isinstance(model, FCOS) and type(model.transform) is GeneralizedRCNNTransform:
-        model.transform.__class__ = PresizedTransform
-    return model
 
 
 def native_bf16(device: str) -> bool:

@@ -222,7 +222,7 @@ def threshold_probes(model, config: dict, cfg: EmbedderTrainConfig, n_synthetic:
     on (``real_logo``), and crops of logo-free product scenes: text, price tags, barcodes
     (``logo_free``; scikit-image's logo-free photos stay out, for the real sweep benchmark). Names let a gallery drop
     probes of its own labels."""
-    from logoscan.calibration import probe_marks
+    from logoscan.thresholds import probe_marks
     from logoscan.models.embedder import square_crop
     from logoscan.synth.scenes import make_scene
     size, pad = config["input_size"], config["crop_pad"]

@@ -1,0 +1,190 @@
+"""The engines: where fetch → detect → (OCR) → embed → match → decide run. ``ray``: Ray Data actor
+pools (local Ray by default, a cluster via ``ray.address`` / RAY_ADDRESS), matching in a pool of
+matcher actors against a Milvus server URI; ``local``: in-process, the same stage functions, for
+tests and debugging. Images the embedding store holds skip fetch/detect/embed: ``run_stored``."""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+
+from logoscan import stages
+from logoscan.actors import MatchActor
+from logoscan.config import ScanConfig
+from logoscan.log import get_logger
+from logoscan.store import Store
+from logoscan.sweep.collect import Collector
+from logoscan.sweep.plan import RunPlan
+
+log = get_logger("logoscan.sweep")
+
+
+def detect_kwargs(cfg, plan: RunPlan) -> dict:
+    return dict(det_cfg=cfg.detector, crop_size=plan.embedder["input_size"], crop_pad=plan.embedder["crop_pad"],
+                max_pixels=cfg.fetch.max_pixels, run_id=plan.run_id)
+
+
+def match_kwargs(cfg, plan: RunPlan, keep_embedding: bool = False) -> dict:
+    return dict(milvus_uri=plan.milvus_uri, collection=cfg.collection, match_cfg=cfg.match, policy=cfg.policy,
+                thresholds=plan.thresholds, embedder_version=plan.embedder_version, run_id=plan.run_id,
+                ocr_cfg=cfg.ocr, keep_embedding=keep_embedding)
+
+
+def run_local(manifest: pa.Table, cfg: ScanConfig, plan: RunPlan, col: Collector) -> dict:
+    import torch
+
+    from logoscan.actors import DetectActor, EmbedActor, OcrActor, fetch
+    det = DetectActor(**detect_kwargs(cfg, plan))
+    ocr = OcrActor(cfg.ocr, plan.run_id) if cfg.ocr.enabled else None
+    emb = EmbedActor(cfg.embedder, plan.run_id)
+    # after the actors: each sets the (process-wide) thread count for itself, and the embedder's
+    # single thread left the detector on one core (half the in-process engine's throughput)
+    torch.set_num_threads(max(cfg.detector.threads, cfg.embedder.threads))
+    mat = MatchActor(**match_kwargs(cfg, plan))
+    timings = Counter()
+    try:
+        n = cfg.ray.fetch_batch
+        for s in range(0, manifest.num_rows, n):
+            part = manifest.slice(s, n)
+            b = {k: np.asarray(part.column(k).to_pylist(), dtype=object) for k in stages.KEYS}
+            b, t = stages.timed(fetch, b, cfg.fetch); timings["fetch"] += t
+            b, t = stages.timed(det, b); timings["detect"] += t
+            if ocr is not None:
+                b, t = stages.timed(ocr, b); timings["ocr"] += t
+            b, t = stages.timed(emb, b); timings["embed"] += t
+            col.capture(b)
+            b, t = stages.timed(mat, b); timings["match"] += t
+            col.add(b)
+    finally:
+        mat.matcher.close()
+    return {k: round(v, 3) for k, v in timings.items()}
+
+
+def init_ray(rcfg) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = rcfg.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level="WARNING")
+    else:
+        ray.init(num_cpus=rcfg.num_cpus, include_dashboard=False, logging_level="WARNING")
+
+
+FREE_FOR_RAY_DATA = 0.75  # measured on 2 CPUs: 0.75 free ran, 0.5 and 0.25 free stalled
+
+
+def actor_cpus(r, n_actors: int, cluster_cpus: float, matchers: int = 0) -> float:
+    """CPUs each model actor reserves. Ray Data's own tasks (reading and splitting the manifest)
+    need CPU left over: with detector + OCR + embedder actors at 0.5 each on 2 CPUs the sweep
+    stalled with every actor idle and no error. So the reservation is lowered to leave
+    ``FREE_FOR_RAY_DATA`` besides the fetch tasks' 0.25 and the matcher actors' own reservation,
+    and a warning says so."""
+    free = cluster_cpus - 0.25 - FREE_FOR_RAY_DATA - matchers * r.matcher_cpus  # the fetch tasks hold 0.25
+    if n_actors * r.cpus_per_actor <= free or n_actors == 0:
+        return r.cpus_per_actor
+    cpa = max(round(free / n_actors, 3), 0.05)
+    log.warning("ray.actor_cpus_lowered", configured=r.cpus_per_actor, used=cpa, actors=n_actors,
+                cluster_cpus=cluster_cpus,
+                note="the actors would leave too little CPU for Ray Data's own tasks (the sweep would stall)")
+    return cpa
+
+
+def run_ray(manifest: pa.Table, cfg: ScanConfig, plan: RunPlan, col: Collector) -> dict:
+    import ray
+
+    from logoscan.actors import DetectActor, DetectEmbedActor, EmbedActor, OcrActor, fetch
+    dctx = ray.data.DataContext.get_current()
+    dctx.enable_progress_bars = False  # our own scan.progress log lines instead
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    r = cfg.ray
+    gpus = r.num_gpus_per_actor
+    # embedder_actors 0: embed inside the detector actors, except with OCR on, which reads the crops
+    # between detect and embed (then a pool of one)
+    fused = r.embedder_actors == 0 and not cfg.ocr.enabled
+    n_emb = 0 if fused else max(1, r.embedder_actors)
+    cpa = actor_cpus(r, r.detector_actors + n_emb + (cfg.ocr.actors if cfg.ocr.enabled else 0),
+                     ray.cluster_resources().get("CPU", 0.0), r.matcher_actors)
+    n_blocks = max(1, math.ceil(manifest.num_rows / r.fetch_batch))
+    ds = ray.data.from_arrow(manifest.select(list(stages.KEYS))).repartition(n_blocks)
+    ds = ds.map_batches(fetch, fn_kwargs={"cfg": cfg.fetch}, batch_size=r.fetch_batch,
+                        batch_format="numpy", num_cpus=0.25)
+    det_kw = detect_kwargs(cfg, plan)
+    ds = ds.map_batches(DetectEmbedActor if fused else DetectActor,
+                        fn_constructor_kwargs=dict(det_kw, emb_cfg=cfg.embedder) if fused else det_kw,
+                        batch_size=r.fetch_batch, batch_format="numpy",
+                        compute=ray.data.ActorPoolStrategy(size=r.detector_actors),
+                        num_cpus=cpa, num_gpus=gpus)
+    if cfg.ocr.enabled:
+        ds = ds.map_batches(OcrActor, fn_constructor_kwargs=dict(ocr_cfg=cfg.ocr, run_id=plan.run_id),
+                            batch_size=r.fetch_batch, batch_format="numpy",
+                            compute=ray.data.ActorPoolStrategy(size=cfg.ocr.actors),
+                            num_cpus=cpa, num_gpus=gpus)
+    if not fused:
+        ds = ds.map_batches(EmbedActor, fn_constructor_kwargs=dict(emb_cfg=cfg.embedder, run_id=plan.run_id),
+                            batch_size=cfg.embedder.batch_size, batch_format="numpy",
+                            compute=ray.data.ActorPoolStrategy(size=n_emb),
+                            num_cpus=cpa, num_gpus=gpus)
+    if not r.matcher_actors:  # the driver matches, with one client (ray.matcher_actors: 0)
+        owner = MatchActor(**match_kwargs(cfg, plan))
+        try:
+            for b in ds.iter_batches(batch_format="numpy", batch_size=cfg.match.search_batch):
+                col.capture(b)
+                col.add(owner(b))
+        finally:
+            owner.matcher.close()
+        return {}
+    ds = ds.map_batches(MatchActor, fn_constructor_kwargs=match_kwargs(cfg, plan, keep_embedding=col.writer is not None),
+                        batch_size=cfg.match.search_batch, batch_format="numpy",
+                        compute=ray.data.ActorPoolStrategy(size=r.matcher_actors), num_cpus=r.matcher_cpus)
+    for b in ds.iter_batches(batch_format="numpy", batch_size=None):
+        col.capture(b)
+        b.pop("embedding", None)
+        col.add(b)
+    return {}
+
+
+def run_stored(store: Store, wanted: dict, cfg, plan: RunPlan, col: Collector, engine: str, r) -> float:
+    """Match images from the embedding store: no fetch, decode, detect or embed. ``ray`` with
+    matcher actors: Ray Data tasks read the store's parts (one part a task: an image's rows are in
+    one part, so they stay together without a shuffle) and the matcher actor pool searches; else
+    the driver reads and matches with one client."""
+    if not wanted:
+        return 0.0
+    t0 = time.perf_counter()  # the matching loop (store reads, searches, decisions)
+    if engine == "ray" and r.matcher_actors:
+        import ray
+
+        by_file: dict[str, list] = {}
+        for key, f in wanted.items():
+            by_file.setdefault(f, []).append(key)
+        ds = ray.data.from_items([{"part": f, "keys": keys} for f, keys in sorted(by_file.items())],
+                                 override_num_blocks=len(by_file))
+        ds = ds.map_batches(read_parts, fn_kwargs={"store": store, "batch_rows": cfg.match.search_batch},
+                            batch_size=1, batch_format="pyarrow", num_cpus=0.25)
+        ds = ds.map_batches(MatchActor, fn_constructor_kwargs=match_kwargs(cfg, plan),
+                            batch_size=cfg.match.search_batch, batch_format="numpy",
+                            compute=ray.data.ActorPoolStrategy(size=r.matcher_actors), num_cpus=r.matcher_cpus)
+        for b in ds.iter_batches(batch_format="numpy", batch_size=None):
+            col.add(b, status="reused")
+        return round(time.perf_counter() - t0, 3)
+    owner = MatchActor(**match_kwargs(cfg, plan))
+    try:
+        for b in store.entries(wanted, cfg.match.search_batch):
+            col.add(owner(b), status="reused")
+    finally:
+        owner.matcher.close()
+    return round(time.perf_counter() - t0, 3)
+
+
+def read_parts(items: pa.Table, store: Store, batch_rows: int):
+    """A Ray Data task: the stored regions of the wanted images of one store part, as batches."""
+    for part, keys in zip(items.column("part").to_pylist(), items.column("keys").to_pylist()):
+        for b in store.entries({tuple(k): part for k in keys}, batch_rows):
+            yield b

@@ -1,0 +1,5 @@
+"""Why a sweep (scan or rematch) stops before publishing."""
+
+
+class ScanError(RuntimeError):
+    pass

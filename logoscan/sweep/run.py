@@ -1,0 +1,200 @@
+"""The two runs: ``run_scan`` (manifest → engines → review queues, errors, store, summary) and
+``run_rematch`` (the embedding store → matcher → the flags reviewers have not been shown). Each
+plans (logoscan.sweep.plan), runs an engine (logoscan.sweep.engines) and publishes
+(logoscan.sweep.publish, logoscan.output: ``_SUCCESS`` last)."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from datetime import datetime, timezone
+
+from logoscan import config_io, metrics, output
+from logoscan.config import RematchConfig, ScanConfig
+from logoscan.gallery import MilvusUnavailable, redact
+from logoscan.lite_server import serving
+from logoscan.log import configure, get_logger
+from logoscan.runlock import RunLock
+from logoscan.schema import ERRORS, FLAGGED
+from logoscan.sweep import engines, publish
+from logoscan.sweep.collect import Collector
+from logoscan.sweep.errors import ScanError
+from logoscan.sweep.inputs import (allowed_roots, inside, manifest_errors, read_manifest, split_duplicates,
+                                   split_unidentified, without)
+from logoscan.sweep.plan import make_plan, match_version, open_store, plan_store, resume, run_ids
+
+log = get_logger("logoscan.sweep")
+
+
+def _required(cfg, names: tuple, what: str) -> None:
+    for name in names:
+        if not getattr(cfg, name):
+            raise ScanError(f"{what} needs {name} (flag --{name.replace('_', '-')} or config key {name!r})")
+
+
+def _served(cfg):
+    """Ray (before any Milvus client: gRPC threads in the driver break the Ray head's fork), then
+    the URI this run searches: an embedded .db is served on loopback for a matcher actor pool."""
+    if cfg.engine == "ray":
+        engines.init_ray(cfg.ray)
+    return serving(cfg.milvus_uri, enabled=cfg.engine == "ray" and cfg.ray.matcher_actors > 0)
+
+
+def run_scan(cfg: ScanConfig) -> dict:
+    _required(cfg, ("manifest", "milvus_uri", "out"), "scan")
+    clash = sorted(set(cfg.carry_columns) & set(FLAGGED.names))
+    if clash:  # the flagged rows would hold two columns of one name (readers refuse such a file)
+        raise ScanError(f"carry_columns {clash} are columns of the flagged rows already; carry other columns")
+    if inside(cfg.out, cfg.manifest):
+        raise ScanError(f"--out {cfg.out} is inside the manifest folder {cfg.manifest}: the next run would read its "
+                        "queues, errors and store as manifests. Write the outputs elsewhere")
+    started, run_id, run_date = run_ids(cfg, "scan")
+    configure(run_id)
+    t0 = time.time()
+    manifest = read_manifest(cfg.manifest, tuple(cfg.carry_columns))  # errors here: before any work
+    with RunLock(cfg.out, run_id):  # one run id on one --out at a time
+        with _served(cfg) as uri:
+            return _scan(cfg, manifest, started, t0, run_id, run_date, uri)
+
+
+def _scan(cfg: ScanConfig, manifest, started: datetime, t0: float, run_id: str, run_date: str, uri: str) -> dict:
+    cfg = dataclasses.replace(cfg, fetch=dataclasses.replace(cfg.fetch, allowed_roots=allowed_roots(cfg)))
+    identified, unidentified = split_unidentified(manifest)
+    unique, dups = split_duplicates(identified)
+    plan, cfg = make_plan(cfg, uri, run_id, run_date, started)
+    ckpt, resumed = resume(cfg, run_id, unique, plan)
+    if resumed and not cfg.run_date:
+        plan = dataclasses.replace(plan, run_date=ckpt.meta.get("run_date", run_date))
+    todo = without(unique, {img["key"] for img in resumed})
+    sp = plan_store(cfg, run_id, unique, todo, plan.model_version) if cfg.store.write or cfg.store.incremental \
+        else None
+    reuse = sp.reuse if sp else {}
+    to_scan = without(todo, set(reuse))
+    log.info("scan.start", manifest=cfg.manifest, rows=manifest.num_rows, duplicates=dups.num_rows,
+             resumed=len(resumed), reused=len(reuse), to_scan=to_scan.num_rows,
+             engine=cfg.engine, collection=cfg.collection, gallery_version=plan.gallery_version,
+             detector=plan.detector["version"], embedder=plan.embedder_version, out=cfg.out)
+    if ckpt is not None:
+        ckpt.start(plan.run_date)
+
+    writer = sp.writer if sp else None
+    col = Collector(unique.num_rows, ckpt, cfg.checkpoint_every, resumed, writer)
+    col.run_id = run_id
+    stage_s = {}
+    try:
+        if reuse:
+            stage_s["stored_match"] = engines.run_stored(sp.store, reuse, cfg, plan, col, cfg.engine, cfg.ray)
+        if to_scan.num_rows:
+            stage_s.update((engines.run_local if cfg.engine == "local" else engines.run_ray)(to_scan, cfg, plan, col))
+    except MilvusUnavailable as e:
+        col.save()
+        if writer is not None:
+            writer.flush()
+        kept = (f"{len(col.scanned) + len(col.reused) + len(col.errored)} finished image(s) are checkpointed: run "
+                f"again with run id {run_id!r} to resume" if ckpt is not None else
+                "checkpoints are off (checkpoint_every=0)")
+        raise ScanError(f"{e}. Nothing was published; {kept}.") from e
+    if col.pending:
+        raise ScanError(f"{len(col.pending)} image(s) came back incomplete (fewer region rows than detected): "
+                        "refusing to publish")
+    col.save()
+    if writer is not None:
+        writer.flush()
+        sp.info["written"] = writer.images_written
+
+    now = datetime.now(timezone.utc)
+    col.errors += manifest_errors(unidentified, "MissingItemId",
+                                  "item_id is null or empty: a reviewer could not act on this row; not scanned")
+    col.errors += manifest_errors(dups, "DuplicateRow", "repeats an earlier (item_id, image_id); scanned once")
+    common = {"run_id": run_id, "scanned_at": now, "model_version": plan.model_version,
+              "gallery_version": plan.gallery_version}
+    flagged_tables, by_queue = publish.queues(col.flagged, common, manifest, cfg.carry_columns)
+    errors = publish.table(col.errors, ERRORS, {"run_id": run_id, "scanned_at": now})
+
+    refused = sum(1 for e in col.errors if e["error_type"] == "PermissionError")
+    if refused:
+        log.warning("scan.refused", rows=refused, allowed_roots=list(cfg.fetch.allowed_roots),
+                    note="image URIs outside the allowed roots were not read (set fetch.allowed_roots)")
+    rows_scanned = len(col.scanned)
+    summary = publish.summary(
+        plan, cfg, t0, rows_in=manifest.num_rows, scanned=rows_scanned, reused=len(col.reused),
+        errored=len(col.errored) + dups.num_rows + unidentified.num_rows, regions=col.regions,
+        flagged=len(col.flagged), by_queue=by_queue, errors_by_stage=publish.errors_by_stage(col.errors),
+        stage_seconds=stage_s, store=sp.info if sp else None, rows_resumed=col.resumed,
+        images_per_s=round(manifest.num_rows / max(time.time() - t0, 1e-9), 2),
+        stage_worker_seconds={k: round(v, 3) for k, v in sorted(col.stage_seconds.items())})
+    summary["outputs"] = output.write_run(cfg.out, run_id, plan.run_date, flagged_tables, errors, summary,
+                                          config_io.to_dict(cfg))
+    if sp is not None and cfg.store.write:
+        # what reviewers were shown against this gallery: `rematch` shows only what is new
+        sp.store.write_flags(match_version(plan.gallery_version, plan.thresholds, cfg.ocr), run_id,
+                             publish.ledger_rows(col.flagged, sp.content))
+    if ckpt is not None:
+        ckpt.clear()  # published: nothing left to resume
+    metrics.flagged(summary["flagged_by_queue"])
+    busy = sum(col.stage_seconds.values())
+    for stage, secs in sorted(col.stage_seconds.items(), key=lambda x: -x[1]):
+        # one canonical line per stage: its share of the workers' time
+        log.info("scan.stage", stage=stage, worker_seconds=round(secs, 2), share=round(secs / max(busy, 1e-9), 3),
+                 images=rows_scanned, images_per_worker_s=round(rows_scanned / max(secs, 1e-9), 2))
+    log.info("scan.done", **{k: summary[k] for k in ("rows_in", "rows_scanned", "rows_reused", "rows_errored",
+                                                     "rows_resumed", "regions", "flagged", "seconds",
+                                                     "images_per_s", "flagged_by_queue", "errors_by_stage")},
+             gallery_version=plan.gallery_version, engine=cfg.engine)
+    return summary
+
+
+def run_rematch(cfg: RematchConfig) -> dict:
+    """Match every stored embedding against the gallery as it is now and write review queues as a
+    scan would, holding only the flags reviewers have not been shown: not flagged against the
+    previous gallery version (or thresholds), nor by an earlier run against this one. No image is
+    read and no model runs."""
+    _required(cfg, ("store", "milvus_uri", "out"), "rematch")
+    started, run_id, run_date = run_ids(cfg, "rematch")
+    configure(run_id)
+    with RunLock(cfg.out, run_id):
+        with _served(cfg) as uri:
+            return _rematch(cfg, started, run_id, run_date, uri)
+
+
+def _rematch(cfg: RematchConfig, started: datetime, run_id: str, run_date: str, uri: str) -> dict:
+    t0 = time.time()
+    plan, pinned = make_plan(cfg, uri, run_id, run_date, started)
+    store = open_store(cfg.store, plan.model_version, cfg.detector, cfg.ocr)
+    index = store.index()
+    if not index:
+        raise ScanError(f"the store {redact(cfg.store)} holds no entries for {store.key} (models and region "
+                        f"settings); it holds {store.other_keys() or 'nothing'}: rematch with the scan's "
+                        "detector/embedder/OCR settings, or scan first")
+    if cfg.manifest:
+        keep = set(zip(*(read_manifest(cfg.manifest).column(k).to_pylist() for k in ("item_id", "image_id"))))
+        index = {k: v for k, v in index.items() if k in keep}
+    version = match_version(plan.gallery_version, plan.thresholds, cfg.ocr)
+    previous = cfg.previous or store.previous_match(version)
+    log.info("rematch.start", store=redact(cfg.store), key=store.key, images=len(index), match_version=version,
+             previous=previous, collection=pinned.collection, engine=cfg.engine)
+    col = Collector(len(index))
+    seconds = engines.run_stored(store, {k: part for k, (_, part) in index.items()}, pinned, plan, col,
+                                 cfg.engine, cfg.ray)
+    content = {k: ck for k, (ck, _) in index.items()}
+    shown = set() if cfg.all_flags else (store.read_flags(previous) if previous else set()) | store.read_flags(
+        version, before_run=run_id)
+    if previous is None and not cfg.all_flags:
+        log.warning("rematch.no_previous", match_version=version,
+                    note="no match against another gallery version or thresholds is recorded: every flag not "
+                         "yet shown against this one is new")
+    new = [r for r in col.flagged if (r["item_id"], r["image_id"], content[(r["item_id"], r["image_id"])],
+                                      int(r["region"]), r["label"]) not in shown]
+    common = {"run_id": run_id, "scanned_at": datetime.now(timezone.utc), "model_version": plan.model_version,
+              "gallery_version": plan.gallery_version}
+    tables, by_queue = publish.queues(new, common, None, ())
+    summary = publish.summary(
+        plan, pinned, t0, rows_in=len(index), scanned=0, reused=len(col.reused), errored=0, regions=col.regions,
+        flagged=len(new), by_queue=by_queue, errors_by_stage={}, stage_seconds={"stored_match": seconds},
+        store={"uri": redact(cfg.store), "key": store.key, "match_version": version, "previous": previous},
+        flagged_all=len(col.flagged), regions_per_s=round(col.regions / max(seconds, 1e-9), 1))
+    summary["outputs"] = output.write_run(cfg.out, run_id, run_date, tables, publish.table([], ERRORS, {}), summary,
+                                          config_io.to_dict(pinned))
+    store.write_flags(version, run_id, publish.ledger_rows(col.flagged, content))
+    log.info("rematch.done", **{k: summary[k] for k in ("rows_in", "regions", "regions_per_s", "flagged",
+                                                        "flagged_all", "seconds")})
+    return summary
