@@ -172,3 +172,29 @@ def test_actor_cpu_reservation_leaves_room_for_ray_data():
     low = actor_cpus(r, 3, 2.0)                  # + OCR: lowered to fit
     assert 0 < low < 0.5 and 3 * low + 0.25 + FREE_FOR_RAY_DATA <= 2.0 + 1e-9
     assert actor_cpus(r, 3, 16.0) == 0.5         # a cluster with room: untouched
+
+
+def test_matcher_actors_count_in_the_cpu_reservation():
+    """The matcher actor pool that hung the sweep on 2 CPUs: actors reserving more than leaves
+    FREE_FOR_RAY_DATA free stall Ray Data with every actor idle (jobs/diag_matcher_pool.py
+    reproduces it). The matchers' own reservation counts, and the model actors give way."""
+    from logoscan.sweep.engines import FREE_FOR_RAY_DATA, actor_cpus
+    r = RayConfig(cpus_per_actor=0.5, matcher_actors=2, matcher_cpus=0.25)
+    cpa = actor_cpus(r, 2, 2.0, matchers=r.matcher_actors)
+    assert 0 < cpa < 0.5
+    assert 2 * cpa + 0.25 + r.matcher_actors * r.matcher_cpus + FREE_FOR_RAY_DATA <= 2.0 + 1e-9
+
+
+def test_matcher_pool_on_two_cpus_hands_back_every_row(sample, tmp_path):
+    """Ray engine on the session's 2-CPU local Ray with a pool of two matcher actors searching the
+    gallery's .db served on loopback: every row comes back and the flags are the in-process ones."""
+    pool = run_scan(replace(_cfg(sample, tmp_path / "pool", engine="ray"),
+                            ray=RayConfig(num_cpus=2, fetch_batch=4, matcher_actors=2)))
+    local = run_scan(_cfg(sample, tmp_path / "local", engine="local"))
+
+    def flags(s):
+        return {(r["item_id"], r["label"], tuple(round(v) for v in r["box"]))
+                for p in s["outputs"]["queues"].values() for r in pq.read_table(p).to_pylist()}
+    assert pool["rows_in"] == pool["rows_scanned"] + pool["rows_errored"] == local["rows_in"]
+    assert flags(pool) == flags(local) and flags(pool)
+    assert pool["config"]["milvus_uri"] == sample["milvus"]  # the .db as given, not the served URI
