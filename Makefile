@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test browser train-extra train-embedder train-detector bench-embedder bench-embedder-real bench-real-sweep bench-detector bench-calibration bench-incremental bench-throughput bench-milvus-index drill-reliability fonts clean
+.PHONY: setup demo test browser train-extra train-embedder train-detector bench-embedder bench-embedder-real bench-real-sweep bench-detector bench-calibration bench-incremental bench-throughput bench-milvus-index bench-matcher drill-reliability fonts clean
 
 setup: $(VENV)/.installed
 
@@ -77,6 +77,9 @@ bench-incremental: setup
 # Throughput vs the decode/model floors and the naive loop; gallery 100 -> 100k; catalog N -> 5N (~45 min)
 bench-throughput: setup
 	RAY_AUTH_MODE=disabled $(PY) jobs/bench_throughput.py --images 2000 --write docs/bench/throughput.md
+# Matching: the driver's one client vs 1/2/4 matcher actors (rematch of a 200k-region store)
+bench-matcher: setup
+	RAY_AUTH_MODE=disabled $(PY) jobs/bench_matcher.py --regions 200000 --write docs/bench/matcher.md
 # Milvus Lite queries/s over 100k references: index declared at creation vs built after the flush
 bench-milvus-index: setup
 	$(PY) jobs/bench_milvus_index.py --write docs/bench/milvus_index.md

@@ -22,6 +22,7 @@ import argparse
 import os
 import shutil
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -31,6 +32,57 @@ import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+
+class CpuSampler(threading.Thread):
+    """CPU seconds per kind of process while a run goes (the served milvus-lite exits with its
+    run, so it is sampled while alive): milvus-lite server, matcher actors, other Ray workers, the
+    driver."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.seen: dict[int, tuple[str, float, float]] = {}
+        self.stop = threading.Event()
+
+    @staticmethod
+    def kind(cmd: str, pid: int) -> str | None:
+        if pid == os.getpid():
+            return "driver"
+        if "milvus_lite" in cmd and " server" in cmd:
+            return "milvus-lite server"
+        if "MatchActor" in cmd:
+            return "matcher actors"
+        if cmd.startswith("ray::") or "raylet" in cmd or "gcs_server" in cmd:
+            return "other Ray processes"
+        return None
+
+    def sample(self) -> None:
+        import psutil
+        for p in psutil.process_iter(["pid", "cmdline", "cpu_times"]):
+            try:
+                cmd = " ".join(p.info["cmdline"] or [])
+                k = self.kind(cmd, p.info["pid"])
+                if k is None:
+                    continue
+                t = p.info["cpu_times"].user + p.info["cpu_times"].system
+                first = self.seen.get(p.info["pid"], (k, t, t))[1]
+                self.seen[p.info["pid"]] = (k, first, t)
+            except Exception:  # noqa: BLE001 - a process that ended meanwhile
+                pass
+
+    def run(self) -> None:
+        self.sample()
+        while not self.stop.wait(0.5):
+            self.sample()
+
+    def totals(self) -> dict:
+        self.stop.set()
+        self.join()
+        self.sample()
+        out: dict[str, float] = {}
+        for k, first, last in self.seen.values():
+            out[k] = out.get(k, 0.0) + last - first
+        return out
 
 
 def flags(summary) -> set:
@@ -110,12 +162,16 @@ def main() -> int:
              for k in (int(x) for x in a.actors.split(","))]
     rows, ref = [], None
     for i, (name, cfg) in enumerate(ways):
+        cpu = CpuSampler()
+        cpu.start()
         t0 = time.time()
         r = run_rematch(replace(cfg, run_id=f"m{i}", out=str(work / f"rematch-{i}")))
         wall = time.time() - t0
+        r["cpu"] = cpu.totals()
         f = flags(r)
         ref = f if ref is None else ref
         rows.append((name, r, wall, f == ref))
+        print("  CPU seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(r["cpu"].items())), flush=True)
         print(f"{name}: {r['regions']:,} regions, matching {r['stage_seconds']['stored_match']:.1f} s = "
               f"{r['regions_per_s']:,} regions/s, command {wall:.1f} s, flags {len(f):,} same={f == ref}",
               flush=True)
@@ -136,13 +192,17 @@ def main() -> int:
         "the matching loop (read the parts, search in batches of 512, decide, hand back); the command adds "
         "the store's index, the gallery's metadata, serving the .db and writing queues and ledger.",
         "",
-        "| how | regions | matching s | regions/s | vs 1 actor | command s | flags | same flags |",
-        "|---|---|---|---|---|---|---|---|",
+        "| how | regions | matching s | regions/s | vs 1 actor | command s | flags | same flags | "
+        "CPU s: milvus-lite server / matcher actors / other Ray / driver |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r, wall, same in rows:
         rel = f"{r['regions_per_s'] / one:.2f}x" if one else "–"
+        c = r["cpu"]
+        cpu = " / ".join(f"{c.get(k, 0.0):.0f}" for k in ("milvus-lite server", "matcher actors",
+                                                            "other Ray processes", "driver"))
         lines.append(f"| {name} | {r['regions']:,} | {r['stage_seconds']['stored_match']:.1f} | "
-                     f"{r['regions_per_s']:,} | {rel} | {wall:.1f} | {r['flagged_all']:,} | {same} |")
+                     f"{r['regions_per_s']:,} | {rel} | {wall:.1f} | {r['flagged_all']:,} | {same} | {cpu} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if a.write:

@@ -21,7 +21,6 @@ from PIL import Image
 from logoscan import storage
 from logoscan.images import decode
 from logoscan.log import get_logger
-from logoscan.models.embedder import embed_crops, square_crop
 from logoscan.refviews import DEFAULT_VIEWS, VIEWS, reference_views
 from logoscan.schema import validate_references
 
@@ -135,6 +134,9 @@ def load_reference_crops(table: pa.Table, size: int, pad: float, max_pixels: int
                          ) -> tuple[list[Image.Image], list[str]]:
     """Reference images are logo crops, embedded whole (or the ``box`` of a larger image).
     Returns the crops and the SHA-1 of each image file."""
+    # the models (torch, torchvision) only where a gallery is built: a matcher imports this
+    # module too, and its workers start 4 s faster without them
+    from logoscan.models.embedder import square_crop
     crops, blank, sums = [], [], []
     boxes = table.column("box").to_pylist() if "box" in table.column_names else [None] * len(table)
     for logo_id, uri, box in zip(table.column("logo_id").to_pylist(), table.column("image_uri").to_pylist(), boxes):
@@ -199,6 +201,7 @@ def build(refs_uri: str, milvus_uri: str, collection: str, embedder, emb_cfg: di
         else:
             if client.has_collection(physical):  # a build that died before it was complete
                 client.drop_collection(physical)
+            from logoscan.models.embedder import embed_crops
             vectors = embed_crops(embedder, emb_cfg, [v for c in crops for v in reference_views(c, views)])
             from logoscan.thresholds import gallery_threshold
             cal = gallery_threshold(embedder, emb_cfg, vectors,

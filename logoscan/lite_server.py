@@ -10,7 +10,9 @@ a server URI. A URI that is already a server (``http://``/``https://``) is used 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -18,14 +20,16 @@ import tempfile
 import time
 from typing import Iterator
 
+from logoscan.gallery import GalleryError
 from logoscan.log import get_logger
 
 log = get_logger(__name__)
 START_TIMEOUT_S = 60.0
+LOCK_WAIT_S = 30.0  # a server left by a killed run is exiting (it got SIGTERM when its parent died)
 
 
-class LiteServerError(RuntimeError):
-    pass
+class LiteServerError(GalleryError):
+    """The run's Milvus Lite server did not start (the .db is in use, or it failed)."""
 
 
 def is_lite(uri: str) -> bool:
@@ -36,6 +40,19 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+try:  # looked up here, not in the forked child (no imports between fork and exec)
+    _PRCTL = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux: the run's own `finally` still stops the server
+    _PRCTL = None
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the process that started it dies, so a driver
+    killed with SIGKILL does not leave a server holding the .db's lock."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _answers(uri: str) -> bool:
@@ -61,31 +78,65 @@ def serving(uri: str, enabled: bool = True) -> Iterator[str]:
     db = os.path.abspath(uri)
     os.makedirs(os.path.dirname(db) or ".", exist_ok=True)
     release_lite(uri)  # this process may hold the file's lock from an earlier in-process client
+    t0 = time.time()
+    while True:
+        proc, err, served = _start(db)
+        try:
+            _wait_until_up(proc, err, served, uri)
+            break
+        except _Locked as e:
+            _stop(proc, err)
+            if time.time() - t0 > LOCK_WAIT_S:
+                raise LiteServerError(f"milvus-lite server for {uri}: {e} for {LOCK_WAIT_S:.0f} s: is another "
+                                      "logoscan run, `milvus-lite server` or Python process using the .db?") from None
+            time.sleep(1.0)
+        except BaseException:
+            _stop(proc, err)
+            raise
+    log.info("milvus.lite_served", db=uri, uri=served, start_s=round(time.time() - t0, 2), pid=proc.pid)
+    try:
+        yield served
+    finally:
+        _stop(proc, err)
+
+
+class _Locked(Exception):
+    pass
+
+
+def _start(db: str):
     port = _free_port()
     cmd = [sys.executable, "-m", "milvus_lite", "server", "--data-dir", db, "--host", "127.0.0.1",
            "--port", str(port)]
-    # its log goes to a file, not a pipe: a pipe nobody reads fills up and stalls the server
+    # its log goes to a file, not a pipe: a pipe nobody reads fills up and stalls the server. In the
+    # driver's process group (a group kill takes it too), and SIGTERM'd if the driver dies alone
     err = tempfile.TemporaryFile()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
-    served = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, preexec_fn=_die_with_parent)
+    return proc, err, f"http://127.0.0.1:{port}"
+
+
+def _wait_until_up(proc, err, served: str, uri: str) -> None:
     t0 = time.time()
-    try:
-        while not _answers(served):
-            if proc.poll() is not None:
-                err.seek(0)
-                why = err.read().decode(errors="replace").strip().splitlines()[-3:]
-                raise LiteServerError(f"milvus-lite server for {uri} exited with code {proc.returncode}: "
-                                      f"{' | '.join(why) or 'no message'} (is another process using the .db?)")
-            if time.time() - t0 > START_TIMEOUT_S:
-                raise LiteServerError(f"milvus-lite server for {uri} did not answer within {START_TIMEOUT_S:.0f} s")
-            time.sleep(0.2)
-        log.info("milvus.lite_served", db=uri, uri=served, start_s=round(time.time() - t0, 2), pid=proc.pid)
-        yield served
-    finally:
+    while not _answers(served):
+        if proc.poll() is not None:
+            err.seek(0)
+            text = err.read().decode(errors="replace")
+            if "DataDirLockedError" in text:
+                raise _Locked("another process holds the .db's lock")
+            why = text.strip().splitlines()[-3:]
+            raise LiteServerError(f"milvus-lite server for {uri} exited with code {proc.returncode}: "
+                                  f"{' | '.join(why) or 'no message'}")
+        if time.time() - t0 > START_TIMEOUT_S:
+            raise LiteServerError(f"milvus-lite server for {uri} did not answer within {START_TIMEOUT_S:.0f} s")
+        time.sleep(0.2)
+
+
+def _stop(proc, err) -> None:
+    if proc.poll() is None:
         proc.terminate()
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
-        err.close()
+    err.close()

@@ -28,3 +28,59 @@ def test_server_uri_sweep_matches_embedded_run(sample, milvus_server, tmp_path):
     embedded = scan(sample["milvus"], tmp_path / "embedded", "local")
     assert _pairs(served) == _pairs(embedded) and _pairs(served)
     assert served["rows_in"] == served["rows_scanned"] + served["rows_errored"]
+
+
+SERVE_AND_WAIT = """
+import sys, time
+from logoscan.lite_server import serving
+with serving(sys.argv[1]) as uri:
+    print(uri, flush=True)
+    time.sleep(120)
+"""
+
+
+def _served_uri(proc) -> str:
+    for line in proc.stdout:  # the log line milvus.lite_served comes first
+        if line.startswith("http://127.0.0.1:"):
+            return line.strip()
+    raise AssertionError("the child printed no URI")
+
+
+def test_a_driver_killed_alone_leaves_no_server_holding_the_db(tmp_path):
+    """The run's milvus-lite server dies with the process that started it (SIGKILL of that process
+    alone, not its group): the next run serves the same .db."""
+    import signal
+    import subprocess
+    import sys
+
+    from pymilvus import MilvusClient
+
+    from logoscan.lite_server import serving
+    db = str(tmp_path / "g.db")
+    child = subprocess.Popen([sys.executable, "-c", SERVE_AND_WAIT, db], stdout=subprocess.PIPE, text=True)
+    _served_uri(child)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    with serving(db) as uri:  # waits out the old server's exit (it holds the lock until then)
+        assert MilvusClient(uri).list_collections() == []
+
+
+def test_a_db_in_use_is_refused_with_a_clear_error(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    import pytest
+
+    from logoscan import lite_server
+    from logoscan.gallery import GalleryError
+    monkeypatch.setattr(lite_server, "LOCK_WAIT_S", 2.0)
+    db = str(tmp_path / "g.db")
+    holder = subprocess.Popen([sys.executable, "-c", SERVE_AND_WAIT, db], stdout=subprocess.PIPE, text=True)
+    try:
+        _served_uri(holder)
+        with pytest.raises(GalleryError, match="g.db.*another .*using the .db"):
+            with lite_server.serving(db):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()

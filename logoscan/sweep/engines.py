@@ -17,7 +17,7 @@ from logoscan import stages
 from logoscan.actors import MatchActor
 from logoscan.config import ScanConfig
 from logoscan.log import get_logger
-from logoscan.store import Store
+from logoscan.store import Store, read_parts
 from logoscan.sweep.collect import Collector
 from logoscan.sweep.plan import RunPlan
 
@@ -166,6 +166,8 @@ def run_stored(store: Store, wanted: dict, cfg, plan: RunPlan, col: Collector, e
             by_file.setdefault(f, []).append(key)
         ds = ray.data.from_items([{"part": f, "keys": keys} for f, keys in sorted(by_file.items())],
                                  override_num_blocks=len(by_file))
+        # store.read_parts, not a function of this module: Ray Data fuses it into the matcher
+        # actors, whose workers then import the store, not the models
         ds = ds.map_batches(read_parts, fn_kwargs={"store": store, "batch_rows": cfg.match.search_batch},
                             batch_size=1, batch_format="pyarrow", num_cpus=0.25)
         ds = ds.map_batches(MatchActor, fn_constructor_kwargs=match_kwargs(cfg, plan),
@@ -181,10 +183,3 @@ def run_stored(store: Store, wanted: dict, cfg, plan: RunPlan, col: Collector, e
     finally:
         owner.matcher.close()
     return round(time.perf_counter() - t0, 3)
-
-
-def read_parts(items: pa.Table, store: Store, batch_rows: int):
-    """A Ray Data task: the stored regions of the wanted images of one store part, as batches."""
-    for part, keys in zip(items.column("part").to_pylist(), items.column("keys").to_pylist()):
-        for b in store.entries({tuple(k): part for k in keys}, batch_rows):
-            yield b
