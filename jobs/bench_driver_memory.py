@@ -68,6 +68,8 @@ def main() -> int:
     from logoscan.models import default_artifact_path, load_artifact
     model, cfg = load_artifact(default_artifact_path("embedder"))
     build(write_references(work, demo_gallery()), db, "logos", model, cfg)
+    from logoscan.gallery import release_lite
+    release_lite(db)  # each size's process serves the .db itself
     import pyarrow as pa
     import pyarrow.parquet as pq
     results = []

@@ -10,7 +10,7 @@ references (HNSW), once per way of matching:
 
   - local: the driver reads the parts and searches the embedded Milvus Lite .db in-process (the
     path every run took before issue #21);
-  - ray, 0 matcher actors: the driver searches the .db served on loopback (`milvus-lite server`);
+  - ray, 0 matcher actors: as local (the driver matches; nothing is served);
   - ray, 1 / 2 / 4 matcher actors: Ray Data tasks read the parts, a matcher actor pool searches
     the served .db; the driver only counts and collects flags.
 
@@ -48,8 +48,8 @@ class CpuSampler(threading.Thread):
     def kind(cmd: str, pid: int) -> str | None:
         if pid == os.getpid():
             return "driver"
-        if "milvus_lite" in cmd and " server" in cmd:
-            return "milvus-lite server"
+        if "milvus_lite" in cmd and " server" in cmd or "milvus run" in cmd or "/etcd" in cmd:
+            return "Milvus server"
         if "MatchActor" in cmd:
             return "matcher actors"
         if cmd.startswith("ray::") or "raylet" in cmd or "gcs_server" in cmd:
@@ -99,6 +99,7 @@ def main() -> int:
     ap.add_argument("--actors", default="1,2,4")
     ap.add_argument("--workdir", default="build/bench-matcher")
     ap.add_argument("--num-cpus", type=int, default=None)
+    ap.add_argument("--milvus-uri", help="a Milvus server (http://host:port) instead of an embedded .db")
     ap.add_argument("--write", help="write the table (markdown) here")
     a = ap.parse_args()
 
@@ -117,7 +118,8 @@ def main() -> int:
     shutil.rmtree(work, ignore_errors=True)
     paths = make_sample_data(work / "data", n_images=a.images, seed=11)
     model, emb_cfg = load_artifact(default_artifact_path("embedder"))
-    db = str(work / "milvus.db")
+    db = a.milvus_uri or str(work / "milvus.db")
+    served = not a.milvus_uri
     meta = build(paths["references"], db, "logos", model, emb_cfg, index_type="HNSW")
     add_distractors(db, "logos", a.distractors, meta["dim"])
     release_lite(db)  # the runs below serve it (or open it) themselves
@@ -154,8 +156,10 @@ def main() -> int:
 
     base = RematchConfig(store=str(work / "store"), milvus_uri=db, out=str(work / "rematch"),
                          run_date="2026-11-30", policy=policy, all_flags=True)
-    ways = [("local: the driver searches the .db in-process", replace(base, engine="local")),
-            ("ray, 0 matcher actors: the driver searches the served .db",
+    ways = [("local: the driver searches the .db in-process" if served else "local: the driver searches the server",
+             replace(base, engine="local")),
+            ("ray engine, 0 matcher actors: the driver searches the .db in-process (no server)" if served else
+             "ray engine, 0 matcher actors: the driver searches the server",
              replace(base, ray=RayConfig(num_cpus=a.num_cpus, matcher_actors=0)))]
     ways += [(f"ray, {k} matcher actor{'s' if k > 1 else ''}",
               replace(base, ray=RayConfig(num_cpus=a.num_cpus, matcher_actors=k)))
@@ -184,22 +188,24 @@ def main() -> int:
         f"`python jobs/bench_matcher.py --regions {a.regions}"
         f"{' --num-cpus ' + str(a.num_cpus) if a.num_cpus else ''}"
         f"{' --distractors ' + str(a.distractors) if a.distractors != 10_000 else ''}"
+        f"{' --milvus-uri ' + a.milvus_uri if a.milvus_uri else ''}"
         " --write docs/bench/matcher.md` (`make bench-matcher`), on this project's 2-core CPU machine (no "
         f"GPU), local Ray. `rematch` of a store of {len(images) * copies:,} images ({stored_regions:,} regions; "
         f"the regions of a {a.images}-image demo sweep copied {copies} times under other item ids, parts of "
         f"about {a.part_images} images) against the demo gallery plus {a.distractors:,} random references, "
-        "HNSW, Milvus Lite (served on 127.0.0.1 by `milvus-lite server` for the ray rows). `matching s` is "
+        + ("HNSW, Milvus Lite (served on 127.0.0.1 by `milvus-lite server` for the rows with matcher actors). " if served
+           else f"HNSW, on the Milvus server at {a.milvus_uri} (the same machine). ") + "`matching s` is "
         "the matching loop (read the parts, search in batches of 512, decide, hand back); the command adds "
         "the store's index, the gallery's metadata, serving the .db and writing queues and ledger.",
         "",
         "| how | regions | matching s | regions/s | vs 1 actor | command s | flags | same flags | "
-        "CPU s: milvus-lite server / matcher actors / other Ray / driver |",
+        "CPU s: Milvus server / matcher actors / other Ray / driver |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r, wall, same in rows:
         rel = f"{r['regions_per_s'] / one:.2f}x" if one else "–"
         c = r["cpu"]
-        cpu = " / ".join(f"{c.get(k, 0.0):.0f}" for k in ("milvus-lite server", "matcher actors",
+        cpu = " / ".join(f"{c.get(k, 0.0):.0f}" for k in ("Milvus server", "matcher actors",
                                                             "other Ray processes", "driver"))
         lines.append(f"| {name} | {r['regions']:,} | {r['stage_seconds']['stored_match']:.1f} | "
                      f"{r['regions_per_s']:,} | {rel} | {wall:.1f} | {r['flagged_all']:,} | {same} | {cpu} |")
