@@ -20,7 +20,7 @@ import tempfile
 import time
 from typing import Iterator
 
-from logoscan.gallery import GalleryError
+from logoscan.gallery import GalleryError, release_lite
 from logoscan.log import get_logger
 
 log = get_logger(__name__)
@@ -74,7 +74,6 @@ def serving(uri: str, enabled: bool = True) -> Iterator[str]:
     if not enabled or not is_lite(uri):
         yield uri
         return
-    from logoscan.gallery import release_lite
     db = os.path.abspath(uri)
     os.makedirs(os.path.dirname(db) or ".", exist_ok=True)
     release_lite(uri)  # this process may hold the file's lock from an earlier in-process client
