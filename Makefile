@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test browser train-extra train-embedder train-detector bench-embedder bench-embedder-real bench-real-sweep bench-detector bench-calibration bench-incremental bench-throughput bench-milvus-index bench-matcher drill-reliability fonts clean
+.PHONY: setup demo test browser train-extra train-embedder train-detector bench-embedder bench-embedder-real bench-real-sweep bench-detector bench-calibration bench-incremental bench-throughput bench-milvus-index bench-matcher bench-driver-memory drill-reliability fonts clean
 
 setup: $(VENV)/.installed
 
@@ -80,6 +80,9 @@ bench-throughput: setup
 # Matching: the driver's one client vs 1/2/4 matcher actors (rematch of a 200k-region store)
 bench-matcher: setup
 	RAY_AUTH_MODE=disabled $(PY) jobs/bench_matcher.py --regions 200000 --write docs/bench/matcher.md
+# The driver's peak memory, manifests of 100k / 1M / 2M rows that are all refused or missing (~20 min)
+bench-driver-memory: setup
+	RAY_AUTH_MODE=disabled $(PY) jobs/bench_driver_memory.py --rows 100000,1000000,2000000 --write docs/bench/driver_memory.md
 # Milvus Lite queries/s over 100k references: index declared at creation vs built after the flush
 bench-milvus-index: setup
 	$(PY) jobs/bench_milvus_index.py --write docs/bench/milvus_index.md
