@@ -133,25 +133,24 @@ def main() -> int:
     parts = [pq.read_table(f) for f in src.region_files()]  # one sweep: every image once
     t = pa.concat_tables(parts)
     images = sorted(set(zip(t.column("item_id").to_pylist(), t.column("image_id").to_pylist())))
-    copies = -(-a.regions // max(1, sum(1 for r in t.column("region").to_pylist() if r >= 0)))
+    sweep_regions = sum(1 for r in t.column("region").to_pylist() if r >= 0)
+    copies = -(-a.regions // max(1, sweep_regions))
     big = work / "store" / src.dir.rsplit("/", 1)[-1] / "regions"
     big.mkdir(parents=True)
     shutil.copy(os.path.join(src.dir, "_key.json"), big.parent / "_key.json")
 
     def copy(p: pa.Table, c: int) -> pa.Table:
         return p.set_column(0, "item_id", pa.array([f"{x}-c{c}" for x in p.column("item_id").to_pylist()]))
-    n, written = 0, []
+    n = 0
     for p in parts:  # a part holds whole images: k copies of one sweep part, about --part-images images
         per = len(set(p.column("item_id").to_pylist()))
         k = max(1, a.part_images // max(per, 1))
         for c0 in range(0, copies, k):
             part = pa.concat_tables([copy(p, c) for c in range(c0, min(c0 + k, copies))])
             pq.write_table(part, big / f"part-{n:05d}.parquet")
-            written.append(part.num_rows)
             n += 1
-    whole = pa.concat_tables([t] * copies)
-    stored_regions = sum(1 for r in whole.column("region").to_pylist() if r >= 0)
-    print(f"store: {len(images) * copies:,} images, {whole.num_rows:,} rows ({stored_regions:,} regions), "
+    stored_regions = sweep_regions * copies
+    print(f"store: {len(images) * copies:,} images, {t.num_rows * copies:,} rows ({stored_regions:,} regions), "
           f"{n} parts", flush=True)
 
     base = RematchConfig(store=str(work / "store"), milvus_uri=db, out=str(work / "rematch"),
