@@ -45,41 +45,60 @@ def queue_path(out: str, queue: str, run_date: str, run_id: str) -> str:
                         f"{safe_name(run_id)}.parquet")
 
 
+def errors_path(out: str, run_date: str, run_id: str) -> str:
+    return storage.join(out, "errors", f"run_date={run_date}", f"{safe_name(run_id)}.parquet")
+
+
+def staged(out: str, run_id: str, final: str) -> str:
+    """Where ``final`` (a path under ``out``) waits until the run publishes."""
+    return storage.join(out, "_staging", safe_name(run_id), final[len(out.rstrip("/")) + 1:])
+
+
+def begin_staging(out: str, run_id: str) -> None:
+    """An empty staging folder for this run (a killed attempt's leftovers are dropped)."""
+    storage.delete_dir(storage.join(out, "_staging", safe_name(run_id)))
+
+
 def write_run(out: str, run_id: str, run_date: str, flagged: dict[str, pa.Table], errors: pa.Table,
               summary: dict, config: dict) -> dict[str, str]:
     clash = queue_collisions(flagged)
     if clash:  # checked at gallery build and scan start too; never overwrite one queue with another
         raise ValueError(f"queues {clash} would be written to the same file")
-    rid = safe_name(run_id)
-    stage = storage.join(out, "_staging", rid)
-    storage.delete_dir(stage)
-    files = {}
+    begin_staging(out, run_id)
     for queue, table in sorted(flagged.items()):
-        files[queue_path(out, queue, run_date, run_id)] = _parquet_bytes(table)
-    files[storage.join(out, "errors", f"run_date={run_date}", f"{rid}.parquet")] = _parquet_bytes(errors)
+        storage.write_bytes(staged(out, run_id, queue_path(out, queue, run_date, run_id)), _parquet_bytes(table))
+    storage.write_bytes(staged(out, run_id, errors_path(out, run_date, run_id)), _parquet_bytes(errors))
+    return publish_staged(out, run_id, run_date, sorted(flagged), summary, config)
+
+
+def publish_staged(out: str, run_id: str, run_date: str, queues: list[str], summary: dict,
+                   config: dict) -> dict[str, str]:
+    """Publish a run whose queue files (``queues``) and errors file are staged (``staged``):
+    summary and config staged too, a previous attempt's queues this one has none for removed,
+    every file moved into place, ``_SUCCESS`` last."""
+    clash = queue_collisions(queues)
+    if clash:
+        raise ValueError(f"queues {clash} would be written to the same file")
+    rid = safe_name(run_id)
     run_dir = storage.join(out, "runs", rid)
-    outputs = {"queues": {q: queue_path(out, q, run_date, run_id) for q in flagged},
-               "errors": storage.join(out, "errors", f"run_date={run_date}", f"{rid}.parquet"),
+    outputs = {"queues": {q: queue_path(out, q, run_date, run_id) for q in queues},
+               "errors": errors_path(out, run_date, run_id),
                "summary": storage.join(run_dir, "summary.json")}
     summary = {**summary, "outputs": outputs}
-    files[storage.join(run_dir, "summary.json")] = json.dumps(summary, indent=2, default=str).encode()
-    files[storage.join(run_dir, "config.json")] = json.dumps(config, indent=2, default=str).encode()
-    # 1. stage everything
-    staged = {}
-    for final, data in files.items():
-        tmp = storage.join(stage, final[len(out.rstrip("/")) + 1:])
-        storage.write_bytes(tmp, data)
-        staged[final] = tmp
-    # 2. a previous attempt of this run may have published queues this attempt has none for
+    finals = [*outputs["queues"].values(), outputs["errors"], outputs["summary"],
+              storage.join(run_dir, "config.json")]
+    storage.write_bytes(staged(out, run_id, outputs["summary"]), json.dumps(summary, indent=2, default=str).encode())
+    storage.write_bytes(staged(out, run_id, finals[-1]), json.dumps(config, indent=2, default=str).encode())
+    # a previous attempt of this run may have published queues this attempt has none for
     storage.delete_file(storage.join(run_dir, "_SUCCESS"))
     for old in _previous_queue_files(out, run_date, rid):
-        if old not in files:
+        if old not in finals:
             storage.delete_file(old)
-    # 3. publish, marker last
-    for final, tmp in staged.items():
-        storage.move_file(tmp, final)
+    # publish, marker last
+    for final in finals:
+        storage.move_file(staged(out, run_id, final), final)
     storage.write_bytes(storage.join(run_dir, "_SUCCESS"), b"")
-    storage.delete_dir(stage)
+    storage.delete_dir(storage.join(out, "_staging", rid))
     return outputs
 
 

@@ -78,6 +78,23 @@ ERRORS = pa.schema([
     ("message", pa.string()), ("scanned_at", pa.timestamp("us", tz="UTC")),
 ])
 
+# A streaming scan's rows as its workers write them, a part per block, to the run's checkpoint
+# folder (logoscan.sweep.stream): one row per region, per image without any (kind "empty") and per
+# image that failed or was not scanned (kind "error"), decided; the driver publishes from these.
+# ``ordinal`` is the row's place in the manifest (file << 40 | row): what a resumed run skips.
+# Carried manifest columns follow as "carry.<name>" with their manifest types.
+STAGED = pa.schema([
+    ("item_id", pa.string()), ("image_id", pa.string()), ("image_uri", pa.string()), ("ordinal", pa.int64()),
+    ("content_key", pa.string()), ("kind", pa.string()), ("rows_of_image", pa.int32()), ("region", pa.int16()),
+    ("box", BOX), ("det_score", pa.float32()), ("thumbnail_jpeg", pa.binary()), ("ocr_text", pa.string()),
+    ("embedding", pa.list_(pa.float32())),
+    ("label", pa.string()), ("category", pa.string()), ("logo_id", pa.string()), ("distance", pa.float32()),
+    ("threshold", pa.float32()), ("threshold_source", pa.string()), ("runner_up_label", pa.string()),
+    ("runner_up_distance", pa.float32()), ("margin", pa.float32()), ("queue", pa.string()),
+    ("flagged", pa.bool_()),
+    ("error_stage", pa.string()), ("error_type", pa.string()), ("error_message", pa.string()),
+])
+
 # Keys of summary.json (scan and rematch; built by logoscan.sweep.publish.summary)
 RUN_SUMMARY_KEYS = ("run_id", "run_date", "started_at", "finished_at", "seconds", "rows_in",
                     "rows_scanned", "rows_reused", "rows_errored", "regions", "flagged", "flagged_by_queue",

@@ -21,6 +21,7 @@ from logoscan.images import ImageRejected, decode, jpeg_bytes
 # Ray workers of their own, and importing torch there cost more CPU than reading the images
 
 KEYS = ("item_id", "image_id", "image_uri")
+PASSENGER = "x_"  # per-image columns a stage carries along unread (the streaming scan's ordinal, content key)
 ERR = ("error_stage", "error_type", "error_message")  # "" on rows without an error
 # Missing strings are "" inside the pipeline (an all-null column would change type between Ray
 # blocks); the output edge turns them back into nulls.
@@ -78,11 +79,26 @@ def check_allowed(uri: str, roots) -> None:
                               " (fetch.allowed_roots)")
 
 
+def readable(uri, roots) -> bool:
+    """Whether fetch would try to read ``uri`` (a supported URI inside the allowed roots)."""
+    try:
+        storage.check_uri(str(uri))
+        check_allowed(str(uri), roots)
+        return bool(uri)
+    except Exception:  # noqa: BLE001 - the fetch stage gives it its error row
+        return False
+
+
 def fetch(batch: dict, cfg: FetchConfig) -> dict:
     """Read each image's bytes. Failures become (stage, error_type, message); nothing raises."""
     n = len(batch["item_id"])
     data, errs = [], []
-    for uri in batch["image_uri"]:
+    given = batch.get("error_stage")  # rows refused before fetch (the manifest's own checks) stay errors
+    for i, uri in enumerate(batch["image_uri"]):
+        if given is not None and given[i]:
+            data.append(b"")
+            errs.append(tuple(batch[k][i] for k in ERR))
+            continue
         try:
             if uri is None or not str(uri).strip():
                 raise ValueError("image_uri is null or empty")
@@ -98,6 +114,7 @@ def fetch(batch: dict, cfg: FetchConfig) -> dict:
             data.append(b"")
             errs.append(_error("fetch", e))
     out = {k: batch[k] for k in KEYS}
+    out.update((k, v) for k, v in batch.items() if k.startswith(PASSENGER))
     out["image_bytes"] = _obj(data)
     for j, k in enumerate(ERR):
         out[k] = _obj([e[j] if e else "" for e in errs])
@@ -117,10 +134,12 @@ def detect(batch: dict, model, model_cfg: dict, cfg: DetectorConfig, crop_size: 
     precision = resolve_precision(cfg.precision, device)
     rows = {k: [] for k in (*KEYS, "kind", "rows_of_image", "region", "box", "det_score", "crop", "thumbnail_jpeg",
                             *ERR)}
+    source = []  # each output row's input row: passenger columns follow it
 
     def emit(i, kind, box=(0, 0, 0, 0), score=0.0, crop=None, thumb=b"", error=None, of=1, region=-1):
         for k in KEYS:
             rows[k].append(batch[k][i])
+        source.append(i)
         rows["kind"].append(kind)
         rows["rows_of_image"].append(of)  # the driver knows an image is finished when all came back
         rows["region"].append(region)     # the region's place in its image (-1: not a region)
@@ -175,6 +194,9 @@ def detect(batch: dict, model, model_cfg: dict, cfg: DetectorConfig, crop_size: 
     out["box"] = np.stack(rows["box"]) if rows["box"] else np.zeros((0, 4), np.float32)
     out["det_score"] = np.asarray(rows["det_score"], np.float32)
     out["crop"] = np.stack(rows["crop"]) if rows["crop"] else np.zeros((0, crop_size, crop_size, 3), np.uint8)
+    for k, v in batch.items():
+        if k.startswith(PASSENGER):
+            out[k] = np.asarray(v)[np.asarray(source, np.int64)]
     return out
 
 

@@ -27,12 +27,14 @@ import hashlib
 import io
 import json
 import os
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -208,6 +210,12 @@ class Store:
         storage.write_bytes(storage.join(self.flags_dir(match_version),
                                          f"part-{_stamp()}-{safe_name(run_id)}.parquet"), _parquet(t))
 
+    def add_flags(self, match_version: str, run_id: str, ledger: str) -> None:
+        """Move a staged ledger file (STORE_FLAGS, written by a streaming scan) in as one part."""
+        from logoscan.output import safe_name
+        storage.move_file(ledger, storage.join(self.flags_dir(match_version),
+                                               f"part-{_stamp()}-{safe_name(run_id)}.parquet"))
+
     def read_flags(self, match_version: str, before_run: str | None = None) -> set[tuple]:
         """(item_id, image_id, content_key, region, label) of every region flagged against
         ``match_version``. With ``before_run``: only what was recorded before that run first
@@ -369,6 +377,29 @@ def to_batch(t: pa.Table) -> dict:
         "ocr_text": _obj([v or "" for v in t.column("ocr_text").to_pylist()]),
         **{k: _obj([""] * n) for k in ERR},
     }
+
+
+def write_region_part(store: Store, run_id: str, staged: list[pa.Table]) -> int:
+    """One region part from a streaming scan's staged rows (schema.STAGED) of whole, scanned
+    images with a content key; returns the number of images written."""
+    from logoscan.output import safe_name
+    t = pa.concat_tables(staged)
+    n = t.num_rows
+    is_region = pc.equal(t.column("kind"), "region")
+
+    def of_region(name: str):  # an image without regions: one row, region -1, nothing else
+        return pc.if_else(is_region, t.column(name), pa.scalar(None, STORE_REGIONS.field(name).type))
+    part = pa.table({
+        "item_id": t.column("item_id"), "image_id": t.column("image_id"), "image_uri": t.column("image_uri"),
+        "content_key": t.column("content_key"), "region": of_region("region").fill_null(-1),
+        **{k: of_region(k) for k in ("box", "det_score", "embedding", "ocr_text", "thumbnail_jpeg")},
+        "run_id": pa.array([run_id] * n, pa.string()),
+        "stored_at": pa.array([datetime.now(timezone.utc)] * n, STORE_REGIONS.field("stored_at").type)},
+        schema=STORE_REGIONS)
+    store.ensure()
+    name = f"part-{_stamp()}-{safe_name(run_id)}-{uuid.uuid4().hex[:8]}.parquet"
+    storage.write_bytes(storage.join(store.dir, "regions", name), _parquet(part))
+    return pc.count_distinct(t.column("ordinal")).as_py()
 
 
 class Writer:

@@ -198,3 +198,37 @@ def test_matcher_pool_on_two_cpus_hands_back_every_row(sample, tmp_path):
     assert pool["rows_in"] == pool["rows_scanned"] + pool["rows_errored"] == local["rows_in"]
     assert flags(pool) == flags(local) and flags(pool)
     assert pool["config"]["milvus_uri"] == sample["milvus"]  # the .db as given, not the served URI
+
+
+def test_streaming_scan_holds_nothing_of_the_manifest_in_the_driver(sample, local_run, tmp_path, monkeypatch):
+    """Issue #21: the Ray sweep streams. The driver never reads the manifest's rows, never builds
+    the collector of finished images, never loads the store's index, and what it reads back from
+    the dataset is each block's row count only; the flags and errors are the in-process ones."""
+    import ray.data
+
+    from logoscan.store import Store
+    from logoscan.sweep import run as sweep_run
+
+    def refuse(*a, **k):
+        raise AssertionError("the driver collected manifest rows")
+    monkeypatch.setattr(sweep_run, "read_manifest", refuse)
+    monkeypatch.setattr(sweep_run, "Collector", refuse)
+    monkeypatch.setattr(Store, "index", refuse)
+    for name in ("take_all", "to_pandas", "iter_rows"):
+        monkeypatch.setattr(ray.data.Dataset, name, refuse)
+    seen, iterate = [], ray.data.Dataset.iter_batches
+
+    def watched(self, *a, **k):
+        for b in iterate(self, *a, **k):
+            seen.append((set(b), len(next(iter(b.values())))))
+            yield b
+    monkeypatch.setattr(ray.data.Dataset, "iter_batches", watched)
+    s = run_scan(_cfg(sample, tmp_path, engine="ray"))
+    assert s["streaming"] and seen
+    assert all(cols == {"rows"} and n == 1 for cols, n in seen)  # one count per block, nothing else
+    assert s["rows_in"] == s["rows_scanned"] + s["rows_errored"] == local_run[0]["rows_in"]
+    assert _pairs(s) == _pairs(local_run[0])
+    errors = lambda summary: sorted((r["item_id"], r["image_id"], r["error_type"])  # noqa: E731
+                                    for r in pq.read_table(summary["outputs"]["errors"]).to_pylist())
+    assert errors(s) == errors(local_run[0])
+    assert not (tmp_path / "_checkpoints" / "t").exists()  # published: the workers' parts are gone

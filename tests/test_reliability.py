@@ -92,13 +92,18 @@ def _lite_copy(sample, tmp_path) -> str:
     return str(dst)
 
 
+def _parts(out) -> list:
+    """Checkpoint parts of run r1: the driver's (local engine: parts/) or the workers' (streaming: rows/)."""
+    ckpt = out / "_checkpoints" / "r1"
+    return [*(ckpt / "parts").glob("*.parquet"), *(ckpt / "rows").glob("*.parquet")]
+
+
 def _start_and_kill(cmd, out, logfile, parts: int, env=None) -> None:
     """Start a sweep as its own process group; SIGKILL all of it once ``parts`` checkpoints exist."""
     with open(logfile, "wb") as logf:
         proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=logf, stderr=logf, env=env)
-        found = out / "_checkpoints" / "r1" / "parts"
         deadline = time.time() + 240
-        while time.time() < deadline and len(list(found.glob("*.parquet"))) < parts:
+        while time.time() < deadline and len(_parts(out)) < parts:
             if proc.poll() is not None:
                 pytest.fail("the sweep ended before it could be killed:\n" + logfile.read_text()[-3000:])
             time.sleep(0.05)
@@ -165,7 +170,7 @@ def test_worker_actor_killed_mid_run_is_retried_by_ray(sample, clean, tmp_path):
     def killer():
         deadline = time.time() + 240
         while time.time() < deadline and not killed:
-            if list((out / "_checkpoints" / "r1" / "parts").glob("*.parquet")):  # mid-run
+            if _parts(out):  # mid-run
                 for p in psutil.process_iter(["cmdline"]):
                     # DetectEmbedActor by default (ray.embedder_actors 0), DetectActor otherwise
                     if "MapBatches(Detect" in " ".join(p.info["cmdline"] or []):

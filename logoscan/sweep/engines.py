@@ -96,6 +96,19 @@ def actor_cpus(r, n_actors: int, cluster_cpus: float, matchers: int = 0) -> floa
     return cpa
 
 
+def pools(cfg: ScanConfig, matchers: int) -> tuple[bool, int, float]:
+    """Whether detect and embed share an actor, the embedder actors, the CPUs each model actor
+    reserves. ``ray.embedder_actors: 0``: embed inside the detector actors, except with OCR on,
+    which reads the crops between detect and embed (then a pool of one)."""
+    import ray
+    r = cfg.ray
+    fused = r.embedder_actors == 0 and not cfg.ocr.enabled
+    n_emb = 0 if fused else max(1, r.embedder_actors)
+    cpa = actor_cpus(r, r.detector_actors + n_emb + (cfg.ocr.actors if cfg.ocr.enabled else 0),
+                     ray.cluster_resources().get("CPU", 0.0), matchers)
+    return fused, n_emb, cpa
+
+
 def run_ray(manifest: pa.Table, cfg: ScanConfig, plan: RunPlan, col: Collector) -> dict:
     import ray
 
@@ -105,12 +118,7 @@ def run_ray(manifest: pa.Table, cfg: ScanConfig, plan: RunPlan, col: Collector) 
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     r = cfg.ray
     gpus = r.num_gpus_per_actor
-    # embedder_actors 0: embed inside the detector actors, except with OCR on, which reads the crops
-    # between detect and embed (then a pool of one)
-    fused = r.embedder_actors == 0 and not cfg.ocr.enabled
-    n_emb = 0 if fused else max(1, r.embedder_actors)
-    cpa = actor_cpus(r, r.detector_actors + n_emb + (cfg.ocr.actors if cfg.ocr.enabled else 0),
-                     ray.cluster_resources().get("CPU", 0.0), r.matcher_actors)
+    fused, n_emb, cpa = pools(cfg, r.matcher_actors)
     n_blocks = max(1, math.ceil(manifest.num_rows / r.fetch_batch))
     ds = ray.data.from_arrow(manifest.select(list(stages.KEYS))).repartition(n_blocks)
     ds = ds.map_batches(fetch, fn_kwargs={"cfg": cfg.fetch}, batch_size=r.fetch_batch,

@@ -159,7 +159,7 @@ def plan_store(cfg: ScanConfig, run_id: str, unique: pa.Table, todo: pa.Table, m
     store = open_store(cfg.store.uri or storage.join(cfg.out, "store"), model_version, cfg.detector, cfg.ocr)
     t0 = time.time()
     roots = cfg.fetch.allowed_roots
-    allowed = unique.filter(pa.array([readable(u, roots) for u in unique.column("image_uri").to_pylist()],
+    allowed = unique.filter(pa.array([stages.readable(u, roots) for u in unique.column("image_uri").to_pylist()],
                                      pa.bool_()))
     ck = dict(zip(zip(allowed.column("item_id").to_pylist(), allowed.column("image_id").to_pylist()),
                   content_keys(allowed, cfg.store.stat_threads)))
@@ -191,27 +191,12 @@ def plan_store(cfg: ScanConfig, run_id: str, unique: pa.Table, todo: pa.Table, m
     return StorePlan(store, writer, ck, reuse, info)
 
 
-def readable(uri, roots) -> bool:
-    try:
-        storage.check_uri(str(uri))
-        stages.check_allowed(str(uri), roots)
-        return bool(uri)
-    except Exception:  # noqa: BLE001 - the fetch stage gives it its error row
-        return False
-
-
 def resume(cfg: ScanConfig, run_id: str, unique: pa.Table, plan: RunPlan) -> tuple[Checkpoint | None, list[dict]]:
     """This run's checkpoint, and the images an earlier attempt of it finished (if its inputs
     and settings were the same). A default run id (a timestamp) is never resumed."""
     if not cfg.checkpoint_every:
         return None, []
-    settings = config_io.to_dict(cfg)
-    for k in ("run_id", "run_date", "engine", "ray", "checkpoint_every", "resume", "max_error_rate"):
-        settings.pop(k, None)
-    for part, keys in (("detector", ("batch_size", "device", "threads")), ("match", ("search_batch",)),
-                       ("embedder", ("batch_size", "device", "threads")), ("ocr", ("actors", "device", "threads"))):
-        for k in keys:  # how fast, not what: a resumed run may change these
-            settings[part].pop(k, None)
+    settings = resume_settings(cfg)
     keys = hashlib.sha256("\n".join(f"{a}\t{b}\t{c}" for a, b, c in zip(
         *(unique.column(k).to_pylist() for k in stages.KEYS))).encode()).hexdigest()
     fp = fingerprint({"settings": settings, "manifest_rows": keys, "models": plan.model_version,
@@ -223,6 +208,45 @@ def resume(cfg: ScanConfig, run_id: str, unique: pa.Table, plan: RunPlan) -> tup
     done = ckpt.load() or []
     if done:
         log.info("scan.resuming", from_checkpoint=ckpt.dir, images_done=len(done), parts=ckpt.parts_written)
+    return ckpt, done
+
+
+def resume_settings(cfg: ScanConfig) -> dict:
+    """The settings a resumed run must share with the attempt it resumes: what, not how fast."""
+    settings = config_io.to_dict(cfg)
+    for k in ("run_id", "run_date", "engine", "ray", "checkpoint_every", "resume", "max_error_rate"):
+        settings.pop(k, None)
+    for part, keys in (("detector", ("batch_size", "device", "threads")), ("match", ("search_batch",)),
+                       ("embedder", ("batch_size", "device", "threads")), ("ocr", ("actors", "device", "threads"))):
+        for k in keys:  # a resumed run may change these
+            settings[part].pop(k, None)
+    return settings
+
+
+def resume_streaming(cfg: ScanConfig, run_id: str, files: list[tuple[str, int]], plan: RunPlan
+                     ) -> tuple[Checkpoint, list[str]]:
+    """The streaming scan's checkpoint (its workers' parts: logoscan.sweep.stream) and the parts an
+    earlier attempt of this run left, if its inputs and settings were the same: the manifest's
+    files as they are now (name, size, modification time or ETag), not its rows, which the driver
+    never reads. Without checkpoints (``checkpoint_every: 0``) or ``resume: false`` the parts of
+    an earlier attempt are dropped."""
+    def version(f: str) -> str:
+        fs, path = storage.resolve(f)
+        info = fs.get_file_info(path)
+        return f"{f}\t{info.size}\t{info.mtime_ns}"
+    fp = fingerprint({"settings": resume_settings(cfg), "streaming": True,
+                      "manifest_files": [version(f) for f, _ in files], "models": plan.model_version,
+                      "gallery": plan.gallery_version, "thresholds": dataclasses.asdict(plan.thresholds)})
+    ckpt = Checkpoint(cfg.out, run_id, fp)
+    if not cfg.checkpoint_every or not cfg.resume:
+        ckpt.clear()
+        return ckpt, []
+    if ckpt.load() is None:  # none, or another fingerprint (then discarded, and said so)
+        return ckpt, []
+    from logoscan.sweep.stream import parts
+    done = parts(storage.join(ckpt.dir, "rows"))
+    if done:
+        log.info("scan.resuming", from_checkpoint=ckpt.dir, parts=len(done))
     return ckpt, done
 
 

@@ -56,7 +56,7 @@ def carry(table: pa.Table, manifest: pa.Table, columns) -> pa.Table:
 
 
 def summary(plan: RunPlan, cfg, t0: float, *, rows_in: int, scanned: int, reused: int, errored: int, regions: int,
-            flagged: int, by_queue: dict, errors_by_stage: dict, stage_seconds: dict, store: dict | None,
+            flagged: int, by_queue: dict[str, int], errors_by_stage: dict, stage_seconds: dict, store: dict | None,
             **extra) -> dict:
     """summary.json of a scan or a rematch (RUN_SUMMARY_KEYS, then what each adds). Refuses a run
     whose rows do not add up: rows_in = rows_scanned + rows_reused + rows_errored."""
@@ -70,7 +70,7 @@ def summary(plan: RunPlan, cfg, t0: float, *, rows_in: int, scanned: int, reused
         **{k: v for k, v in extra.items() if k.startswith("rows_")},
         "regions": regions, "flagged": flagged,
         **{k: v for k, v in extra.items() if k.startswith("flagged_")},
-        "flagged_by_queue": {q: len(v) for q, v in sorted(by_queue.items())},
+        "flagged_by_queue": dict(sorted(by_queue.items())),
         "errors_by_stage": errors_by_stage, "stage_seconds": stage_seconds,
         **{k: v for k, v in extra.items() if not k.startswith(("rows_", "flagged_"))},
         "store": store,

@@ -8,19 +8,20 @@ import dataclasses
 import time
 from datetime import datetime, timezone
 
-from logoscan import config_io, metrics, output
+from logoscan import config_io, metrics, output, storage
 from logoscan.config import RematchConfig, ScanConfig
 from logoscan.gallery import MilvusUnavailable, redact
 from logoscan.lite_server import serving
 from logoscan.log import configure, get_logger
 from logoscan.runlock import RunLock
 from logoscan.schema import ERRORS, FLAGGED
-from logoscan.sweep import engines, publish
+from logoscan.sweep import engines, publish, stream
 from logoscan.sweep.collect import Collector
 from logoscan.sweep.errors import ScanError
 from logoscan.sweep.inputs import (allowed_roots, inside, manifest_errors, read_manifest, split_duplicates,
                                    split_unidentified, without)
-from logoscan.sweep.plan import make_plan, match_version, open_store, plan_store, resume, run_ids
+from logoscan.sweep.plan import (make_plan, match_version, open_store, plan_store, resume, resume_streaming,
+                                 run_ids)
 
 log = get_logger("logoscan.sweep")
 
@@ -50,10 +51,81 @@ def run_scan(cfg: ScanConfig) -> dict:
     started, run_id, run_date = run_ids(cfg, "scan")
     configure(run_id)
     t0 = time.time()
+    if streams(cfg):  # the manifest's files and columns checked here, its rows by the workers
+        files, carry = stream.manifest_files(cfg.manifest, tuple(cfg.carry_columns))
+        with RunLock(cfg.out, run_id):
+            with _served(cfg) as uri:
+                return _scan_streaming(cfg, files, carry, started, t0, run_id, run_date, uri)
     manifest = read_manifest(cfg.manifest, tuple(cfg.carry_columns))  # errors here: before any work
     with RunLock(cfg.out, run_id):  # one run id on one --out at a time
         with _served(cfg) as uri:
             return _scan(cfg, manifest, started, t0, run_id, run_date, uri)
+
+
+def streams(cfg: ScanConfig) -> bool:
+    """Whether the scan streams (logoscan.sweep.stream): the ray engine with a matcher actor pool.
+    An incremental scan (its plan joins the store's index in the driver) and driver matching
+    (``ray.matcher_actors: 0``) still collect in the driver."""
+    return cfg.engine == "ray" and cfg.ray.matcher_actors > 0 and not cfg.store.incremental
+
+
+def _scan_streaming(cfg: ScanConfig, files: list, carry, started: datetime, t0: float, run_id: str,
+                    run_date: str, uri: str) -> dict:
+    cfg = dataclasses.replace(cfg, fetch=dataclasses.replace(cfg.fetch, allowed_roots=allowed_roots(cfg)))
+    plan, cfg = make_plan(cfg, uri, run_id, run_date, started)
+    ckpt, done_parts = resume_streaming(cfg, run_id, files, plan)
+    if ckpt.meta.get("run_date") and not cfg.run_date:  # a resumed run keeps its first attempt's date
+        plan = dataclasses.replace(plan, run_date=ckpt.meta["run_date"])
+    ckpt.start(plan.run_date)
+    total = sum(n for _, n in files)
+    resumed = stream.rows_in(done_parts)
+    store = open_store(cfg.store.uri or storage.join(cfg.out, "store"), plan.model_version, cfg.detector,
+                       cfg.ocr) if cfg.store.write else None
+    log.info("scan.start", manifest=cfg.manifest, files=len(files), rows=total, resumed=resumed, engine="ray",
+             streaming=True, collection=cfg.collection, gallery_version=plan.gallery_version,
+             detector=plan.detector["version"], embedder=plan.embedder_version, out=cfg.out)
+    parts_dir = storage.join(ckpt.dir, "rows")
+    fused, n_emb, cpa = engines.pools(cfg, cfg.ray.matcher_actors)
+    ds = stream.build(files, carry, done_parts, parts_dir, cfg, plan, cpa,
+                      engines.match_kwargs(cfg, plan, keep_embedding=store is not None),
+                      engines.detect_kwargs(cfg, plan), fused, n_emb)
+    t_run = time.time()
+    try:
+        stream.run(ds, total, resumed, run_id)
+    except MilvusUnavailable as e:
+        raise ScanError(f"{e}. Nothing was published; the rows finished so far are checkpointed"
+                        + (f": run again with run id {run_id!r} to resume" if cfg.checkpoint_every else "")) from e
+    t_publish = time.time()
+    now = datetime.now(timezone.utc)
+    common = {"run_id": run_id, "scanned_at": now, "model_version": plan.model_version,
+              "gallery_version": plan.gallery_version}
+    version = match_version(plan.gallery_version, plan.thresholds, cfg.ocr)
+    ledger = storage.join(ckpt.dir, "ledger.parquet") if store is not None else None
+    output.begin_staging(cfg.out, run_id)
+    got = stream.publish_parts(stream.parts(parts_dir), cfg.out, run_id, plan.run_date, common, carry,
+                               store=store, store_every=cfg.checkpoint_every or 256, ledger=ledger)
+    if got.refused:
+        log.warning("scan.refused", rows=got.refused, allowed_roots=list(cfg.fetch.allowed_roots),
+                    note="image URIs outside the allowed roots were not read (set fetch.allowed_roots)")
+    info = None if store is None else {"uri": redact(store.uri), "key": store.key, "incremental": False,
+                                       "other_keys": store.other_keys(), "written": got.written}
+    summary = publish.summary(
+        plan, cfg, t0, rows_in=total, scanned=got.scanned, reused=0, errored=got.errored, regions=got.regions,
+        flagged=got.flagged, by_queue=dict(got.by_queue), errors_by_stage=dict(got.errors_by_stage),
+        stage_seconds={"sweep": round(t_publish - t_run, 3), "publish_parts": round(time.time() - t_publish, 3)},
+        store=info, rows_resumed=resumed, images_per_s=round(total / max(time.time() - t0, 1e-9), 2),
+        stage_worker_seconds={k: round(v, 3) for k, v in sorted(got.stage_seconds.items())}, streaming=True)
+    summary["outputs"] = output.publish_staged(cfg.out, run_id, plan.run_date, got.queues, summary,
+                                               config_io.to_dict(cfg))
+    if ledger is not None:  # what reviewers were shown against this gallery: `rematch` shows only what is new
+        store.add_flags(version, run_id, ledger)
+    ckpt.clear()  # published: nothing left to resume
+    metrics.flagged(summary["flagged_by_queue"])
+    log.info("scan.done", **{k: summary[k] for k in ("rows_in", "rows_scanned", "rows_reused", "rows_errored",
+                                                     "rows_resumed", "regions", "flagged", "seconds",
+                                                     "images_per_s", "flagged_by_queue", "errors_by_stage")},
+             gallery_version=plan.gallery_version, engine="ray", streaming=True)
+    return summary
 
 
 def _scan(cfg: ScanConfig, manifest, started: datetime, t0: float, run_id: str, run_date: str, uri: str) -> dict:
@@ -118,7 +190,7 @@ def _scan(cfg: ScanConfig, manifest, started: datetime, t0: float, run_id: str, 
     summary = publish.summary(
         plan, cfg, t0, rows_in=manifest.num_rows, scanned=rows_scanned, reused=len(col.reused),
         errored=len(col.errored) + dups.num_rows + unidentified.num_rows, regions=col.regions,
-        flagged=len(col.flagged), by_queue=by_queue, errors_by_stage=publish.errors_by_stage(col.errors),
+        flagged=len(col.flagged), by_queue={q: len(v) for q, v in by_queue.items()}, errors_by_stage=publish.errors_by_stage(col.errors),
         stage_seconds=stage_s, store=sp.info if sp else None, rows_resumed=col.resumed,
         images_per_s=round(manifest.num_rows / max(time.time() - t0, 1e-9), 2),
         stage_worker_seconds={k: round(v, 3) for k, v in sorted(col.stage_seconds.items())})
@@ -189,7 +261,7 @@ def _rematch(cfg: RematchConfig, started: datetime, run_id: str, run_date: str, 
     tables, by_queue = publish.queues(new, common, None, ())
     summary = publish.summary(
         plan, pinned, t0, rows_in=len(index), scanned=0, reused=len(col.reused), errored=0, regions=col.regions,
-        flagged=len(new), by_queue=by_queue, errors_by_stage={}, stage_seconds={"stored_match": seconds},
+        flagged=len(new), by_queue={q: len(v) for q, v in by_queue.items()}, errors_by_stage={}, stage_seconds={"stored_match": seconds},
         store={"uri": redact(cfg.store), "key": store.key, "match_version": version, "previous": previous},
         flagged_all=len(col.flagged), regions_per_s=round(col.regions / max(seconds, 1e-9), 1))
     summary["outputs"] = output.write_run(cfg.out, run_id, run_date, tables, publish.table([], ERRORS, {}), summary,

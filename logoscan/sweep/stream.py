@@ -1,0 +1,421 @@
+"""The streaming scan (engine ``ray``): the driver plans, watches and publishes; no manifest row,
+flag or error row passes through it while the workers run.
+
+    manifest files ─ read tasks (validated; each row's ordinal: file << 40 | row)
+      ─ hash shuffle on (item_id, image_id), blocks sorted (what Ray's groupby().map_groups does)
+      ─ per block: the earlier row of a key kept, later ones DuplicateRow, rows without item_id
+        MissingItemId (error rows from here on), rows an earlier attempt finished dropped
+      ─ content keys (store on) ─ fetch ─ detect[+embed] ─ (OCR) ─ (embed) ─ match + decide
+      ─ each block written by a worker as one part under the run's checkpoint folder (rows/)
+
+Blocks hold whole images from detect to the writer (the embed and match stages take whole
+blocks), so a part never holds half an image. The parts are the checkpoint: a resumed run (same
+run id, same inputs and settings) drops the rows whose ordinals are in them, inside the same
+shuffle, and publishes the parts of both attempts. Publishing streams the parts, one at a time,
+into the queue files, the errors file, the embedding store and its flag ledger
+(``publish_parts``), and sums the counters; then logoscan.output moves them into place.
+
+Why our own read tasks and part writer, not ``ray.data.read_parquet`` / ``write_parquet``: the
+"earlier row" rule needs each row's place in the manifest, which read_parquet does not give; and
+resuming needs each part written whole (a local rename or one S3 PUT: storage.write_bytes) under
+the schema of the contract (schema.STAGED), with each block's stage seconds in its metadata.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import uuid
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from logoscan import storage
+from logoscan.log import get_logger
+from logoscan.metrics import PREFIX
+from logoscan.schema import ERRORS, FLAGGED, STAGED, STORE_FLAGS, STORE_REGIONS, SchemaError, parquet_files, \
+    validate_manifest
+
+log = get_logger("logoscan.sweep")
+
+ROW_BITS = 40           # an ordinal is file_index << ROW_BITS | row: 2**40 rows a file, 2**23 files
+READ_ROWS = 65_536      # rows a read task hands on at a time
+SHUFFLE_ROWS = 250_000  # manifest rows per shuffle partition
+MISSING_ID = "item_id is null or empty: a reviewer could not act on this row; not scanned"
+DUPLICATE = "repeats an earlier (item_id, image_id); scanned once"
+
+
+# ------------------------------------------------------------------ the manifest, in the driver: files only
+
+def manifest_files(uri: str, carry: tuple) -> tuple[list[tuple[str, int]], pa.Schema]:
+    """The manifest's files and their row counts (Parquet footers), each file's columns checked
+    against the contract before any work; and the types of the carried columns."""
+    stray = storage.other_files(uri, ".parquet")
+    if stray:
+        raise SchemaError(f"the manifest folder {uri} holds {len(stray)} file(s) that are not .parquet "
+                          f"(e.g. {stray[:3]}): their rows would be scanned nowhere. Convert them to Parquet or "
+                          "move them out (names starting with '_' or '.' are skipped)")
+    files, carried = [], {}
+    for f in parquet_files(uri, "manifest"):
+        fs, path = storage.resolve(f)
+        try:
+            meta = pq.read_metadata(fs.open_input_file(path))
+            schema = meta.schema.to_arrow_schema()
+        except Exception as e:
+            raise SchemaError(f"{f}: not a readable Parquet file ({e})") from e
+        validate_manifest(schema.empty_table(), f)
+        missing = [c for c in carry if c not in schema.names]
+        if missing:
+            raise SchemaError(f"{f}: carry_columns {missing} are not in the manifest")
+        for c in carry:
+            carried.setdefault(c, schema.field(c).type)
+        files.append((f, meta.num_rows))
+    if len(files) >= 1 << (63 - ROW_BITS):
+        raise SchemaError(f"the manifest has {len(files)} files; at most {1 << (63 - ROW_BITS)} are supported")
+    return files, pa.schema([(f"carry.{c}", t) for c, t in carried.items()])
+
+
+# ------------------------------------------------------------------ Ray Data tasks (pure batch functions)
+
+def read_rows(items: pa.Table, carry: tuple):
+    """A read task: each file's rows, validated, as blocks of the shuffle's input shape."""
+    for f, index in zip(items.column("file").to_pylist(), items.column("index").to_pylist()):
+        fs, path = storage.resolve(f)
+        names = pq.read_schema(fs.open_input_file(path)).names
+        wanted = ["item_id", "image_uri", "image_id", "image_fingerprint", *carry]
+        at = 0
+        for rb in pq.ParquetFile(fs.open_input_file(path)).iter_batches(
+                batch_size=READ_ROWS, columns=[c for c in dict.fromkeys(wanted) if c in names]):
+            t = validate_manifest(pa.Table.from_batches([rb]), f)
+            yield shuffle_rows(t, (index << ROW_BITS) + at, carry)
+            at += t.num_rows
+
+
+def shuffle_rows(t: pa.Table, first: int, carry: tuple) -> pa.Table:
+    """Manifest rows as the shuffle takes them: the key, the ordinal, the manifest's own error."""
+    n = t.num_rows
+    item = t.column("item_id")
+    ok = pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(item)), 0), False)
+    image_id = t.column("image_id").cast(pa.string())
+    fp = t.column("image_fingerprint") if "image_fingerprint" in t.column_names else pa.nulls(n, pa.string())
+    cols = {
+        "item_id": item, "image_id": image_id, "image_uri": t.column("image_uri"),
+        "x_key": pc.binary_join_element_wise(pc.fill_null(item, ""), pc.fill_null(image_id, ""), "\x1f"),
+        "x_ord": pa.array(np.arange(first, first + n, dtype=np.int64)),
+        "x_fingerprint": fp.cast(pa.string()), "x_done": pa.array(np.zeros(n, bool)),
+        "error_stage": pc.if_else(ok, "", "manifest"), "error_type": pc.if_else(ok, "", "MissingItemId"),
+        "error_message": pc.if_else(ok, "", MISSING_ID),
+    }
+    for c in carry:
+        cols[f"x_carry.{c}"] = t.column(c)
+    return pa.table(cols)
+
+
+def done_rows(t: pa.Table, carry_schema: pa.Schema) -> pa.Table:
+    """An earlier attempt's finished rows (ordinal and key) in the shuffle's input shape."""
+    n = t.num_rows
+    nul = pa.nulls(n, pa.string())
+    cols = {"item_id": t.column("item_id"), "image_id": t.column("image_id"), "image_uri": nul,
+            "x_key": pc.binary_join_element_wise(pc.fill_null(t.column("item_id"), ""),
+                                                 pc.fill_null(t.column("image_id"), ""), "\x1f"),
+            "x_ord": t.column("ordinal"), "x_fingerprint": nul, "x_done": pa.array(np.ones(n, bool)),
+            "error_stage": nul, "error_type": nul, "error_message": nul}
+    for f in carry_schema:
+        cols["x_" + f.name] = pa.nulls(n, f.type)
+    return pa.table(cols)
+
+
+def dedup(block: pa.Table) -> pa.Table:
+    """One shuffle partition (every row of a key is in it): of a key's identified rows the
+    earliest in the manifest is scanned, later ones become DuplicateRow error rows; rows an
+    earlier attempt of the run finished (``x_done`` markers) are dropped."""
+    if block.num_rows == 0:
+        return block.drop_columns(["x_key", "x_done"])
+    block = block.sort_by([("x_key", "ascending"), ("x_ord", "ascending")])
+    done = block.column("x_done").to_numpy(zero_copy_only=False)
+    rows = block.filter(pa.array(~done))
+    key = np.asarray(rows.column("x_key").to_pylist(), dtype=object)
+    identified = np.asarray(rows.column("error_type").to_pylist(), dtype=object) == ""
+    # identified rows in key order: the first of each key is kept
+    idx = np.flatnonzero(identified)
+    later = np.zeros(len(key), bool)
+    if len(idx):
+        k = key[idx]
+        later[idx[1:]] = k[1:] == k[:-1]
+    if later.any():
+        mask = pa.array(later)
+        for name, value in (("error_stage", "manifest"), ("error_type", "DuplicateRow"), ("error_message", DUPLICATE)):
+            rows = rows.set_column(rows.schema.get_field_index(name), name,
+                                   pc.if_else(mask, value, rows.column(name)))
+    if done.any():
+        finished = pa.array(block.filter(pa.array(done)).column("x_ord").to_numpy())
+        rows = rows.filter(pc.invert(pc.is_in(rows.column("x_ord"), value_set=finished)))
+    return rows.drop_columns(["x_key", "x_done"])
+
+
+def content(batch: pa.Table, roots: tuple, threads: int) -> pa.Table:
+    """Each row's content key for the embedding store ('' where the image cannot be read: such a
+    row is scanned and its fetch gives it its error row)."""
+    from logoscan.stages import readable
+    from logoscan.store import content_keys
+    n = batch.num_rows
+    uris = batch.column("image_uri").to_pylist()
+    err = batch.column("error_type").to_pylist()
+    ok = [i for i in range(n) if not err[i] and readable(uris[i], roots)]
+    keys = [""] * n
+    if ok:
+        sub = pa.table({"image_uri": batch.column("image_uri").take(ok),
+                        "image_fingerprint": batch.column("x_fingerprint").take(ok)})
+        for i, k in zip(ok, content_keys(sub, threads)):
+            keys[i] = k or ""
+    return batch.append_column("x_content", pa.array(keys, pa.string()))
+
+
+def write_part(batch: dict, folder: str, carry_schema: pa.Schema) -> dict:
+    """A worker writes its block (decided rows, whole images) as one part; returns the number of
+    manifest rows it finished (the driver's progress)."""
+    n = len(batch["kind"])
+    cols = {}
+    for f in STAGED:
+        name = {"ordinal": "x_ord", "content_key": "x_content"}.get(f.name, f.name)
+        v = batch.get(name)
+        if v is None:
+            cols[f.name] = pa.nulls(n, f.type)
+        elif f.name == "embedding":
+            cols[f.name] = pa.array([list(e) if k == "region" else None for k, e in zip(batch["kind"], v)], f.type)
+        elif f.name == "box":
+            cols[f.name] = pa.array(np.asarray(v, np.float32).reshape(n, 4).tolist(), f.type)
+        elif pa.types.is_string(f.type):
+            cols[f.name] = pa.array([x if isinstance(x, str) and x else None for x in v], f.type)
+        elif pa.types.is_binary(f.type):
+            cols[f.name] = pa.array([x or None for x in v], f.type)
+        else:
+            cols[f.name] = pa.array(np.asarray(v), f.type, from_pandas=True)
+    for f in carry_schema:
+        v = batch["x_" + f.name]
+        cols[f.name] = pa.array(list(v), from_pandas=True).cast(f.type) if len(v) else pa.nulls(0, f.type)
+    seconds = {k[len(PREFIX):]: float(np.sum(v)) for k, v in batch.items() if k.startswith(PREFIX)}
+    table = pa.table(cols, schema=pa.schema(list(STAGED) + list(carry_schema)).with_metadata(
+        {"logoscan.stage_seconds": json.dumps(seconds)}))
+    if n:
+        storage.write_bytes(storage.join(folder, f"part-{uuid.uuid4().hex}.parquet"), _parquet(table))
+    return {"rows": np.asarray([len(np.unique(np.asarray(batch["x_ord"], np.int64)))], np.int64)}
+
+
+def _parquet(table: pa.Table) -> bytes:
+    import io
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------ the dataset
+
+def build(files: list[tuple[str, int]], carry_schema: pa.Schema, done_parts: list[str], parts_dir: str, cfg,
+          plan, cpa: float, match_kwargs: dict, detect_kwargs: dict, fused: bool, n_emb: int):
+    """The whole sweep as one Ray dataset whose rows are each block's finished-row count."""
+    import ray
+
+    from logoscan.actors import DetectActor, DetectEmbedActor, EmbedActor, MatchActor, OcrActor, fetch
+    r, gpus = cfg.ray, cfg.ray.num_gpus_per_actor
+    carry = tuple(f.name[len("carry."):] for f in carry_schema)
+    ds = ray.data.from_items([{"file": f, "index": i} for i, (f, _) in enumerate(files)],
+                             override_num_blocks=max(1, len(files)))
+    ds = ds.map_batches(read_rows, fn_kwargs={"carry": carry}, batch_size=1, batch_format="pyarrow", num_cpus=0.25)
+    if done_parts:
+        done = ray.data.read_parquet(done_parts, columns=["item_id", "image_id", "ordinal"])
+        ds = ds.union(done.map_batches(done_rows, fn_kwargs={"carry_schema": carry_schema}, batch_size=None,
+                                       batch_format="pyarrow", num_cpus=0.25))
+    rows = sum(n for _, n in files)
+    ds = ds.repartition(max(1, math.ceil(rows / SHUFFLE_ROWS)), keys=["x_key"], sort=True)
+    ds = ds.map_batches(dedup, batch_size=None, batch_format="pyarrow", num_cpus=0.25)
+    # a shuffle partition is one block: cut into blocks of ``fetch_batch`` images, so the pools
+    # work in parallel and each part (what a killed run redoes) holds one batch of images
+    ds = ds.repartition(target_num_rows_per_block=r.fetch_batch)
+    if cfg.store.write:
+        ds = ds.map_batches(content, fn_kwargs={"roots": cfg.fetch.allowed_roots, "threads": cfg.store.stat_threads},
+                            batch_size=r.fetch_batch, batch_format="pyarrow", num_cpus=0.25)
+    ds = ds.map_batches(fetch, fn_kwargs={"cfg": cfg.fetch}, batch_size=r.fetch_batch,
+                        batch_format="numpy", num_cpus=0.25)
+    ds = ds.map_batches(DetectEmbedActor if fused else DetectActor,
+                        fn_constructor_kwargs=dict(detect_kwargs, emb_cfg=cfg.embedder) if fused else detect_kwargs,
+                        batch_size=r.fetch_batch, batch_format="numpy",
+                        compute=ray.data.ActorPoolStrategy(size=r.detector_actors), num_cpus=cpa, num_gpus=gpus)
+    # from here on whole blocks (batch_size None): an image's rows, made by one detect call, stay together
+    if cfg.ocr.enabled:
+        ds = ds.map_batches(OcrActor, fn_constructor_kwargs=dict(ocr_cfg=cfg.ocr, run_id=plan.run_id),
+                            batch_size=None, batch_format="numpy",
+                            compute=ray.data.ActorPoolStrategy(size=cfg.ocr.actors), num_cpus=cpa, num_gpus=gpus)
+    if not fused:
+        ds = ds.map_batches(EmbedActor, fn_constructor_kwargs=dict(emb_cfg=cfg.embedder, run_id=plan.run_id),
+                            batch_size=None, batch_format="numpy",
+                            compute=ray.data.ActorPoolStrategy(size=n_emb), num_cpus=cpa, num_gpus=gpus)
+    ds = ds.map_batches(MatchActor, fn_constructor_kwargs=match_kwargs, batch_size=None, batch_format="numpy",
+                        compute=ray.data.ActorPoolStrategy(size=max(1, r.matcher_actors)), num_cpus=r.matcher_cpus)
+    return ds.map_batches(write_part, fn_kwargs={"folder": parts_dir, "carry_schema": carry_schema},
+                          batch_size=None, batch_format="numpy", num_cpus=0.25)
+
+
+def run(ds, total: int, resumed: int, run_id: str) -> None:
+    """Execute, reading back only each block's row count: progress in the log."""
+    import ray
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    from logoscan import metrics
+    t0 = last = time.time()
+    done = resumed
+    for b in ds.iter_batches(batch_format="numpy", batch_size=None):
+        done += int(np.sum(b["rows"]))
+        now = time.time()
+        if now - last >= 10 or done >= total:
+            last = now
+            rate = (done - resumed) / max(now - t0, 1e-9)
+            metrics.progress(run_id, done / max(total, 1), rate)
+            log.info("scan.progress", done=done, total=total, pct=round(100 * done / max(total, 1), 1),
+                     img_per_s=round(rate, 2), eta_s=round((total - done) / rate, 1) if rate else None)
+
+
+# ------------------------------------------------------------------ resuming
+
+def parts(folder: str) -> list[str]:
+    """The parts under ``folder`` that are whole (a torn or unreadable one is deleted: its rows
+    are done again)."""
+    try:
+        found = storage.list_files(folder, ".parquet")
+    except FileNotFoundError:
+        return []
+    out = []
+    for f in found:
+        fs, path = storage.resolve(f)
+        try:
+            pq.read_metadata(fs.open_input_file(path))
+            out.append(f)
+        except Exception:  # noqa: BLE001 - torn by a killed worker: redo its rows
+            log.warning("scan.part_dropped", part=f)
+            storage.delete_file(f)
+    return out
+
+
+def rows_in(files: list[str]) -> int:
+    """The manifest rows the parts finished (each part holds whole images: one ordinal each)."""
+    n = 0
+    for f in files:
+        fs, path = storage.resolve(f)
+        n += pc.count_distinct(pq.read_table(path, filesystem=fs, columns=["ordinal"]).column("ordinal")).as_py()
+    return n
+
+
+# ------------------------------------------------------------------ publishing: one part at a time
+
+class Published:
+    """What publishing the parts found: the summary's counters."""
+
+    def __init__(self):
+        self.scanned = self.errored = self.regions = self.flagged = self.written = 0
+        self.by_queue: Counter = Counter()
+        self.errors_by_stage: Counter = Counter()
+        self.stage_seconds: Counter = Counter()
+        self.refused = 0
+
+
+def publish_parts(files: list[str], out: str, run_id: str, run_date: str, common: dict, carry_schema: pa.Schema,
+                  store=None, store_every: int = 256, ledger: str | None = None) -> Published:
+    """Stream the parts into the staged queue files and errors file (logoscan.output.staged), the
+    store's new region parts (images scanned with a content key) and the flags for the store's
+    ledger (``ledger``: a file of the run's checkpoint folder, moved in after publishing).
+    One part in memory at a time."""
+    from logoscan import output
+    from logoscan.store import write_region_part
+    got = Published()
+    writers: dict[str, pq.ParquetWriter] = {}
+    streams = []  # a ParquetWriter does not close the stream it was given
+    flagged_schema = pa.schema(list(FLAGGED) + [pa.field(f.name[len("carry."):], f.type) for f in carry_schema])
+
+    def writer(path: str, schema: pa.Schema) -> pq.ParquetWriter:
+        if path not in writers:
+            fs, p = storage.resolve(path if path == ledger else output.staged(out, run_id, path))
+            fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
+            streams.append(fs.open_output_stream(p))
+            writers[path] = pq.ParquetWriter(streams[-1], schema, compression="zstd")
+        return writers[path]
+
+    errors_file = output.errors_path(out, run_date, run_id)
+    writer(errors_file, ERRORS)
+    pending_store: list[pa.Table] = []
+    pending_images = 0
+    try:
+        for f in files:
+            fs, path = storage.resolve(f)
+            t = pq.read_table(path, filesystem=fs)
+            meta = t.schema.metadata or {}
+            got.stage_seconds.update(json.loads(meta.get(b"logoscan.stage_seconds", b"{}")))
+            is_err = pc.equal(t.column("kind"), "error")
+            err = t.filter(is_err)
+            failed = pa.array(np.unique(err.column("ordinal").to_numpy()), pa.int64())
+            if err.num_rows:  # one error row per image (an image whose embedding failed has one per region)
+                err = err.sort_by("ordinal")
+                err = err.take(pa.array(np.unique(err.column("ordinal").to_numpy(), return_index=True)[1]))
+                n = err.num_rows
+                got.errored += n
+                got.errors_by_stage.update(err.column("error_stage").to_pylist())
+                got.refused += sum(1 for e in err.column("error_type").to_pylist() if e == "PermissionError")
+                writer(errors_file, ERRORS).write_table(pa.table({
+                    "run_id": pa.array([run_id] * n, pa.string()), "item_id": err.column("item_id"),
+                    "image_id": err.column("image_id"), "image_uri": err.column("image_uri"),
+                    "stage": err.column("error_stage"), "error_type": err.column("error_type"),
+                    "message": err.column("error_message"),
+                    "scanned_at": pa.array([common["scanned_at"]] * n, ERRORS.field("scanned_at").type)},
+                    schema=ERRORS))
+            ok = t.filter(pc.invert(pc.is_in(t.column("ordinal"), value_set=failed)))
+            images = pc.count_distinct(ok.column("ordinal")).as_py() if ok.num_rows else 0
+            got.scanned += images
+            got.regions += pc.sum(pc.equal(ok.column("kind"), "region")).as_py() or 0
+            flags = ok.filter(pc.fill_null(ok.column("flagged"), False))
+            if flags.num_rows:
+                got.flagged += flags.num_rows
+                for q in sorted(set(flags.column("queue").to_pylist())):
+                    rows = flags.filter(pc.equal(flags.column("queue"), q))
+                    got.by_queue[q] += rows.num_rows
+                    writer(output.queue_path(out, q, run_date, run_id), flagged_schema).write_table(
+                        flagged_table(rows, common, flagged_schema))
+                if ledger is not None:
+                    writer(ledger, STORE_FLAGS).write_table(pa.table({
+                        "item_id": flags.column("item_id"), "image_id": flags.column("image_id"),
+                        "content_key": flags.column("content_key"), "region": flags.column("region"),
+                        "label": flags.column("label"), "logo_id": flags.column("logo_id"),
+                        "distance": flags.column("distance"),
+                        "run_id": pa.array([run_id] * flags.num_rows, pa.string())}, schema=STORE_FLAGS))
+            if store is not None:
+                keep = ok.filter(pc.invert(pc.is_null(ok.column("content_key"))))
+                if keep.num_rows:
+                    pending_store.append(keep)
+                    pending_images += pc.count_distinct(keep.column("ordinal")).as_py()
+                if pending_images >= store_every:
+                    got.written += write_region_part(store, run_id, pending_store)
+                    pending_store, pending_images = [], 0
+        if store is not None and pending_store:
+            got.written += write_region_part(store, run_id, pending_store)
+    finally:
+        for w in writers.values():
+            w.close()
+        for f in streams:
+            f.close()  # an S3 object is complete (uploaded) only now
+    got.queues = sorted({q for q in got.by_queue})
+    return got
+
+
+def flagged_table(rows: pa.Table, common: dict, schema: pa.Schema) -> pa.Table:
+    n = rows.num_rows
+    cols = {}
+    for f in schema:
+        if f.name in common:
+            cols[f.name] = pa.array([common[f.name]] * n, f.type)
+        elif f.name in rows.column_names:
+            cols[f.name] = rows.column(f.name).cast(f.type)
+        else:
+            cols[f.name] = rows.column(f"carry.{f.name}")
+    return pa.table(cols, schema=schema)
