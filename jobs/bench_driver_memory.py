@@ -43,6 +43,7 @@ def one(rows: int, work: Path, db: str) -> dict:
     secs = time.time() - t0
     return {"rows": rows, "rows_in": s["rows_in"], "scanned": s["rows_scanned"], "errored": s["rows_errored"],
             "errors_by_stage": s["errors_by_stage"], "seconds": round(secs, 1),
+            "stage_seconds": s["stage_seconds"], "streaming": s.get("streaming", False),
             "s_per_million": round(secs / rows * 1e6, 1),
             "rss_before_mb": round(rss0 / 1024), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 

@@ -103,17 +103,22 @@ class MatchActor:
     its embeddings for the embedding store's writer."""
 
     def __init__(self, milvus_uri: str, collection: str, match_cfg, policy, thresholds,
-                 embedder_version: str, run_id: str, ocr_cfg=None, keep_embedding: bool = False):
+                 embedder_version: str, run_id: str, ocr_cfg=None, keep_embedding: bool = False,
+                 write_parts: dict | None = None):
         from logoscan.gallery import Matcher
         configure(run_id)
         self.matcher = Matcher(milvus_uri, collection, expect_embedder=embedder_version,
                                unavailable_s=match_cfg.unavailable_s)
         self.cfg, self.policy, self.thresholds, self.ocr = match_cfg, policy, thresholds, ocr_cfg
         self.keep_embedding = keep_embedding
+        self.write_parts = write_parts
 
     def __call__(self, batch: dict) -> dict:
         out = metered("match", lambda b: stages.decide(stages.match(b, self.matcher, self.cfg, self.ocr),
                                                        self.policy, self.thresholds), batch)
         if self.keep_embedding and "embedding" in batch:
             out["embedding"] = batch["embedding"]
+        if self.write_parts is not None:  # the streaming scan: this worker writes its block as a part
+            from logoscan.sweep.stream import write_part
+            return write_part(out, **self.write_parts)
         return out
