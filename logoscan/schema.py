@@ -81,11 +81,12 @@ ERRORS = pa.schema([
 # A streaming scan's rows as its workers write them, a part per block, to the run's checkpoint
 # folder (logoscan.sweep.stream): one row per region, per image without any (kind "empty") and per
 # image that failed or was not scanned (kind "error"), decided; the driver publishes from these.
-# ``ordinal`` is the row's place in the manifest (file << 40 | row): what a resumed run skips.
+# ``ordinal`` is the row's place in the manifest (file << 40 | row): what a resumed run skips;
+# ``plan`` an incremental scan's plan for the image (new, changed, unknown, reused).
 # Carried manifest columns follow as "carry.<name>" with their manifest types.
 STAGED = pa.schema([
     ("item_id", pa.string()), ("image_id", pa.string()), ("image_uri", pa.string()), ("ordinal", pa.int64()),
-    ("content_key", pa.string()), ("kind", pa.string()), ("rows_of_image", pa.int32()), ("region", pa.int16()),
+    ("content_key", pa.string()), ("plan", pa.string()), ("kind", pa.string()), ("rows_of_image", pa.int32()), ("region", pa.int16()),
     ("box", BOX), ("det_score", pa.float32()), ("thumbnail_jpeg", pa.binary()), ("ocr_text", pa.string()),
     ("embedding", pa.list_(pa.float32())),
     ("label", pa.string()), ("category", pa.string()), ("logo_id", pa.string()), ("distance", pa.float32()),

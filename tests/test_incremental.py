@@ -45,7 +45,7 @@ def _gallery(work: Path, refs: str, db: str, drop_label: str | None = None) -> d
 
 def _cfg(manifest, db, out, run_id, **kw) -> ScanConfig:
     return ScanConfig(manifest=str(manifest), milvus_uri=str(db), out=str(out), run_id=run_id,
-                      run_date="2026-11-23", engine="local", **kw)
+                      run_date="2026-11-23", engine=kw.pop("engine", "local"), **kw)
 
 
 def _manifest(work: Path, items: range, name: str) -> str:
@@ -59,9 +59,16 @@ def _manifest(work: Path, items: range, name: str) -> str:
     return str(work / name)
 
 
-def test_second_night_scans_only_new_and_changed_images(tmp_path):
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_second_night_scans_only_new_and_changed_images(tmp_path, engine):
     """40 images; the next night adds 4 (10%) and changes 2 (5%): exactly those 6 are scanned,
-    the other 38 come from the store, and the flags equal a full re-scan's."""
+    the other 38 come from the store, and the flags equal a full re-scan's. Under Ray the plan is
+    made inside Ray Data (the store's index joins the manifest in the shuffle)."""
+    from logoscan.config import RayConfig
+
+    def cfg(*a, **kw):
+        return _cfg(*a, **kw) if engine == "local" else _cfg(*a, engine="ray", ray=RayConfig(num_cpus=2, fetch_batch=8),
+                                                             **kw)
     from logoscan.demo import make_sample_data
     from logoscan.store import Store
     work = tmp_path / "w"
@@ -70,13 +77,13 @@ def test_second_night_scans_only_new_and_changed_images(tmp_path):
     _gallery(work, paths["references"], db)
     out = tmp_path / "out"
 
-    night1 = run_scan(_cfg(_manifest(work, range(40), "m1.parquet"), db, out, "n1"))
+    night1 = run_scan(cfg(_manifest(work, range(40), "m1.parquet"), db, out, "n1"))
     assert night1["rows_scanned"] == 40 and night1["store"]["written"] == 40
 
     for old, new in ((5, 44), (17, 45)):  # a product photo replaced: same URI, other bytes
         shutil.copyfile(work / "catalog" / f"item-{new:05d}.jpg", work / "catalog" / f"item-{old:05d}.jpg")
     m2 = _manifest(work, range(44), "m2.parquet")
-    night2 = run_scan(_cfg(m2, db, out, "n2", store=StoreConfig(incremental=True)))
+    night2 = run_scan(cfg(m2, db, out, "n2", store=StoreConfig(incremental=True)))
     assert (night2["rows_in"], night2["rows_scanned"], night2["rows_reused"], night2["rows_errored"]) == (44, 6, 38, 0)
     assert {k: night2["store"][k] for k in ("new", "changed", "reused", "written")} == \
         {"new": 4, "changed": 2, "reused": 38, "written": 6}
@@ -85,7 +92,7 @@ def test_second_night_scans_only_new_and_changed_images(tmp_path):
     appended = pq.read_table(store.region_files()[-1], columns=["item_id"]).column("item_id").to_pylist()
     assert set(appended) == {f"item-{i:05d}" for i in (5, 17, 40, 41, 42, 43)}
 
-    full = run_scan(_cfg(m2, db, tmp_path / "full", "f", store=StoreConfig(write=False)))
+    full = run_scan(cfg(m2, db, tmp_path / "full", "f", store=StoreConfig(write=False)))
     assert full["rows_scanned"] == 44 and full["store"] is None
     assert _flags(night2) == _flags(full) and len(_flags(full)) > 0
 
@@ -93,7 +100,7 @@ def test_second_night_scans_only_new_and_changed_images(tmp_path):
     from logoscan.cli import main
     assert main(["store", "compact", "--store", str(out / "store"), "--yes"]) == 0
     assert len(store.region_files()) == 1
-    night3 = run_scan(_cfg(m2, db, out, "n3", store=StoreConfig(incremental=True)))
+    night3 = run_scan(cfg(m2, db, out, "n3", store=StoreConfig(incremental=True)))
     assert (night3["rows_scanned"], night3["rows_reused"]) == (0, 44)
     assert _flags(night3) == _flags(full)
 

@@ -64,9 +64,8 @@ def run_scan(cfg: ScanConfig) -> dict:
 
 def streams(cfg: ScanConfig) -> bool:
     """Whether the scan streams (logoscan.sweep.stream): the ray engine with a matcher actor pool.
-    An incremental scan (its plan joins the store's index in the driver) and driver matching
-    (``ray.matcher_actors: 0``) still collect in the driver."""
-    return cfg.engine == "ray" and cfg.ray.matcher_actors > 0 and not cfg.store.incremental
+    Driver matching (``ray.matcher_actors: 0``) and the in-process engine collect in the driver."""
+    return cfg.engine == "ray" and cfg.ray.matcher_actors > 0
 
 
 def _scan_streaming(cfg: ScanConfig, files: list, carry, started: datetime, t0: float, run_id: str,
@@ -80,7 +79,7 @@ def _scan_streaming(cfg: ScanConfig, files: list, carry, started: datetime, t0: 
     total = sum(n for _, n in files)
     resumed = stream.rows_in(done_parts)
     store = open_store(cfg.store.uri or storage.join(cfg.out, "store"), plan.model_version, cfg.detector,
-                       cfg.ocr) if cfg.store.write else None
+                       cfg.ocr) if cfg.store.write or cfg.store.incremental else None
     log.info("scan.start", manifest=cfg.manifest, files=len(files), rows=total, resumed=resumed, engine="ray",
              streaming=True, collection=cfg.collection, gallery_version=plan.gallery_version,
              detector=plan.detector["version"], embedder=plan.embedder_version, out=cfg.out)
@@ -88,7 +87,7 @@ def _scan_streaming(cfg: ScanConfig, files: list, carry, started: datetime, t0: 
     fused, n_emb, cpa = engines.pools(cfg, cfg.ray.matcher_actors)
     ds = stream.build(files, carry, done_parts, parts_dir, cfg, plan, cpa,
                       engines.match_kwargs(cfg, plan, keep_embedding=store is not None),
-                      engines.detect_kwargs(cfg, plan), fused, n_emb)
+                      engines.detect_kwargs(cfg, plan), fused, n_emb, store=store)
     t_run = time.time()
     try:
         stream.run(ds, total, resumed, run_id)
@@ -100,17 +99,21 @@ def _scan_streaming(cfg: ScanConfig, files: list, carry, started: datetime, t0: 
     common = {"run_id": run_id, "scanned_at": now, "model_version": plan.model_version,
               "gallery_version": plan.gallery_version}
     version = match_version(plan.gallery_version, plan.thresholds, cfg.ocr)
-    ledger = storage.join(ckpt.dir, "ledger.parquet") if store is not None else None
+    writes = store if cfg.store.write else None
+    ledger = storage.join(ckpt.dir, "ledger.parquet") if writes is not None else None
     output.begin_staging(cfg.out, run_id)
     got = stream.publish_parts(stream.parts(parts_dir), cfg.out, run_id, plan.run_date, common, carry,
-                               store=store, store_every=cfg.checkpoint_every or 256, ledger=ledger)
+                               store=writes, store_every=cfg.checkpoint_every or 256, ledger=ledger)
     if got.refused:
         log.warning("scan.refused", rows=got.refused, allowed_roots=list(cfg.fetch.allowed_roots),
                     note="image URIs outside the allowed roots were not read (set fetch.allowed_roots)")
-    info = None if store is None else {"uri": redact(store.uri), "key": store.key, "incremental": False,
-                                       "other_keys": store.other_keys(), "written": got.written}
+    info = None if store is None else {"uri": redact(store.uri), "key": store.key,
+                                       "incremental": cfg.store.incremental, "other_keys": store.other_keys(),
+                                       **({k: got.plans.get(k, 0) for k in ("new", "changed", "unknown", "reused")}
+                                          if cfg.store.incremental else {}), "written": got.written}
     summary = publish.summary(
-        plan, cfg, t0, rows_in=total, scanned=got.scanned, reused=0, errored=got.errored, regions=got.regions,
+        plan, cfg, t0, rows_in=total, scanned=got.scanned, reused=got.reused, errored=got.errored,
+        regions=got.regions,
         flagged=got.flagged, by_queue=dict(got.by_queue), errors_by_stage=dict(got.errors_by_stage),
         stage_seconds={"sweep": round(t_publish - t_run, 3), "publish_parts": round(time.time() - t_publish, 3)},
         store=info, rows_resumed=resumed, images_per_s=round(total / max(time.time() - t0, 1e-9), 2),
@@ -118,7 +121,7 @@ def _scan_streaming(cfg: ScanConfig, files: list, carry, started: datetime, t0: 
     summary["outputs"] = output.publish_staged(cfg.out, run_id, plan.run_date, got.queues, summary,
                                                config_io.to_dict(cfg))
     if ledger is not None:  # what reviewers were shown against this gallery: `rematch` shows only what is new
-        store.add_flags(version, run_id, ledger)
+        writes.add_flags(version, run_id, ledger)
     ckpt.clear()  # published: nothing left to resume
     metrics.flagged(summary["flagged_by_queue"])
     log.info("scan.done", **{k: summary[k] for k in ("rows_in", "rows_scanned", "rows_reused", "rows_errored",

@@ -102,11 +102,12 @@ def shuffle_rows(t: pa.Table, first: int, carry: tuple) -> pa.Table:
     ok = pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(item)), 0), False)
     image_id = t.column("image_id").cast(pa.string())
     fp = t.column("image_fingerprint") if "image_fingerprint" in t.column_names else pa.nulls(n, pa.string())
+    nul = pa.nulls(n, pa.string())
     cols = {
         "item_id": item, "image_id": image_id, "image_uri": t.column("image_uri"),
-        "x_key": pc.binary_join_element_wise(pc.fill_null(item, ""), pc.fill_null(image_id, ""), "\x1f"),
-        "x_ord": pa.array(np.arange(first, first + n, dtype=np.int64)),
-        "x_fingerprint": fp.cast(pa.string()), "x_done": pa.array(np.zeros(n, bool)),
+        "x_key": _key(item, image_id), "x_ord": pa.array(np.arange(first, first + n, dtype=np.int64)),
+        "x_fingerprint": fp.cast(pa.string()), "x_mark": pa.array([""] * n, pa.string()),
+        "x_stored": nul, "x_stored_ck": nul,
         "error_stage": pc.if_else(ok, "", "manifest"), "error_type": pc.if_else(ok, "", "MissingItemId"),
         "error_message": pc.if_else(ok, "", MISSING_ID),
     }
@@ -115,14 +116,23 @@ def shuffle_rows(t: pa.Table, first: int, carry: tuple) -> pa.Table:
     return pa.table(cols)
 
 
-def done_rows(t: pa.Table, carry_schema: pa.Schema) -> pa.Table:
-    """An earlier attempt's finished rows (ordinal and key) in the shuffle's input shape."""
+def _key(item, image_id):
+    return pc.binary_join_element_wise(pc.fill_null(item, ""), pc.fill_null(image_id, ""), "\x1f")
+
+
+def marker_rows(t: pa.Table, mark: str, carry_schema: pa.Schema, parts: dict | None = None) -> pa.Table:
+    """Rows that join the manifest inside the shuffle, in its input shape: ``done`` (an earlier
+    attempt's finished ordinals, from its parts) or ``stored`` (the embedding store's index: an
+    image's content key and the part holding it; ``parts`` maps Ray's path to the part's URI)."""
     n = t.num_rows
     nul = pa.nulls(n, pa.string())
+    stored = mark == "stored"
     cols = {"item_id": t.column("item_id"), "image_id": t.column("image_id"), "image_uri": nul,
-            "x_key": pc.binary_join_element_wise(pc.fill_null(t.column("item_id"), ""),
-                                                 pc.fill_null(t.column("image_id"), ""), "\x1f"),
-            "x_ord": t.column("ordinal"), "x_fingerprint": nul, "x_done": pa.array(np.ones(n, bool)),
+            "x_key": _key(t.column("item_id"), t.column("image_id")),
+            "x_ord": pa.array(np.full(n, -1, np.int64)) if stored else t.column("ordinal"),
+            "x_fingerprint": nul, "x_mark": pa.array([mark] * n, pa.string()),
+            "x_stored": pa.array([parts[p] for p in t.column("path").to_pylist()], pa.string()) if stored else nul,
+            "x_stored_ck": t.column("content_key") if stored else nul,
             "error_stage": nul, "error_type": nul, "error_message": nul}
     for f in carry_schema:
         cols["x_" + f.name] = pa.nulls(n, f.type)
@@ -132,12 +142,14 @@ def done_rows(t: pa.Table, carry_schema: pa.Schema) -> pa.Table:
 def dedup(block: pa.Table) -> pa.Table:
     """One shuffle partition (every row of a key is in it): of a key's identified rows the
     earliest in the manifest is scanned, later ones become DuplicateRow error rows; rows an
-    earlier attempt of the run finished (``x_done`` markers) are dropped."""
+    earlier attempt of the run finished (``done`` markers) are dropped; a row the store holds
+    gets the newest stored part and content key of its image (``stored`` markers)."""
+    drop = ["x_key", "x_mark"]
     if block.num_rows == 0:
-        return block.drop_columns(["x_key", "x_done"])
+        return block.drop_columns(drop)
     block = block.sort_by([("x_key", "ascending"), ("x_ord", "ascending")])
-    done = block.column("x_done").to_numpy(zero_copy_only=False)
-    rows = block.filter(pa.array(~done))
+    mark = block.column("x_mark")
+    rows = block.filter(pc.equal(mark, ""))
     key = np.asarray(rows.column("x_key").to_pylist(), dtype=object)
     identified = np.asarray(rows.column("error_type").to_pylist(), dtype=object) == ""
     # identified rows in key order: the first of each key is kept
@@ -151,15 +163,26 @@ def dedup(block: pa.Table) -> pa.Table:
         for name, value in (("error_stage", "manifest"), ("error_type", "DuplicateRow"), ("error_message", DUPLICATE)):
             rows = rows.set_column(rows.schema.get_field_index(name), name,
                                    pc.if_else(mask, value, rows.column(name)))
-    if done.any():
-        finished = pa.array(block.filter(pa.array(done)).column("x_ord").to_numpy())
-        rows = rows.filter(pc.invert(pc.is_in(rows.column("x_ord"), value_set=finished)))
-    return rows.drop_columns(["x_key", "x_done"])
+    done = block.filter(pc.equal(mark, "done"))
+    if done.num_rows:
+        rows = rows.filter(pc.invert(pc.is_in(rows.column("x_ord"), value_set=done.column("x_ord").combine_chunks())))
+    stored = block.filter(pc.equal(mark, "stored"))
+    if stored.num_rows and rows.num_rows:
+        stored = stored.sort_by([("x_key", "ascending"), ("x_stored", "descending")])  # parts' names: UTC time
+        skey = np.asarray(stored.column("x_key").to_pylist(), dtype=object)
+        newest = stored.take(pa.array(np.flatnonzero(np.r_[True, skey[1:] != skey[:-1]])))
+        at = {k: i for i, k in enumerate(newest.column("x_key").to_pylist())}
+        pick = [at.get(k) for k in rows.column("x_key").to_pylist()]
+        for name in ("x_stored", "x_stored_ck"):
+            rows = rows.set_column(rows.schema.get_field_index(name), name, newest.column(name).take(pa.array(pick)))
+    return rows.drop_columns(drop)
 
 
-def content(batch: pa.Table, roots: tuple, threads: int) -> pa.Table:
+def content(batch: pa.Table, roots: tuple, threads: int, incremental: bool) -> pa.Table:
     """Each row's content key for the embedding store ('' where the image cannot be read: such a
-    row is scanned and its fetch gives it its error row)."""
+    row is scanned and its fetch gives it its error row), and, for an incremental scan, its plan:
+    ``reused`` (the store holds this content under these models: matched from the store),
+    ``new``, ``changed`` or ``unknown`` (no content key) — scanned."""
     from logoscan.stages import readable
     from logoscan.store import content_keys
     n = batch.num_rows
@@ -172,7 +195,13 @@ def content(batch: pa.Table, roots: tuple, threads: int) -> pa.Table:
                         "image_fingerprint": batch.column("x_fingerprint").take(ok)})
         for i, k in zip(ok, content_keys(sub, threads)):
             keys[i] = k or ""
-    return batch.append_column("x_content", pa.array(keys, pa.string()))
+    batch = batch.append_column("x_content", pa.array(keys, pa.string()))
+    if not incremental:
+        return batch.append_column("x_plan", pa.array([""] * n, pa.string()))
+    have, stored = batch.column("x_stored_ck").to_pylist(), batch.column("x_stored").to_pylist()
+    plan = ["" if err[i] else "unknown" if not keys[i] else "new" if stored[i] is None else
+            "changed" if have[i] != keys[i] else "reused" for i in range(n)]
+    return batch.append_column("x_plan", pa.array(plan, pa.string()))
 
 
 def write_part(batch: dict, folder: str, carry_schema: pa.Schema) -> dict:
@@ -181,7 +210,7 @@ def write_part(batch: dict, folder: str, carry_schema: pa.Schema) -> dict:
     n = len(batch["kind"])
     cols = {}
     for f in STAGED:
-        name = {"ordinal": "x_ord", "content_key": "x_content"}.get(f.name, f.name)
+        name = {"ordinal": "x_ord", "content_key": "x_content", "plan": "x_plan"}.get(f.name, f.name)
         v = batch.get(name)
         if v is None:
             cols[f.name] = pa.nulls(n, f.type)
@@ -216,29 +245,56 @@ def _parquet(table: pa.Table) -> bytes:
 # ------------------------------------------------------------------ the dataset
 
 def build(files: list[tuple[str, int]], carry_schema: pa.Schema, done_parts: list[str], parts_dir: str, cfg,
-          plan, cpa: float, match_kwargs: dict, detect_kwargs: dict, fused: bool, n_emb: int):
-    """The whole sweep as one Ray dataset whose rows are each block's finished-row count."""
+          plan, cpa: float, match_kwargs: dict, detect_kwargs: dict, fused: bool, n_emb: int, store=None):
+    """The whole sweep as one Ray dataset whose rows are each block's finished-row count. With
+    ``store`` and ``store.incremental``: the store's index joins the manifest in the shuffle, and
+    images it holds unchanged are matched from their stored embeddings (no fetch, detect, embed)."""
     import ray
 
     from logoscan.actors import DetectActor, DetectEmbedActor, EmbedActor, MatchActor, OcrActor, fetch
     r, gpus = cfg.ray, cfg.ray.num_gpus_per_actor
     carry = tuple(f.name[len("carry."):] for f in carry_schema)
+    incremental = store is not None and cfg.store.incremental
     ds = ray.data.from_items([{"file": f, "index": i} for i, (f, _) in enumerate(files)],
                              override_num_blocks=max(1, len(files)))
     ds = ds.map_batches(read_rows, fn_kwargs={"carry": carry}, batch_size=1, batch_format="pyarrow", num_cpus=0.25)
     if done_parts:
         done = ray.data.read_parquet(done_parts, columns=["item_id", "image_id", "ordinal"])
-        ds = ds.union(done.map_batches(done_rows, fn_kwargs={"carry_schema": carry_schema}, batch_size=None,
-                                       batch_format="pyarrow", num_cpus=0.25))
+        ds = ds.union(done.map_batches(marker_rows, fn_kwargs={"mark": "done", "carry_schema": carry_schema},
+                                       batch_size=None, batch_format="pyarrow", num_cpus=0.25))
+    stored_parts = store.region_files() if incremental else []
+    if stored_parts:  # the index, read by Ray Data: the driver lists the parts, never their rows
+        index = ray.data.read_parquet(stored_parts, columns=["item_id", "image_id", "content_key"],
+                                      include_paths=True)
+        by_path = {storage.resolve(f)[1]: f for f in stored_parts}
+        ds = ds.union(index.map_batches(marker_rows, fn_kwargs={"mark": "stored", "carry_schema": carry_schema,
+                                                                "parts": by_path},
+                                        batch_size=None, batch_format="pyarrow", num_cpus=0.25))
     rows = sum(n for _, n in files)
     ds = ds.repartition(max(1, math.ceil(rows / SHUFFLE_ROWS)), keys=["x_key"], sort=True)
     ds = ds.map_batches(dedup, batch_size=None, batch_format="pyarrow", num_cpus=0.25)
     # a shuffle partition is one block: cut into blocks of ``fetch_batch`` images, so the pools
     # work in parallel and each part (what a killed run redoes) holds one batch of images
     ds = ds.repartition(target_num_rows_per_block=r.fetch_batch)
-    if cfg.store.write:
-        ds = ds.map_batches(content, fn_kwargs={"roots": cfg.fetch.allowed_roots, "threads": cfg.store.stat_threads},
+    if store is not None:
+        ds = ds.map_batches(content, fn_kwargs={"roots": cfg.fetch.allowed_roots, "threads": cfg.store.stat_threads,
+                                                "incremental": incremental},
                             batch_size=r.fetch_batch, batch_format="pyarrow", num_cpus=0.25)
+    writes = dict(match_kwargs, write_parts={"folder": parts_dir, "carry_schema": carry_schema})
+    reused = None
+    if incremental:  # two branches of the planned rows (kept in the object store, not the driver)
+        ds = ds.materialize()
+        reused = ds.map_batches(planned, fn_kwargs={"reused": True}, batch_size=None, batch_format="pyarrow",
+                                num_cpus=0.25)
+        # one call per store part: each part is read once, for every reused image it holds
+        reused = reused.groupby("x_stored").map_groups(
+            read_stored, fn_kwargs={"store": store, "batch_rows": cfg.match.search_batch}, batch_format="pyarrow",
+            num_cpus=0.25)
+        reused = reused.map_batches(MatchActor, fn_constructor_kwargs=writes, batch_size=None, batch_format="numpy",
+                                    compute=ray.data.ActorPoolStrategy(size=max(1, r.matcher_actors)),
+                                    num_cpus=r.matcher_cpus)
+        ds = ds.map_batches(planned, fn_kwargs={"reused": False}, batch_size=None, batch_format="pyarrow",
+                            num_cpus=0.25)
     ds = ds.map_batches(fetch, fn_kwargs={"cfg": cfg.fetch}, batch_size=r.fetch_batch,
                         batch_format="numpy", num_cpus=0.25)
     ds = ds.map_batches(DetectEmbedActor if fused else DetectActor,
@@ -256,10 +312,30 @@ def build(files: list[tuple[str, int]], carry_schema: pa.Schema, done_parts: lis
                             compute=ray.data.ActorPoolStrategy(size=n_emb), num_cpus=cpa, num_gpus=gpus)
     # the matcher writes the block it decided (one task and one object-store hop per block fewer
     # than a writer stage of its own: the writer cost 17 of 50 worker-seconds at 100k error rows)
-    return ds.map_batches(MatchActor, fn_constructor_kwargs=dict(
-        match_kwargs, write_parts={"folder": parts_dir, "carry_schema": carry_schema}),
-        batch_size=None, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=max(1, r.matcher_actors)),
-        num_cpus=r.matcher_cpus)
+    ds = ds.map_batches(MatchActor, fn_constructor_kwargs=writes, batch_size=None, batch_format="numpy",
+                        compute=ray.data.ActorPoolStrategy(size=max(1, r.matcher_actors)), num_cpus=r.matcher_cpus)
+    return ds if reused is None else ds.union(reused)
+
+
+def planned(batch: pa.Table, reused: bool) -> pa.Table:
+    """The rows an incremental plan matches from the store (``reused``), or those it scans."""
+    is_reused = pc.fill_null(pc.equal(batch.column("x_plan"), "reused"), False)
+    return batch.filter(is_reused if reused else pc.invert(is_reused))
+
+
+def read_stored(batch: pa.Table, store, batch_rows: int):
+    """Reused images' stored regions (already embedded, as the embed stage's output), with their
+    manifest row's ordinal, content key and plan; ``batch`` holds the images of one store part."""
+    own = {(a, b): (o, c) for a, b, o, c in zip(*(batch.column(k).to_pylist() for k in (
+        "item_id", "image_id", "x_ord", "x_content")))}
+    wanted = dict(zip(zip(batch.column("item_id").to_pylist(), batch.column("image_id").to_pylist()),
+                      batch.column("x_stored").to_pylist()))
+    for b in store.entries(wanted, batch_rows):
+        keys = list(zip(b["item_id"], b["image_id"]))
+        b["x_ord"] = np.asarray([own[k][0] for k in keys], np.int64)
+        b["x_content"] = np.asarray([own[k][1] for k in keys], dtype=object)
+        b["x_plan"] = np.asarray(["reused"] * len(keys), dtype=object)
+        yield b
 
 
 def run(ds, total: int, resumed: int, run_id: str) -> None:
@@ -317,7 +393,8 @@ class Published:
     """What publishing the parts found: the summary's counters."""
 
     def __init__(self):
-        self.scanned = self.errored = self.regions = self.flagged = self.written = 0
+        self.scanned = self.reused = self.errored = self.regions = self.flagged = self.written = 0
+        self.plans: Counter = Counter()  # images per incremental plan: new, changed, unknown, reused
         self.by_queue: Counter = Counter()
         self.errors_by_stage: Counter = Counter()
         self.stage_seconds: Counter = Counter()
@@ -373,8 +450,11 @@ def publish_parts(files: list[str], out: str, run_id: str, run_date: str, common
                     "scanned_at": pa.array([common["scanned_at"]] * n, ERRORS.field("scanned_at").type)},
                     schema=ERRORS))
             ok = t.filter(pc.invert(pc.is_in(t.column("ordinal"), value_set=failed)))
-            images = pc.count_distinct(ok.column("ordinal")).as_py() if ok.num_rows else 0
-            got.scanned += images
+            reused = pc.fill_null(pc.equal(ok.column("plan"), "reused"), False)
+            got.reused += _images(ok.filter(reused))
+            got.scanned += _images(ok.filter(pc.invert(reused)))
+            for p_, n_ in _plans(t).items():
+                got.plans[p_] += n_
             got.regions += pc.sum(pc.equal(ok.column("kind"), "region")).as_py() or 0
             flags = ok.filter(pc.fill_null(ok.column("flagged"), False))
             if flags.num_rows:
@@ -391,8 +471,8 @@ def publish_parts(files: list[str], out: str, run_id: str, run_date: str, common
                         "label": flags.column("label"), "logo_id": flags.column("logo_id"),
                         "distance": flags.column("distance"),
                         "run_id": pa.array([run_id] * flags.num_rows, pa.string())}, schema=STORE_FLAGS))
-            if store is not None:
-                keep = ok.filter(pc.invert(pc.is_null(ok.column("content_key"))))
+            if store is not None:  # newly scanned images (reused ones are in the store already)
+                keep = ok.filter(pc.and_(pc.invert(pc.is_null(ok.column("content_key"))), pc.invert(reused)))
                 if keep.num_rows:
                     pending_store.append(keep)
                     pending_images += pc.count_distinct(keep.column("ordinal")).as_py()
@@ -408,6 +488,17 @@ def publish_parts(files: list[str], out: str, run_id: str, run_date: str, common
             f.close()  # an S3 object is complete (uploaded) only now
     got.queues = sorted({q for q in got.by_queue})
     return got
+
+
+def _images(t: pa.Table) -> int:
+    return pc.count_distinct(t.column("ordinal")).as_py() if t.num_rows else 0
+
+
+def _plans(t: pa.Table) -> dict:
+    """Images per incremental plan (new, changed, unknown, reused) in a part."""
+    planned = t.filter(pc.invert(pc.is_null(t.column("plan"))))
+    return {p: _images(planned.filter(pc.equal(planned.column("plan"), p)))
+            for p in set(planned.column("plan").to_pylist())}
 
 
 def flagged_table(rows: pa.Table, common: dict, schema: pa.Schema) -> pa.Table:
