@@ -110,7 +110,10 @@ def _scan_streaming(cfg: ScanConfig, files: list, carry, started: datetime, t0: 
     info = None if store is None else {"uri": redact(store.uri), "key": store.key,
                                        "incremental": cfg.store.incremental, "other_keys": store.other_keys(),
                                        **({k: got.plans.get(k, 0) for k in ("new", "changed", "unknown", "reused")}
-                                          if cfg.store.incremental else {}), "written": got.written}
+                                          if cfg.store.incremental else {}),
+                                       # not counted: the driver never reads the store's index
+                                       **({"stored_images": None} if cfg.store.incremental else {}),
+                                       "written": got.written}
     summary = publish.summary(
         plan, cfg, t0, rows_in=total, scanned=got.scanned, reused=got.reused, errored=got.errored,
         regions=got.regions,

@@ -232,7 +232,7 @@ def write_part(batch: dict, folder: str, carry_schema: pa.Schema) -> dict:
         {"logoscan.stage_seconds": json.dumps(seconds)}))
     if n:
         storage.write_bytes(storage.join(folder, f"part-{uuid.uuid4().hex}.parquet"), _parquet(table))
-    return {"rows": np.asarray([len(np.unique(np.asarray(batch["x_ord"], np.int64)))], np.int64)}
+    return {"rows": np.asarray([len(np.unique(np.asarray(batch.get("x_ord", ()), np.int64)))], np.int64)}
 
 
 def _parquet(table: pa.Table) -> bytes:
