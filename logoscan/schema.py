@@ -82,7 +82,8 @@ ERRORS = pa.schema([
 # folder (logoscan.sweep.stream): one row per region, per image without any (kind "empty") and per
 # image that failed or was not scanned (kind "error"), decided; the driver publishes from these.
 # ``ordinal`` is the row's place in the manifest (file << 40 | row): what a resumed run skips;
-# ``plan`` an incremental scan's plan for the image (new, changed, unknown, reused).
+# ``plan`` an incremental scan's plan for the image (new, changed, unknown, reused); ``shown`` a
+# rematch's flag that reviewers were shown before (kept for the store's ledger, not queued).
 # Carried manifest columns follow as "carry.<name>" with their manifest types.
 STAGED = pa.schema([
     ("item_id", pa.string()), ("image_id", pa.string()), ("image_uri", pa.string()), ("ordinal", pa.int64()),
@@ -92,7 +93,7 @@ STAGED = pa.schema([
     ("label", pa.string()), ("category", pa.string()), ("logo_id", pa.string()), ("distance", pa.float32()),
     ("threshold", pa.float32()), ("threshold_source", pa.string()), ("runner_up_label", pa.string()),
     ("runner_up_distance", pa.float32()), ("margin", pa.float32()), ("queue", pa.string()),
-    ("flagged", pa.bool_()),
+    ("flagged", pa.bool_()), ("shown", pa.bool_()),
     ("error_stage", pa.string()), ("error_type", pa.string()), ("error_message", pa.string()),
 ])
 

@@ -220,16 +220,20 @@ class Store:
         """(item_id, image_id, content_key, region, label) of every region flagged against
         ``match_version``. With ``before_run``: only what was recorded before that run first
         recorded anything (a run repeated under its own id sees what it saw the first time)."""
+        out = set()
+        for f in self.flag_files(match_version, before_run):
+            for r in _read(f).to_pylist():
+                out.add((r["item_id"], r["image_id"], r["content_key"], r["region"], r["label"]))
+        return out
+
+    def flag_files(self, match_version: str, before_run: str | None = None) -> list[str]:
+        """The ledger parts of ``match_version`` (with ``before_run``: as ``read_flags``)."""
         from logoscan.output import safe_name
         files = _files(self.flags_dir(match_version))
         if before_run is not None:
             mine = [i for i, f in enumerate(files) if _run_of(f) == safe_name(before_run)]
             files = files[:mine[0]] if mine else files
-        out = set()
-        for f in files:
-            for r in _read(f).to_pylist():
-                out.add((r["item_id"], r["image_id"], r["content_key"], r["region"], r["label"]))
-        return out
+        return files
 
     def previous_match(self, current: str) -> str | None:
         """The match version (gallery + thresholds) this store was last matched against, other

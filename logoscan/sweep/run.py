@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
+
+import pyarrow as pa
 from datetime import datetime, timezone
 
 from logoscan import config_io, metrics, output, storage
@@ -124,7 +126,10 @@ def _scan_streaming(cfg: ScanConfig, files: list, carry, started: datetime, t0: 
     summary["outputs"] = output.publish_staged(cfg.out, run_id, plan.run_date, got.queues, summary,
                                                config_io.to_dict(cfg))
     if ledger is not None:  # what reviewers were shown against this gallery: `rematch` shows only what is new
-        writes.add_flags(version, run_id, ledger)
+        if got.flagged_all:
+            writes.add_flags(version, run_id, ledger)
+        else:
+            writes.write_flags(version, run_id, [])  # an empty part still records this match (previous_match)
     ckpt.clear()  # published: nothing left to resume
     metrics.flagged(summary["flagged_by_queue"])
     log.info("scan.done", **{k: summary[k] for k in ("rows_in", "rows_scanned", "rows_reused", "rows_errored",
@@ -231,7 +236,63 @@ def run_rematch(cfg: RematchConfig) -> dict:
     configure(run_id)
     with RunLock(cfg.out, run_id):
         with _served(cfg) as uri:
+            if cfg.engine == "ray" and cfg.ray.matcher_actors > 0:
+                return _rematch_streaming(cfg, started, run_id, run_date, uri)
             return _rematch(cfg, started, run_id, run_date, uri)
+
+
+def _rematch_streaming(cfg: RematchConfig, started: datetime, run_id: str, run_date: str, uri: str) -> dict:
+    """``rematch`` on Ray without the driver holding the store's index or the flags: the index,
+    the ledger of what reviewers were shown and the optional manifest meet in Ray Data
+    (logoscan.sweep.stream.build_rematch); the pool matches and writes parts; the driver publishes."""
+    from logoscan.checkpoint import Checkpoint
+    t0 = time.time()
+    plan, pinned = make_plan(cfg, uri, run_id, run_date, started)
+    store = open_store(cfg.store, plan.model_version, cfg.detector, cfg.ocr)
+    if not store.region_files():
+        raise ScanError(f"the store {redact(cfg.store)} holds no entries for {store.key} (models and region "
+                        f"settings); it holds {store.other_keys() or 'nothing'}: rematch with the scan's "
+                        "detector/embedder/OCR settings, or scan first")
+    files = stream.manifest_files(cfg.manifest, ())[0] if cfg.manifest else []
+    version = match_version(plan.gallery_version, plan.thresholds, cfg.ocr)
+    previous = cfg.previous or store.previous_match(version)
+    shown = [] if cfg.all_flags else (store.flag_files(previous) if previous else []) + store.flag_files(
+        version, before_run=run_id)
+    log.info("rematch.start", store=redact(cfg.store), key=store.key, match_version=version, previous=previous,
+             collection=pinned.collection, engine=cfg.engine, streaming=True)
+    if previous is None and not cfg.all_flags:
+        log.warning("rematch.no_previous", match_version=version,
+                    note="no match against another gallery version or thresholds is recorded: every flag not "
+                         "yet shown against this one is new")
+    ckpt = Checkpoint(cfg.out, run_id, "rematch")
+    ckpt.clear()  # a rematch is not resumed: it reads no image, and is redone whole
+    parts_dir = storage.join(ckpt.dir, "rows")
+    t_run = time.time()
+    stream.run(stream.build_rematch(store, shown, files, parts_dir, pinned, engines.match_kwargs(pinned, plan)),
+               0, 0, run_id)
+    seconds = round(time.time() - t_run, 3)
+    common = {"run_id": run_id, "scanned_at": datetime.now(timezone.utc), "model_version": plan.model_version,
+              "gallery_version": plan.gallery_version}
+    ledger = storage.join(ckpt.dir, "ledger.parquet")
+    output.begin_staging(cfg.out, run_id)
+    got = stream.publish_parts(stream.parts(parts_dir), cfg.out, run_id, run_date, common, pa.schema([]),
+                               ledger=ledger)
+    summary = publish.summary(
+        plan, pinned, t0, rows_in=got.reused, scanned=0, reused=got.reused, errored=got.errored,
+        regions=got.regions, flagged=got.flagged, by_queue=dict(got.by_queue), errors_by_stage=dict(got.errors_by_stage),
+        stage_seconds={"stored_match": seconds},
+        store={"uri": redact(cfg.store), "key": store.key, "match_version": version, "previous": previous},
+        flagged_all=got.flagged_all, regions_per_s=round(got.regions / max(seconds, 1e-9), 1), streaming=True)
+    summary["outputs"] = output.publish_staged(cfg.out, run_id, run_date, got.queues, summary,
+                                               config_io.to_dict(pinned))
+    if got.flagged_all:
+        store.add_flags(version, run_id, ledger)
+    else:
+        store.write_flags(version, run_id, [])  # an empty part still records this match (previous_match)
+    ckpt.clear()
+    log.info("rematch.done", **{k: summary[k] for k in ("rows_in", "regions", "regions_per_s", "flagged",
+                                                        "flagged_all", "seconds")})
+    return summary
 
 
 def _rematch(cfg: RematchConfig, started: datetime, run_id: str, run_date: str, uri: str) -> dict:

@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from logoscan import storage
 from logoscan.log import get_logger
 from logoscan.metrics import PREFIX
+from logoscan.stages import PASSENGER
 from logoscan.schema import ERRORS, FLAGGED, STAGED, STORE_FLAGS, STORE_REGIONS, SchemaError, parquet_files, \
     validate_manifest
 
@@ -107,7 +108,7 @@ def shuffle_rows(t: pa.Table, first: int, carry: tuple) -> pa.Table:
         "item_id": item, "image_id": image_id, "image_uri": t.column("image_uri"),
         "x_key": _key(item, image_id), "x_ord": pa.array(np.arange(first, first + n, dtype=np.int64)),
         "x_fingerprint": fp.cast(pa.string()), "x_mark": pa.array([""] * n, pa.string()),
-        "x_stored": nul, "x_stored_ck": nul,
+        "x_stored": nul, "x_stored_ck": nul, "x_shown": nul,
         "error_stage": pc.if_else(ok, "", "manifest"), "error_type": pc.if_else(ok, "", "MissingItemId"),
         "error_message": pc.if_else(ok, "", MISSING_ID),
     }
@@ -122,17 +123,21 @@ def _key(item, image_id):
 
 def marker_rows(t: pa.Table, mark: str, carry_schema: pa.Schema, parts: dict | None = None) -> pa.Table:
     """Rows that join the manifest inside the shuffle, in its input shape: ``done`` (an earlier
-    attempt's finished ordinals, from its parts) or ``stored`` (the embedding store's index: an
-    image's content key and the part holding it; ``parts`` maps Ray's path to the part's URI)."""
+    attempt's finished ordinals, from its parts), ``stored`` (the embedding store's index: an
+    image's content key and the part holding it; ``parts`` maps Ray's path to the part's URI) or
+    ``shown`` (the store's flag ledger: a flag reviewers were shown, for a rematch)."""
     n = t.num_rows
     nul = pa.nulls(n, pa.string())
-    stored = mark == "stored"
+    stored, shown = mark == "stored", mark == "shown"
     cols = {"item_id": t.column("item_id"), "image_id": t.column("image_id"), "image_uri": nul,
             "x_key": _key(t.column("item_id"), t.column("image_id")),
-            "x_ord": pa.array(np.full(n, -1, np.int64)) if stored else t.column("ordinal"),
+            "x_ord": t.column("ordinal") if mark == "done" else pa.array(np.full(n, -1, np.int64)),
             "x_fingerprint": nul, "x_mark": pa.array([mark] * n, pa.string()),
             "x_stored": pa.array([parts[p] for p in t.column("path").to_pylist()], pa.string()) if stored else nul,
             "x_stored_ck": t.column("content_key") if stored else nul,
+            "x_shown": pc.binary_join_element_wise(
+                pc.fill_null(t.column("content_key"), ""), t.column("region").cast(pa.string()),
+                t.column("label"), "\x1f") if shown else nul,
             "error_stage": nul, "error_type": nul, "error_message": nul}
     for f in carry_schema:
         cols["x_" + f.name] = pa.nulls(n, f.type)
@@ -224,6 +229,10 @@ def write_part(batch: dict, folder: str, carry_schema: pa.Schema) -> dict:
             cols[f.name] = pa.array([x or None for x in v], f.type)
         else:
             cols[f.name] = pa.array(np.asarray(v), f.type, from_pandas=True)
+    if "x_shown" in batch:  # a rematch: the flags reviewers were shown before for each image
+        shown = [set((x or "").split("\x1e")) for x in batch["x_shown"]]
+        cols["shown"] = pa.array([f"{c or ''}\x1f{r}\x1f{lab}" in sh for c, r, lab, sh in zip(
+            cols["content_key"].to_pylist(), batch["region"], batch.get("label", [""] * n), shown)], pa.bool_())
     for f in carry_schema:
         v = batch["x_" + f.name]
         cols[f.name] = pa.array(list(v), from_pandas=True).cast(f.type) if len(v) else pa.nulls(0, f.type)
@@ -232,7 +241,8 @@ def write_part(batch: dict, folder: str, carry_schema: pa.Schema) -> dict:
         {"logoscan.stage_seconds": json.dumps(seconds)}))
     if n:
         storage.write_bytes(storage.join(folder, f"part-{uuid.uuid4().hex}.parquet"), _parquet(table))
-    return {"rows": np.asarray([len(np.unique(np.asarray(batch.get("x_ord", ()), np.int64)))], np.int64)}
+    images = len(set(zip(batch.get("x_ord", ()), batch["item_id"], batch["image_id"]))) if n else 0
+    return {"rows": np.asarray([images], np.int64)}
 
 
 def _parquet(table: pa.Table) -> bytes:
@@ -317,6 +327,64 @@ def build(files: list[tuple[str, int]], carry_schema: pa.Schema, done_parts: lis
     return ds if reused is None else ds.union(reused)
 
 
+def rematch_rows(block: pa.Table, restrict: bool) -> pa.Table:
+    """One shuffle partition of a rematch: each image's newest stored entry (restricted to the
+    manifest's images when ``restrict``), with the flags reviewers were shown for it (``shown``
+    markers) joined into ``x_shown``."""
+    block = block.sort_by([("x_key", "ascending"), ("x_stored", "descending")])  # parts' names: UTC time
+    mark = block.column("x_mark")
+    stored = block.filter(pc.equal(mark, "stored"))
+    if stored.num_rows:
+        skey = np.asarray(stored.column("x_key").to_pylist(), dtype=object)
+        stored = stored.take(pa.array(np.flatnonzero(np.r_[True, skey[1:] != skey[:-1]])))
+    if restrict:
+        stored = stored.filter(pc.is_in(stored.column("x_key"), value_set=block.filter(
+            pc.equal(mark, "")).column("x_key").combine_chunks()))
+    shown: dict[str, list] = {}
+    for k, v in zip(*(block.filter(pc.equal(mark, "shown")).column(c).to_pylist() for c in ("x_key", "x_shown"))):
+        shown.setdefault(k, []).append(v)
+    stored = stored.set_column(stored.schema.get_field_index("x_shown"), "x_shown", pa.array(
+        ["\x1e".join(shown.get(k, ())) for k in stored.column("x_key").to_pylist()], pa.string()))
+    return stored.append_column("x_content", stored.column("x_stored_ck")).drop_columns(["x_key", "x_mark"])
+
+
+def build_rematch(store, ledger_files: list[str], manifest_files_: list[tuple[str, int]], parts_dir: str, cfg,
+                  match_kwargs: dict):
+    """A rematch as one Ray dataset (rows: each block's image count): the store's index, its
+    ledger and (optionally) the manifest meet in a hash shuffle on the key; each store part is read
+    once for the images it holds newest; the pool matches and writes the parts."""
+    import ray
+
+    from logoscan.actors import MatchActor
+    empty = pa.schema([])
+    parts = store.region_files()
+    by_path = {storage.resolve(f)[1]: f for f in parts}
+    ds = ray.data.read_parquet(parts, columns=["item_id", "image_id", "content_key"], include_paths=True)
+    ds = ds.map_batches(marker_rows, fn_kwargs={"mark": "stored", "carry_schema": empty, "parts": by_path},
+                        batch_size=None, batch_format="pyarrow", num_cpus=0.25)
+    if ledger_files:
+        shown = ray.data.read_parquet(ledger_files, columns=["item_id", "image_id", "content_key", "region", "label"])
+        ds = ds.union(shown.map_batches(marker_rows, fn_kwargs={"mark": "shown", "carry_schema": empty},
+                                        batch_size=None, batch_format="pyarrow", num_cpus=0.25))
+    if manifest_files_:
+        m = ray.data.from_items([{"file": f, "index": i} for i, (f, _) in enumerate(manifest_files_)],
+                                override_num_blocks=len(manifest_files_))
+        ds = ds.union(m.map_batches(read_rows, fn_kwargs={"carry": ()}, batch_size=1, batch_format="pyarrow",
+                                    num_cpus=0.25))
+    rows = sum(n for _, n in manifest_files_) + sum(pq.read_metadata(storage.resolve(f)[0].open_input_file(
+        storage.resolve(f)[1])).num_rows for f in parts)
+    ds = ds.repartition(max(1, math.ceil(rows / SHUFFLE_ROWS)), keys=["x_key"], sort=True)
+    ds = ds.map_batches(rematch_rows, fn_kwargs={"restrict": bool(manifest_files_)}, batch_size=None,
+                        batch_format="pyarrow", num_cpus=0.25)
+    ds = ds.groupby("x_stored").map_groups(read_stored, fn_kwargs={"store": store,
+                                                                   "batch_rows": cfg.match.search_batch},
+                                           batch_format="pyarrow", num_cpus=0.25)
+    return ds.map_batches(MatchActor, fn_constructor_kwargs=dict(
+        match_kwargs, write_parts={"folder": parts_dir, "carry_schema": empty}), batch_size=None,
+        batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=max(1, cfg.ray.matcher_actors)),
+        num_cpus=cfg.ray.matcher_cpus)
+
+
 def planned(batch: pa.Table, reused: bool) -> pa.Table:
     """The rows an incremental plan matches from the store (``reused``), or those it scans."""
     is_reused = pc.fill_null(pc.equal(batch.column("x_plan"), "reused"), False)
@@ -326,20 +394,20 @@ def planned(batch: pa.Table, reused: bool) -> pa.Table:
 def read_stored(batch: pa.Table, store, batch_rows: int):
     """Reused images' stored regions (already embedded, as the embed stage's output), with their
     manifest row's ordinal, content key and plan; ``batch`` holds the images of one store part."""
-    own = {(a, b): (o, c) for a, b, o, c in zip(*(batch.column(k).to_pylist() for k in (
-        "item_id", "image_id", "x_ord", "x_content")))}
-    wanted = dict(zip(zip(batch.column("item_id").to_pylist(), batch.column("image_id").to_pylist()),
-                      batch.column("x_stored").to_pylist()))
-    for b in store.entries(wanted, batch_rows):
-        keys = list(zip(b["item_id"], b["image_id"]))
-        b["x_ord"] = np.asarray([own[k][0] for k in keys], np.int64)
-        b["x_content"] = np.asarray([own[k][1] for k in keys], dtype=object)
-        b["x_plan"] = np.asarray(["reused"] * len(keys), dtype=object)
+    keys = list(zip(batch.column("item_id").to_pylist(), batch.column("image_id").to_pylist()))
+    at = {k: i for i, k in enumerate(keys)}
+    riders = [c for c in batch.column_names if c.startswith(PASSENGER) and c not in ("x_stored", "x_stored_ck")]
+    for b in store.entries(dict(zip(keys, batch.column("x_stored").to_pylist())), batch_rows):
+        rows = pa.array([at[k] for k in zip(b["item_id"], b["image_id"])], pa.int64())
+        for c in riders:  # the manifest row's (or the rematch plan's) columns follow each region
+            b[c] = batch.column(c).take(rows).to_numpy(zero_copy_only=False)
+        b["x_plan"] = np.asarray(["reused"] * len(rows), dtype=object)
         yield b
 
 
 def run(ds, total: int, resumed: int, run_id: str) -> None:
-    """Execute, reading back only each block's row count: progress in the log."""
+    """Execute, reading back only each block's image count: progress in the log (``total`` 0:
+    not known)."""
     import ray
     ray.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
@@ -349,12 +417,14 @@ def run(ds, total: int, resumed: int, run_id: str) -> None:
     for b in ds.iter_batches(batch_format="numpy", batch_size=None):
         done += int(np.sum(b["rows"]))
         now = time.time()
-        if now - last >= 10 or done >= total:
+        if now - last >= 10 or (total and done >= total):
             last = now
             rate = (done - resumed) / max(now - t0, 1e-9)
-            metrics.progress(run_id, done / max(total, 1), rate)
-            log.info("scan.progress", done=done, total=total, pct=round(100 * done / max(total, 1), 1),
-                     img_per_s=round(rate, 2), eta_s=round((total - done) / rate, 1) if rate else None)
+            if total:  # a rematch does not know its total (the driver never reads the store's index)
+                metrics.progress(run_id, done / total, rate)
+            log.info("scan.progress", done=done, total=total or None,
+                     pct=round(100 * done / total, 1) if total else None, img_per_s=round(rate, 2),
+                     eta_s=round((total - done) / rate, 1) if rate and total else None)
 
 
 # ------------------------------------------------------------------ resuming
@@ -393,7 +463,8 @@ class Published:
     """What publishing the parts found: the summary's counters."""
 
     def __init__(self):
-        self.scanned = self.reused = self.errored = self.regions = self.flagged = self.written = 0
+        self.scanned = self.reused = self.errored = self.regions = self.flagged = self.flagged_all = 0
+        self.written = 0
         self.plans: Counter = Counter()  # images per incremental plan: new, changed, unknown, reused
         self.by_queue: Counter = Counter()
         self.errors_by_stage: Counter = Counter()
@@ -458,9 +529,11 @@ def publish_parts(files: list[str], out: str, run_id: str, run_date: str, common
             got.regions += pc.sum(pc.equal(ok.column("kind"), "region")).as_py() or 0
             flags = ok.filter(pc.fill_null(ok.column("flagged"), False))
             if flags.num_rows:
-                got.flagged += flags.num_rows
-                for q in sorted(set(flags.column("queue").to_pylist())):
-                    rows = flags.filter(pc.equal(flags.column("queue"), q))
+                new = flags.filter(pc.invert(pc.fill_null(flags.column("shown"), False)))  # a rematch's: not shown
+                got.flagged += new.num_rows
+                got.flagged_all += flags.num_rows
+                for q in sorted(set(new.column("queue").to_pylist())):
+                    rows = new.filter(pc.equal(new.column("queue"), q))
                     got.by_queue[q] += rows.num_rows
                     writer(output.queue_path(out, q, run_date, run_id), flagged_schema).write_table(
                         flagged_table(rows, common, flagged_schema))
@@ -491,7 +564,8 @@ def publish_parts(files: list[str], out: str, run_id: str, run_date: str, common
 
 
 def _images(t: pa.Table) -> int:
-    return pc.count_distinct(t.column("ordinal")).as_py() if t.num_rows else 0
+    """Images in staged rows: a manifest row (ordinal) of an image (a rematch's rows have none)."""
+    return t.group_by(["ordinal", "item_id", "image_id"]).aggregate([]).num_rows if t.num_rows else 0
 
 
 def _plans(t: pa.Table) -> dict:
