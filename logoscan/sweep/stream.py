@@ -108,7 +108,7 @@ def shuffle_rows(t: pa.Table, first: int, carry: tuple) -> pa.Table:
         "item_id": item, "image_id": image_id, "image_uri": t.column("image_uri"),
         "x_key": _key(item, image_id), "x_ord": pa.array(np.arange(first, first + n, dtype=np.int64)),
         "x_fingerprint": fp.cast(pa.string()), "x_mark": pa.array([""] * n, pa.string()),
-        "x_stored": nul, "x_stored_ck": nul, "x_shown": nul,
+        "x_stored": nul, "x_stored_ck": nul, "x_shown": pa.array([""] * n, pa.string()),
         "error_stage": pc.if_else(ok, "", "manifest"), "error_type": pc.if_else(ok, "", "MissingItemId"),
         "error_message": pc.if_else(ok, "", MISSING_ID),
     }
@@ -137,7 +137,7 @@ def marker_rows(t: pa.Table, mark: str, carry_schema: pa.Schema, parts: dict | N
             "x_stored_ck": t.column("content_key") if stored else nul,
             "x_shown": pc.binary_join_element_wise(
                 pc.fill_null(t.column("content_key"), ""), t.column("region").cast(pa.string()),
-                t.column("label"), "\x1f") if shown else nul,
+                t.column("label"), "\x1f") if shown else pa.array([""] * n, pa.string()),
             "error_stage": nul, "error_type": nul, "error_message": nul}
     for f in carry_schema:
         cols["x_" + f.name] = pa.nulls(n, f.type)
@@ -230,7 +230,8 @@ def write_part(batch: dict, folder: str, carry_schema: pa.Schema) -> dict:
         else:
             cols[f.name] = pa.array(np.asarray(v), f.type, from_pandas=True)
     if "x_shown" in batch:  # a rematch: the flags reviewers were shown before for each image
-        shown = [set((x or "").split("\x1e")) for x in batch["x_shown"]]
+        # a scan's rows carry "" (an all-null passenger can reach here as a float NaN column)
+        shown = [set(x.split("\x1e")) if isinstance(x, str) else set() for x in batch["x_shown"]]
         cols["shown"] = pa.array([f"{c or ''}\x1f{r}\x1f{lab}" in sh for c, r, lab, sh in zip(
             cols["content_key"].to_pylist(), batch["region"], batch.get("label", [""] * n), shown)], pa.bool_())
     for f in carry_schema:
