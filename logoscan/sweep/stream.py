@@ -15,6 +15,11 @@ shuffle, and publishes the parts of both attempts. Publishing streams the parts,
 into the queue files, the errors file, the embedding store and its flag ledger
 (``publish_parts``), and sums the counters; then logoscan.output moves them into place.
 
+An incremental scan adds the store's index (read by Ray Data from its parts) to the shuffle: each
+image's plan (new, changed, unknown, reused) is made there, and reused images are read once per
+store part and matched without fetch, detect or embed. ``rematch`` (``build_rematch``) joins the
+index, the flag ledger (what reviewers were shown) and an optional manifest the same way.
+
 Why our own read tasks and part writer, not ``ray.data.read_parquet`` / ``write_parquet``: the
 "earlier row" rule needs each row's place in the manifest, which read_parquet does not give; and
 resuming needs each part written whole (a local rename or one S3 PUT: storage.write_bytes) under
