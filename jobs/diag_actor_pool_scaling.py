@@ -4,7 +4,7 @@ same time on this 2-CPU machine? No Milvus, no models: each "matcher" sleeps 0.0
     python jobs/diag_actor_pool_scaling.py --parts 200
     python jobs/diag_actor_pool_scaling.py --parts 25
 
-The shape of `rematch` on the Ray engine (logoscan.sweep.engines.run_stored): one block per store
+The shape of `rematch` on the Ray engine before the streaming sweep: one block per store
 part (60,000 rows in all), a generator task that yields each part (fused by Ray Data into the
 actors), then an actor pool of 1 or 2 (0.25 CPU each) with batches of 512 rows or whole blocks.
 With two actors working at once, the time would halve. Measured on 2026-11-30 (seconds, 1 / 2

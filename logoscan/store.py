@@ -350,13 +350,6 @@ def _dedupe_flags(rows: list[dict]) -> list[dict]:
     return out
 
 
-def read_parts(items: pa.Table, store: Store, batch_rows: int):
-    """A Ray Data task: the stored regions of the wanted images of one store part, as batches."""
-    for part, keys in zip(items.column("part").to_pylist(), items.column("keys").to_pylist()):
-        for b in store.entries({tuple(k): part for k in keys}, batch_rows):
-            yield b
-
-
 def to_batch(t: pa.Table) -> dict:
     """Stored regions as a sweep batch (the embed stage's output shape)."""
     n = t.num_rows

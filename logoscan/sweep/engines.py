@@ -1,7 +1,9 @@
-"""The engines: where fetch → detect → (OCR) → embed → match → decide run. ``ray``: Ray Data actor
-pools (local Ray by default, a cluster via ``ray.address`` / RAY_ADDRESS), matching in a pool of
-matcher actors against a Milvus server URI; ``local``: in-process, the same stage functions, for
-tests and debugging. Images the embedding store holds skip fetch/detect/embed: ``run_stored``."""
+"""The collecting engines: where fetch → detect → (OCR) → embed → match → decide run when the
+driver collects the results. ``run_ray``: Ray Data actor pools with the driver matching
+(``ray.matcher_actors: 0``); ``run_local``: in-process, the same stage functions, for tests and
+debugging; ``run_stored``: images the embedding store holds, matched in the driver. With a matcher
+actor pool the Ray engine streams instead (logoscan.sweep.stream). Shared: the actors' CPU
+reservation (``actor_cpus``, ``pools``) and the stages' arguments."""
 from __future__ import annotations
 
 import logging
@@ -17,7 +19,7 @@ from logoscan import stages
 from logoscan.actors import MatchActor
 from logoscan.config import ScanConfig
 from logoscan.log import get_logger
-from logoscan.store import Store, read_parts
+from logoscan.store import Store
 from logoscan.sweep.collect import Collector
 from logoscan.sweep.plan import RunPlan
 
@@ -139,51 +141,25 @@ def run_ray(manifest: pa.Table, cfg: ScanConfig, plan: RunPlan, col: Collector) 
                             batch_size=cfg.embedder.batch_size, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=n_emb),
                             num_cpus=cpa, num_gpus=gpus)
-    if not r.matcher_actors:  # the driver matches, with one client (ray.matcher_actors: 0)
-        owner = MatchActor(**match_kwargs(cfg, plan))
-        try:
-            for b in ds.iter_batches(batch_format="numpy", batch_size=cfg.match.search_batch):
-                col.capture(b)
-                col.add(owner(b))
-        finally:
-            owner.matcher.close()
-        return {}
-    ds = ds.map_batches(MatchActor, fn_constructor_kwargs=match_kwargs(cfg, plan, keep_embedding=col.writer is not None),
-                        batch_size=cfg.match.search_batch, batch_format="numpy",
-                        compute=ray.data.ActorPoolStrategy(size=r.matcher_actors), num_cpus=r.matcher_cpus)
-    for b in ds.iter_batches(batch_format="numpy", batch_size=None):
-        col.capture(b)
-        b.pop("embedding", None)
-        col.add(b)
+    # the driver matches, with one client: this engine runs only under ray.matcher_actors 0
+    # (a matcher pool streams: logoscan.sweep.stream)
+    owner = MatchActor(**match_kwargs(cfg, plan))
+    try:
+        for b in ds.iter_batches(batch_format="numpy", batch_size=cfg.match.search_batch):
+            col.capture(b)
+            col.add(owner(b))
+    finally:
+        owner.matcher.close()
     return {}
 
 
-def run_stored(store: Store, wanted: dict, cfg, plan: RunPlan, col: Collector, engine: str, r) -> float:
-    """Match images from the embedding store: no fetch, decode, detect or embed. ``ray`` with
-    matcher actors: Ray Data tasks read the store's parts (one part a task: an image's rows are in
-    one part, so they stay together without a shuffle) and the matcher actor pool searches; else
-    the driver reads and matches with one client."""
+def run_stored(store: Store, wanted: dict, cfg, plan: RunPlan, col: Collector) -> float:
+    """Match images from the embedding store in the driver, with one client: no fetch, decode,
+    detect or embed (``engine: local`` and ``ray.matcher_actors: 0``; a matcher pool streams:
+    logoscan.sweep.stream)."""
     if not wanted:
         return 0.0
     t0 = time.perf_counter()  # the matching loop (store reads, searches, decisions)
-    if engine == "ray" and r.matcher_actors:
-        import ray
-
-        by_file: dict[str, list] = {}
-        for key, f in wanted.items():
-            by_file.setdefault(f, []).append(key)
-        ds = ray.data.from_items([{"part": f, "keys": keys} for f, keys in sorted(by_file.items())],
-                                 override_num_blocks=len(by_file))
-        # store.read_parts, not a function of this module: Ray Data fuses it into the matcher
-        # actors, whose workers then import the store, not the models
-        ds = ds.map_batches(read_parts, fn_kwargs={"store": store, "batch_rows": cfg.match.search_batch},
-                            batch_size=1, batch_format="pyarrow", num_cpus=0.25)
-        ds = ds.map_batches(MatchActor, fn_constructor_kwargs=match_kwargs(cfg, plan),
-                            batch_size=cfg.match.search_batch, batch_format="numpy",
-                            compute=ray.data.ActorPoolStrategy(size=r.matcher_actors), num_cpus=r.matcher_cpus)
-        for b in ds.iter_batches(batch_format="numpy", batch_size=None):
-            col.add(b, status="reused")
-        return round(time.perf_counter() - t0, 3)
     owner = MatchActor(**match_kwargs(cfg, plan))
     try:
         for b in store.entries(wanted, cfg.match.search_batch):

@@ -165,7 +165,7 @@ def _scan(cfg: ScanConfig, manifest, started: datetime, t0: float, run_id: str, 
     stage_s = {}
     try:
         if reuse:
-            stage_s["stored_match"] = engines.run_stored(sp.store, reuse, cfg, plan, col, cfg.engine, cfg.ray)
+            stage_s["stored_match"] = engines.run_stored(sp.store, reuse, cfg, plan, col)
         if to_scan.num_rows:
             stage_s.update((engines.run_local if cfg.engine == "local" else engines.run_ray)(to_scan, cfg, plan, col))
     except MilvusUnavailable as e:
@@ -312,8 +312,7 @@ def _rematch(cfg: RematchConfig, started: datetime, run_id: str, run_date: str, 
     log.info("rematch.start", store=redact(cfg.store), key=store.key, images=len(index), match_version=version,
              previous=previous, collection=pinned.collection, engine=cfg.engine)
     col = Collector(len(index))
-    seconds = engines.run_stored(store, {k: part for k, (_, part) in index.items()}, pinned, plan, col,
-                                 cfg.engine, cfg.ray)
+    seconds = engines.run_stored(store, {k: part for k, (_, part) in index.items()}, pinned, plan, col)
     content = {k: ck for k, (ck, _) in index.items()}
     shown = set() if cfg.all_flags else (store.read_flags(previous) if previous else set()) | store.read_flags(
         version, before_run=run_id)

@@ -377,8 +377,7 @@ def build_rematch(store, ledger_files: list[str], manifest_files_: list[tuple[st
                                 override_num_blocks=len(manifest_files_))
         ds = ds.union(m.map_batches(read_rows, fn_kwargs={"carry": ()}, batch_size=1, batch_format="pyarrow",
                                     num_cpus=0.25))
-    rows = sum(n for _, n in manifest_files_) + sum(pq.read_metadata(storage.resolve(f)[0].open_input_file(
-        storage.resolve(f)[1])).num_rows for f in parts)
+    rows = sum(n for _, n in manifest_files_) + sum(_num_rows(f) for f in parts)
     ds = ds.repartition(max(1, math.ceil(rows / SHUFFLE_ROWS)), keys=["x_key"], sort=True)
     ds = ds.map_batches(rematch_rows, fn_kwargs={"restrict": bool(manifest_files_)}, batch_size=None,
                         batch_format="pyarrow", num_cpus=0.25)
@@ -389,6 +388,11 @@ def build_rematch(store, ledger_files: list[str], manifest_files_: list[tuple[st
         match_kwargs, write_parts={"folder": parts_dir, "carry_schema": empty}), batch_size=None,
         batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=max(1, cfg.ray.matcher_actors)),
         num_cpus=cfg.ray.matcher_cpus)
+
+
+def _num_rows(f: str) -> int:
+    fs, path = storage.resolve(f)
+    return pq.read_metadata(fs.open_input_file(path)).num_rows
 
 
 def planned(batch: pa.Table, reused: bool) -> pa.Table:
