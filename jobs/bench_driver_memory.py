@@ -32,6 +32,7 @@ def one(rows: int, work: Path, db: str) -> dict:
 
     init_ray(RayConfig())
     configure(level="WARNING")
+    phases = _mark_phases()
     manifest = work / f"manifest-{rows}.parquet"
     rss0 = _status_kb("VmRSS")
     t0 = time.time()
@@ -44,7 +45,27 @@ def one(rows: int, work: Path, db: str) -> dict:
             "errors_by_stage": s["errors_by_stage"], "seconds": round(secs, 1),
             "stage_seconds": s["stage_seconds"], "streaming": s.get("streaming", False),
             "s_per_million": round(secs / rows * 1e6, 1),
-            "rss_before_mb": round(rss0 / 1024), "peak_rss_mb": round(_status_kb("VmHWM") / 1024)}
+            "rss_before_mb": round(rss0 / 1024), "peak_rss_mb": round(_status_kb("VmHWM") / 1024), **phases}
+
+
+def _mark_phases() -> dict:
+    """Where the peak is reached: the driver's peak RSS when Ray Data's execution ends (before
+    publishing) and its RSS after publishing the parts. Wraps the two calls of this process only."""
+    from logoscan.sweep import stream
+    marks: dict = {}
+
+    def wrap(name, fn):
+        def inner(*a, **k):
+            try:
+                return fn(*a, **k)
+            finally:
+                marks[f"{name}_peak_mb"] = round(_status_kb("VmHWM") / 1024)
+                marks[f"{name}_rss_mb"] = round(_status_kb("VmRSS") / 1024)
+        return inner
+
+    stream.run = wrap("executed", stream.run)
+    stream.publish_parts = wrap("published", stream.publish_parts)
+    return marks
 
 
 def _status_kb(field: str) -> int:
