@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def one(rows: int, work: Path, db: str) -> dict:
+def one(rows: int, work: Path, db: str, fetch_batch: int = 128) -> dict:
     """Runs in its own process (the parent wrote the manifest): sweep it, report."""
     from logoscan.config import FetchConfig, PolicyConfig, RayConfig, ScanConfig, StoreConfig
     from logoscan.log import configure
@@ -39,7 +39,7 @@ def one(rows: int, work: Path, db: str) -> dict:
     s = run_scan(ScanConfig(manifest=str(manifest), milvus_uri=db, out=str(work / f"out-{rows}"), run_id=f"m{rows}",
                             run_date="2026-11-30", policy=PolicyConfig(default_threshold=0.5),
                             fetch=FetchConfig(allowed_roots=(str(work / "images"),)),
-                            store=StoreConfig(write=False), ray=RayConfig()))
+                            store=StoreConfig(write=False), ray=RayConfig(fetch_batch=fetch_batch)))
     secs = time.time() - t0
     return {"rows": rows, "rows_in": s["rows_in"], "scanned": s["rows_scanned"], "errored": s["rows_errored"],
             "errors_by_stage": s["errors_by_stage"], "seconds": round(secs, 1),
@@ -60,7 +60,8 @@ def _mark_phases() -> dict:
                 return fn(*a, **k)
             finally:
                 marks[f"{name}_peak_mb"] = round(_status_kb("VmHWM") / 1024)
-                marks[f"{name}_rss_mb"] = round(_status_kb("VmRSS") / 1024)
+                for field in ("VmRSS", "RssAnon", "RssShmem"):  # heap, or pages of Ray's object store
+                    marks[f"{name}_{field.lower()}_mb"] = round(_status_kb(field) / 1024)
         return inner
 
     stream.run = wrap("executed", stream.run)
@@ -83,13 +84,14 @@ def main() -> int:
     ap.add_argument("--rows", default="100000,2000000")
     ap.add_argument("--workdir", default="build/bench-driver-memory")
     ap.add_argument("--write")
+    ap.add_argument("--fetch-batch", type=int, default=128, help="images per block (ray.fetch_batch)")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     work = Path(a.workdir)
     db = str(work / "milvus.db")
     if a.one:
-        print("RESULT " + json.dumps(one(a.one, work, db)), flush=True)
+        print("RESULT " + json.dumps(one(a.one, work, db, a.fetch_batch)), flush=True)
         return 0
     import shutil
     shutil.rmtree(work, ignore_errors=True)
@@ -112,7 +114,8 @@ def main() -> int:
         pq.write_table(pa.table({"item_id": ids + ids[:n_dup], "image_uri": uris + uris[:n_dup]}),
                        work / f"manifest-{n}.parquet", row_group_size=100_000)
         del ids, uris
-        p = subprocess.run([sys.executable, __file__, "--one", str(n), "--workdir", str(work)], capture_output=True,
+        p = subprocess.run([sys.executable, __file__, "--one", str(n), "--workdir", str(work),
+                            "--fetch-batch", str(a.fetch_batch)], capture_output=True,
                            text=True)
         line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if p.returncode or not line:

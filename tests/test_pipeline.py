@@ -3,9 +3,11 @@ real Ray and a real S3 endpoint. Assertions are on what reviewers and operators 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -198,6 +200,35 @@ def test_matcher_pool_on_two_cpus_hands_back_every_row(sample, tmp_path):
     assert pool["rows_in"] == pool["rows_scanned"] + pool["rows_errored"] == local["rows_in"]
     assert flags(pool) == flags(local) and flags(pool)
     assert pool["config"]["milvus_uri"] == sample["milvus"]  # the .db as given, not the served URI
+
+
+def test_ray_data_keeps_only_the_latest_block_stats_in_the_driver(monkeypatch):
+    """Ray Data keeps one BlockStats per output block for a whole execution (ray-project/ray#66016):
+    the sweep's callback trims each operator's list, so the driver does not grow with the night."""
+    import ray.data
+
+    from logoscan.sweep import blockstats, stream
+    stream.bounded_block_stats()
+    stream.bounded_block_stats()
+    assert ray.data.DataContext.get_current().custom_execution_callback_classes.count(blockstats.TrimBlockStats) == 1
+    monkeypatch.setattr(blockstats, "KEEP", 10)
+    ds = ray.data.range(3000, override_num_blocks=300).map_batches(lambda b: {"n": [len(b["id"])]}, batch_size=None)
+    assert sum(int(b["n"].sum()) for b in ds.iter_batches(batch_size=None)) == 3000
+    produced = int(re.search(r"(\d+) blocks produced", ds.stats()).group(1))
+    assert 10 <= produced <= 20  # of 300
+
+
+def test_publisher_writes_few_row_groups_from_many_small_parts(tmp_path):
+    """Each ParquetWriter.write_table call ends a row group, whose metadata the writer holds until
+    it closes: the publisher gathers the parts' rows into row groups of up to ``rows`` rows."""
+    from logoscan.sweep.stream import RowGroups
+    schema = pa.schema([("i", pa.int64()), ("s", pa.string())])
+    w = RowGroups(str(tmp_path / "q" / "f.parquet"), schema, rows=256)
+    for k in range(100):
+        w.write_table(pa.table({"i": list(range(k * 10, k * 10 + 10)), "s": [str(k)] * 10}, schema=schema))
+    w.close()
+    f = pq.ParquetFile(tmp_path / "q" / "f.parquet")
+    assert f.num_row_groups == 4 and f.read().column("i").to_pylist() == list(range(1000))
 
 
 def test_streaming_scan_holds_nothing_of_the_manifest_in_the_driver(sample, local_run, tmp_path, monkeypatch):

@@ -268,6 +268,7 @@ def build(files: list[tuple[str, int]], carry_schema: pa.Schema, done_parts: lis
     import ray
 
     from logoscan.actors import DetectActor, DetectEmbedActor, EmbedActor, MatchActor, OcrActor, fetch
+    bounded_block_stats()
     r, gpus = cfg.ray, cfg.ray.num_gpus_per_actor
     carry = tuple(f.name[len("carry."):] for f in carry_schema)
     incremental = store is not None and cfg.store.incremental
@@ -362,6 +363,7 @@ def build_rematch(store, ledger_files: list[str], manifest_files_: list[tuple[st
     import ray
 
     from logoscan.actors import MatchActor
+    bounded_block_stats()
     empty = pa.schema([])
     parts = store.region_files()
     by_path = {storage.resolve(f)[1]: f for f in parts}
@@ -413,6 +415,12 @@ def read_stored(batch: pa.Table, store, batch_rows: int):
             b[c] = batch.column(c).take(rows).to_numpy(zero_copy_only=False)
         b["x_plan"] = np.asarray(["reused"] * len(rows), dtype=object)
         yield b
+
+
+def bounded_block_stats() -> None:
+    """Keep the driver's memory flat over a night's blocks (logoscan.sweep.blockstats)."""
+    from logoscan.sweep.blockstats import register
+    register()
 
 
 def run(ds, total: int, resumed: int, run_id: str) -> None:
@@ -482,6 +490,42 @@ class Published:
         self.refused = 0
 
 
+class RowGroups:
+    """A Parquet file written from many small tables in row groups of up to ``rows`` rows or
+    ``nbytes`` bytes. Why not ParquetWriter.write_table on each part's rows: every call ends a row
+    group, and the writer keeps every row group's metadata in memory until it closes: at 2M
+    manifest rows, 15,625 parts, that was the publisher's growth in the driver
+    (docs/bench/driver_memory.md)."""
+
+    def __init__(self, path: str, schema: pa.Schema, rows: int = 8_192, nbytes: int = 2 << 20):
+        fs, p = storage.resolve(path)
+        fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
+        self.stream = fs.open_output_stream(p)  # a ParquetWriter does not close the stream it was given
+        self.writer = pq.ParquetWriter(self.stream, schema, compression="zstd")
+        self.rows, self.nbytes = rows, nbytes
+        self.pending: list[pa.Table] = []
+        self.pending_rows = self.pending_bytes = 0
+
+    def write_table(self, t: pa.Table) -> None:
+        self.pending.append(t)
+        self.pending_rows += t.num_rows
+        self.pending_bytes += t.nbytes
+        if self.pending_rows >= self.rows or self.pending_bytes >= self.nbytes:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.writer.write_table(pa.concat_tables(self.pending).combine_chunks())
+        self.pending, self.pending_rows, self.pending_bytes = [], 0, 0
+
+    def close(self) -> None:
+        try:
+            self.flush()
+            self.writer.close()
+        finally:
+            self.stream.close()  # an S3 object is complete (uploaded) only now
+
+
 def publish_parts(files: list[str], out: str, run_id: str, run_date: str, common: dict, carry_schema: pa.Schema,
                   store=None, store_every: int = 256, ledger: str | None = None) -> Published:
     """Stream the parts into the staged queue files and errors file (logoscan.output.staged), the
@@ -491,16 +535,12 @@ def publish_parts(files: list[str], out: str, run_id: str, run_date: str, common
     from logoscan import output
     from logoscan.store import write_region_part
     got = Published()
-    writers: dict[str, pq.ParquetWriter] = {}
-    streams = []  # a ParquetWriter does not close the stream it was given
+    writers: dict[str, RowGroups] = {}
     flagged_schema = pa.schema(list(FLAGGED) + [pa.field(f.name[len("carry."):], f.type) for f in carry_schema])
 
-    def writer(path: str, schema: pa.Schema) -> pq.ParquetWriter:
+    def writer(path: str, schema: pa.Schema) -> RowGroups:
         if path not in writers:
-            fs, p = storage.resolve(path if path == ledger else output.staged(out, run_id, path))
-            fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
-            streams.append(fs.open_output_stream(p))
-            writers[path] = pq.ParquetWriter(streams[-1], schema, compression="zstd")
+            writers[path] = RowGroups(path if path == ledger else output.staged(out, run_id, path), schema)
         return writers[path]
 
     errors_file = output.errors_path(out, run_date, run_id)
@@ -567,8 +607,6 @@ def publish_parts(files: list[str], out: str, run_id: str, run_date: str, common
     finally:
         for w in writers.values():
             w.close()
-        for f in streams:
-            f.close()  # an S3 object is complete (uploaded) only now
     got.queues = sorted({q for q in got.by_queue})
     return got
 
