@@ -395,12 +395,40 @@ def add_distractors(db: str, collection: str, n: int, dim: int, seed: int = 0) -
         client.close()
 
 
+def _patiently(uri: str, unavailable_s: float | None, what: str, call, between=None):
+    """``call()``; a Milvus server that does not answer (starting, restarting, a network
+    partition) is tried again with backoff (``between()`` before each retry) for up to
+    ``unavailable_s``; then MilvusUnavailable. Lite, and errors that are not an outage, raise at once."""
+    t0, attempt = time.time(), 0
+    while True:
+        try:
+            return call()
+        except Exception as e:  # noqa: BLE001
+            waited = time.time() - t0
+            if "://" not in uri or not _unreachable(e):
+                raise
+            if not unavailable_s or waited >= unavailable_s:
+                raise MilvusUnavailable(
+                    f"Milvus at {redact(uri)} did not {what} for {waited:.0f} s "
+                    f"(limit match.unavailable_s={unavailable_s}): {str(e)[:300]}") from e
+            pause = min(0.5 * 2 ** attempt, 8.0, max(unavailable_s - waited, 0.05))
+            log.warning("milvus.retry", uri=redact(uri), attempt=attempt + 1, waited_s=round(waited, 1),
+                        next_in_s=round(pause, 1), error=str(e)[:200], doing=what)
+            time.sleep(pause)
+            attempt += 1
+            if between is not None:
+                between()
+
+
 class Matcher:
     """Batched nearest-reference search. distance = 1 − cosine similarity (smaller is closer)."""
 
     def __init__(self, milvus_uri: str, collection: str, expect_embedder: str | None = None,
                  unavailable_s: float | None = None):
-        self.client = connect(milvus_uri)
+        # a matcher actor may start while the server is still busy (a served .db loading its
+        # collections on a loaded node): Ray Data fails the whole run on one actor whose
+        # __init__ raises, so connecting gets the same patience as a search
+        self.client = _patiently(milvus_uri, unavailable_s, "open a connection", lambda: connect(milvus_uri))
         self.meta = read_metadata(self.client, collection)
         self.uri, self.collection, self.unavailable_s = milvus_uri, self.meta["collection"], unavailable_s
         if expect_embedder and self.meta["embedder_version"] != expect_embedder:
@@ -424,33 +452,22 @@ class Matcher:
     def _search_retrying(self, data: list, top_k: int):
         """A Milvus server that stops answering (restart, network partition) is tried again with
         backoff, on a fresh connection, for up to ``unavailable_s``; then MilvusUnavailable."""
-        t0, attempt = time.time(), 0
-        while True:
-            try:
-                return self.client.search(self.collection, data=data, limit=top_k,
-                                          output_fields=["logo_id", "label", "category", "text"],
-                                          search_params={"metric_type": "COSINE"}, **self.group)
-            except Exception as e:  # noqa: BLE001
-                waited = time.time() - t0
-                if "://" not in self.uri or not _unreachable(e):  # Lite, or not an outage
-                    raise
-                if not self.unavailable_s or waited >= self.unavailable_s:
-                    raise MilvusUnavailable(
-                        f"Milvus at {redact(self.uri)} did not answer a search for {waited:.0f} s "
-                        f"(limit match.unavailable_s={self.unavailable_s}): {str(e)[:300]}") from e
-                pause = min(0.5 * 2 ** attempt, 8.0, max(self.unavailable_s - waited, 0.05))
-                log.warning("milvus.retry", uri=redact(self.uri), attempt=attempt + 1, waited_s=round(waited, 1),
-                            next_in_s=round(pause, 1), error=str(e)[:200])
-                time.sleep(pause)
-                attempt += 1
-                try:
-                    self.client.close()
-                except Exception:  # noqa: BLE001
-                    pass
-                try:
-                    self.client = connect(self.uri)
-                except Exception:  # noqa: BLE001 - still down: the next search attempt says so
-                    pass
+        def search():
+            return self.client.search(self.collection, data=data, limit=top_k,
+                                      output_fields=["logo_id", "label", "category", "text"],
+                                      search_params={"metric_type": "COSINE"}, **self.group)
+
+        return _patiently(self.uri, self.unavailable_s, "answer a search", search, self._reconnect)
+
+    def _reconnect(self) -> None:
+        try:
+            self.client.close()
+        except Exception:  # noqa: BLE001
+            pass
+        try:
+            self.client = connect(self.uri)
+        except Exception:  # noqa: BLE001 - still down: the next attempt says so
+            pass
 
     def close(self):
         self.client.close()

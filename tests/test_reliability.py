@@ -282,6 +282,27 @@ def test_milvus_outage_shorter_than_the_limit_is_ridden_out(sample, clean, serve
     print(f"5 s Milvus outage ridden out: run took {took:.1f} s")
 
 
+def test_a_matcher_waits_for_a_server_that_is_not_answering_yet(served_gallery):
+    """A matcher actor can start while the served .db is still busy: Ray Data fails the whole run
+    on one actor whose __init__ raises (seen in bench_matcher at 1 actor), so opening the
+    connection gets the same patience as a search, and says so when it runs out."""
+    import threading
+
+    from logoscan.gallery import Matcher, MilvusUnavailable
+    gate = TcpGate(served_gallery)
+    try:
+        gate.shut()
+        with pytest.raises(MilvusUnavailable, match="did not open a connection"):
+            Matcher(gate.url, "logos", unavailable_s=2)
+        threading.Timer(3.0, gate.reopen).start()
+        t0 = time.time()
+        m = Matcher(gate.url, "logos", unavailable_s=60)
+        assert time.time() - t0 >= 2.5 and m.meta["collection"].startswith("logos")
+        m.close()
+    finally:
+        gate.close()
+
+
 def test_milvus_gone_fails_loudly_without_publishing_then_resumes(sample, clean, served_gallery, tmp_path):
     from logoscan.sweep import ScanError
     manifest, ref = clean
