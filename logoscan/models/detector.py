@@ -121,7 +121,7 @@ def resolve_precision(requested: str, device: str) -> str:
 
 
 def images_to_tensors(images: list[np.ndarray], device: str = "cpu") -> list[torch.Tensor]:
-    return [torch.from_numpy(np.require(im, np.uint8, ['C', 'W'])).permute(2, 0, 1).float().div_(255).to(device)
+    return [torch.from_numpy(np.require(im, np.uint8, ['C', 'W'])).to(device).permute(2, 0, 1).float().div_(255)
             for im in images]
 
 

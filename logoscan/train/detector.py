@@ -73,7 +73,8 @@ class DetectorTrainConfig:
     checkpoint_every: int = 100
     eval_scenes: int = 200
     max_fp_per_empty_image: float = 0.1
-    workers: int = 1
+    workers: int = 1                  # DataLoader processes making scenes (on a GPU: most of the CPUs)
+    device: str = "auto"              # cuda where there is one, else cpu
     version: str = "detector-v1"
     # the mix: synthetic scenes, synthetic logos on the real training photos, the real photos
     datasets: tuple[YoloSource, ...] = ()
@@ -307,8 +308,26 @@ def choose_threshold_real(preds, truths) -> float:
     return best_t
 
 
+def train_device(requested: str) -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"device: {requested!r} asked for, but torch sees no CUDA device")
+    return requested
+
+
+def device_words(device: str) -> str:
+    if device.startswith("cuda"):
+        return f"GPU ({torch.cuda.get_device_name(torch.device(device))})"
+    import os
+    return f"CPU ({len(os.sched_getaffinity(0))} cores)"
+
+
 def train(cfg: DetectorTrainConfig, resume: bool = True) -> dict:
     torch.manual_seed(cfg.seed)
+    device = train_device(cfg.device)
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     out = Path(cfg.out)
     marks, held = training_marks(cfg.seed, cfg.n_invented, cfg.n_brands, cfg.holdout)
     model = build_fcos(cfg.input_size, cfg.fpn_channels, score_thresh=0.05)
@@ -328,7 +347,7 @@ def train(cfg: DetectorTrainConfig, resume: bool = True) -> dict:
     real = real_split(cfg) if cfg.datasets else None
     for line in (real.reports if real else []):
         log.info("detector.dataset", report=line)
-    model = model.to(memory_format=torch.channels_last)
+    model = model.to(device, memory_format=torch.channels_last)
     model.train()
     freeze_early(model, cfg.freeze_blocks)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
@@ -345,9 +364,10 @@ def train(cfg: DetectorTrainConfig, resume: bool = True) -> dict:
     for batch in loader:
         if budget.done(step):
             break
-        imgs = images_to_tensors([b[0] for b in batch])
-        targets = [{"boxes": torch.from_numpy(b[1]),
-                    "labels": torch.full((len(b[1]),), LOGO_LABEL, dtype=torch.int64)} for b in batch]
+        imgs = images_to_tensors([b[0] for b in batch], device)
+        targets = [{"boxes": torch.from_numpy(b[1]).to(device),
+                    "labels": torch.full((len(b[1]),), LOGO_LABEL, dtype=torch.int64, device=device)}
+                   for b in batch]
         for gp in opt.param_groups:
             gp["lr"] = cosine_lr(cfg.lr, budget.frac(step))
         losses = model(imgs, targets)
@@ -372,16 +392,18 @@ def train(cfg: DetectorTrainConfig, resume: bool = True) -> dict:
     set_input_size(model, run_size)
     scenes = eval_scenes(cfg, held)
     t0 = time.time()
-    preds = detect_images(model, [s[0] for s in scenes], score_thresh=0.05, batch_size=8)
+    eval_bs = 32 if device.startswith("cuda") else 8
+    preds = detect_images(model, [s[0] for s in scenes], score_thresh=0.05, device=device, batch_size=eval_bs)
     infer_s = time.time() - t0
     truths = [s[1] for s in scenes]
     thr = choose_threshold(preds, truths, cfg.max_fp_per_empty_image)
     metrics = {"steps": step, "train_seconds": round(budget.elapsed(), 1), "resumed_at_step": resumed_at,
                "train_img_per_s": round(seen / max(train_s, 1e-9), 2),
-               "cpu_infer_img_per_s": round(len(scenes) / infer_s, 2)}
+               "device": device_words(device), "infer_img_per_s": round(len(scenes) / infer_s, 2)}
     if real is not None and real.val:
         photos = [load_photo(it) for it in real.val]
-        vpreds = detect_images(model, [p[0] for p in photos], score_thresh=0.05, batch_size=8)
+        vpreds = detect_images(model, [p[0] for p in photos], score_thresh=0.05, device=device,
+                               batch_size=eval_bs)
         vtruths = [p[1] for p in photos]
         if cfg.threshold_on == "real":
             thr = max(thr, choose_threshold_real(vpreds, vtruths))
@@ -395,7 +417,7 @@ def train(cfg: DetectorTrainConfig, resume: bool = True) -> dict:
               "arch_args": {"input_size": run_size, "fpn_channels": cfg.fpn_channels,
                             "score_thresh": 0.05, "nms_thresh": 0.5, "detections_per_img": 20},
               "score_thresh": thr, "train_metrics": metrics, "train_config": asdict(cfg)}
-    save_artifact(model, config, out, card=model_card(cfg, metrics))
+    save_artifact(model.cpu(), config, out, card=model_card(cfg, metrics))
     return metrics
 
 
@@ -469,7 +491,7 @@ def model_card(cfg: DetectorTrainConfig, m: dict) -> str:
   0–3 logos each ({cfg.logo_frac[0]:.0%}–{cfg.logo_frac[1]:.0%} of the side), text/price/barcode clutter,
   20% logo-free; logos = {cfg.n_invented} invented marks + simplepycons brands ({int(cfg.holdout * 100)}% of
   brands and the demo's marks held out).{hard}
-{_mix_lines(cfg, m)}- Trained on CPU (2 cores), budget {cfg.max_minutes} min / {cfg.max_steps} steps: {m['steps']} steps of batch
+{_mix_lines(cfg, m)}- Trained on {m.get('device', 'CPU (2 cores)')}, budget {cfg.max_minutes} min / {cfg.max_steps} steps: {m['steps']} steps of batch
   {cfg.batch_size} in {m['train_seconds']} s of wall-clock budget ({m['train_img_per_s']} img/s in the last
   session{f"; resumed from the step-{m['resumed_at_step']} checkpoint" if m.get('resumed_at_step') else ''}).
 
@@ -477,9 +499,9 @@ def model_card(cfg: DetectorTrainConfig, m: dict) -> str:
 {cfg.eval_scenes} held-out scenes built only from held-out brands and unseen invented marks.
 Operating score threshold {e['score_thresh']} ({'chosen on real photos, below' if cfg.threshold_on == 'real' else f'lowest with ≤ {cfg.max_fp_per_empty_image} false detections per logo-free image'}).
 
-| AP50 | recall | recall <32 px ({gs['<32']}) | 32–96 px ({gs['32-96']}) | >96 px ({gs['>96']}) | false det. / logo-free image ({e['empty_images']}) | CPU img/s |
+| AP50 | recall | recall <32 px ({gs['<32']}) | 32–96 px ({gs['32-96']}) | >96 px ({gs['>96']}) | false det. / logo-free image ({e['empty_images']}) | img/s ({m.get('device', 'CPU')}, while evaluating) |
 |---|---|---|---|---|---|---|
-| {e['AP50']:.3f} | {e['recall']:.3f} | {rs['<32']} | {rs['32-96']} | {rs['>96']} | {e['fp_per_empty_image']} | {m['cpu_infer_img_per_s']} |
+| {e['AP50']:.3f} | {e['recall']:.3f} | {rs['<32']} | {rs['32-96']} | {rs['>96']} | {e['fp_per_empty_image']} | {m.get('infer_img_per_s', m.get('cpu_infer_img_per_s'))} |
 {_real_val_lines(cfg, m)}
 The benchmark on 900 other held-out scenes (AP50, recall by size, by logo source and by
 effect, false detections per logo-free image, CPU throughput) is `docs/bench/detector.md`
