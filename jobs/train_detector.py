@@ -11,4 +11,4 @@ from logoscan.train.detector import DetectorTrainConfig, train
 if __name__ == "__main__":
     a = job_parser(__doc__).parse_args()
     configure()
-    print(json.dumps(train(config_io.load(DetectorTrainConfig, a.config, a.set), resume=not a.no_resume), indent=2))
+    print(json.dumps(train(config_io.load(DetectorTrainConfig, a.config, a.set), resume=not a.no_resume, config_file=a.config), indent=2))

@@ -216,7 +216,8 @@ def cmd_train(kind):
             from logoscan.train.embedder import EmbedderTrainConfig as C, train
         else:
             from logoscan.train.detector import DetectorTrainConfig as C, train
-        print(json.dumps(train(config_io.load(C, a.config, a.set), resume=not a.no_resume), indent=2))
+        kw = {"config_file": a.config} if kind == "detector" else {}
+        print(json.dumps(train(config_io.load(C, a.config, a.set), resume=not a.no_resume, **kw), indent=2))
         return 0
     return run
 

@@ -156,3 +156,34 @@ def test_detector_trains_on_a_yolo_folder(tmp_path):
     saved = json.loads((out / "config.json").read_text())
     assert saved["train_config"]["datasets"][0]["path"] == str(root)
     assert "mine" in (out / "MODEL_CARD.md").read_text()
+
+
+def test_a_packed_copy_leaves_held_out_photos_behind_and_keeps_boxes_on_their_logos(tmp_path):
+    """jobs/pack_yolo.py (the real photos' trip to a GPU machine): held-out photos stay behind,
+    the validation block is the same one, and a cropped window still has its box on the logo."""
+    from jobs.pack_yolo import main as pack
+    labels = {f"s_{i}": "0 0.375 0.4167 0.25 0.3333\n" for i in range(1, 21)}
+    labels["s_5"] = "1 0.375 0.4167 0.25 0.3333\n"            # a held-out class
+    root = make_yolo(tmp_path / "cars", labels)              # the red block is where the box says
+    src = {"path": str(root), "heldout_classes": ["globex"], "heldout_share": 0.2, "val_share": 0.25}
+    (tmp_path / "cfg.yaml").write_text(json.dumps({"datasets": [src]}))
+    assert pack(["--config", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "packed"),
+                 "--crop", "cars=64", "--max-side", "48"]) == 0
+    packed = tmp_path / "packed" / "cars"
+    info = json.loads((packed / "pack.json").read_text())
+    assert info["photos"] == 15 and info["held_out_left_out"] == 5     # s_5 and s_17..s_20
+    ds = load_yolo(packed)
+    assert {it.image.stem for it in ds.items} == {f"s_{i}" for i in range(1, 17)} - {"s_5"}
+    # the same validation block as training on the original folder takes
+    before = real_split(config_io.build(DetectorTrainConfig, {"datasets": [src]}))
+    after = real_split(config_io.build(DetectorTrainConfig, {"datasets": [{"path": str(packed), "val_share": 0.25}]}))
+    assert {it.image.stem for it in after.val} == {it.image.stem for it in before.val}
+    for it in ds.items:
+        with Image.open(it.image) as im:
+            rgb = np.asarray(im.convert("RGB")).astype(int)
+        assert max(im.size) <= 48
+        x0, y0, x1, y1 = (int(round(v)) for v in it.pixel_boxes(im.width, im.height)[0])
+        red = rgb[..., 0] - rgb[..., 2]
+        assert red[y0 + 1:y1 - 1, x0 + 1:x1 - 1].mean() > 100 > red.mean()   # the box is on the red block
+    with pytest.raises(SystemExit, match="no dataset named"):
+        pack(["--config", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "p2"), "--crop", "bikes=64"])

@@ -323,7 +323,8 @@ def device_words(device: str) -> str:
     return f"CPU ({len(os.sched_getaffinity(0))} cores)"
 
 
-def train(cfg: DetectorTrainConfig, resume: bool = True) -> dict:
+def train(cfg: DetectorTrainConfig, resume: bool = True, config_file: str | None = None) -> dict:
+    """``config_file``: the file ``cfg`` came from, for the model card's Reproduce section."""
     torch.manual_seed(cfg.seed)
     device = train_device(cfg.device)
     if device.startswith("cuda"):
@@ -417,7 +418,7 @@ def train(cfg: DetectorTrainConfig, resume: bool = True) -> dict:
               "arch_args": {"input_size": run_size, "fpn_channels": cfg.fpn_channels,
                             "score_thresh": 0.05, "nms_thresh": 0.5, "detections_per_img": 20},
               "score_thresh": thr, "train_metrics": metrics, "train_config": asdict(cfg)}
-    save_artifact(model.cpu(), config, out, card=model_card(cfg, metrics))
+    save_artifact(model.cpu(), config, out, card=model_card(cfg, metrics, config_file))
     return metrics
 
 
@@ -450,6 +451,13 @@ def _mix_lines(cfg: DetectorTrainConfig, m: dict) -> str:
                    f"{'; ' + '; '.join(held) if held else ''}; a {d.val_share:.0%} block of the rest for the threshold.")
     for line in m.get("datasets", []):
         out.append(f"    {line.strip()}")
+    for d in cfg.datasets:
+        p = _pack_info(d.path)
+        if p:
+            out.append(f"  - `{d.path}` is a packed copy of `{p['source']}` (`jobs/pack_yolo.py`: its "
+                       f"{p['held_out_left_out']} held-out photos left behind; WebP quality {p['webp_quality']}, "
+                       f"longest side ≤ {p['max_side']} px" + (f", a {p['crop_px']}-px window around the boxes, "
+                                                               "native pixels" if p['crop_px'] else "") + ").")
     if cfg.init_from:
         out.append(f"- Started from the detector artifact `{cfg.init_from}`.")
     return "\n".join(out) + "\n"
@@ -472,7 +480,20 @@ def _real_val_lines(cfg: DetectorTrainConfig, m: dict) -> str:
 """
 
 
-def model_card(cfg: DetectorTrainConfig, m: dict) -> str:
+def _pack_info(path: str) -> dict | None:
+    """What `jobs/pack_yolo.py` wrote beside a packed dataset (None for an original folder)."""
+    import json
+    f = Path(path) / "pack.json"
+    return json.loads(f.read_text()) if f.is_file() else None
+
+
+def _reproduce(cfg: DetectorTrainConfig, config_file: str | None) -> str:
+    packs = {p["command"] for d in cfg.datasets if (p := _pack_info(d.path))}
+    return "\n".join([*sorted(packs), "python jobs/train_detector.py --config "
+                      + (config_file or "<a YAML file with the keys of train_config in config.json>")])
+
+
+def model_card(cfg: DetectorTrainConfig, m: dict, config_file: str | None = None) -> str:
     e = m["eval"]
     hard = ("\n  Hard scenes: 35% on photo backgrounds (scikit-image's sample photos, those with insignia or"
             "\n  lettering left out); per logo: perspective 30%, curved surface 20%, faint print 15%,"
@@ -509,6 +530,6 @@ effect, false detections per logo-free image, CPU throughput) is `docs/bench/det
 
 ## Reproduce
 ```
-python jobs/train_detector.py --config jobs/configs/train_detector.yaml
+{_reproduce(cfg, config_file)}
 ```
 """
