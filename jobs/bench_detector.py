@@ -34,8 +34,14 @@ from logoscan.train.detector import (DetectorTrainConfig, detection_metrics, loa
 REAL_CONFIG = "jobs/configs/train_detector.yaml"   # its `datasets` define the real held-out split
 
 
-def held_out_scenes(cfg: DetectorTrainConfig, n_logo: int, n_empty: int, seed: int):
+def held_out_scenes(cfg: DetectorTrainConfig, n_logo: int, n_empty: int, seed: int, lineage_seeds=()):
+    """``lineage_seeds``: the training seeds of the models this one was continued from. Each seed
+    holds out other brands, so a brand counts as held out only if every one of them held it out."""
     _, held = training_marks(cfg.seed, cfg.n_invented, cfg.n_brands, cfg.holdout)
+    for s in lineage_seeds:
+        _, also = training_marks(int(s), cfg.n_invented, cfg.n_brands, cfg.holdout)
+        keep = {m.key for m in also}
+        held = [m for m in held if m.key in keep]
     invented = unseen_invented(seed, 200)
     marks = held + invented
     rng = random.Random(seed)
@@ -119,8 +125,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=4, help="the sweep's default detector.batch_size")
     ap.add_argument("--real-config", default=None,
                     help="training config whose `datasets` give the real held-out photos (default: the "
-                         f"artifact's own, or {REAL_CONFIG} for an artifact trained without any, e.g. "
-                         "detector-v2); '' skips the real photos")
+                         f"artifact's own, or {REAL_CONFIG} for an artifact trained without any (detector-v2) or "
+                         "on packed copies that hold nothing out themselves (jobs/pack_yolo.py; detector-v4); "
+                         "'' skips the real photos")
     ap.add_argument("--real-limit", type=int, default=0, help="at most this many held-out photos per source")
     ap.add_argument("--logo-free-crops", type=int, default=6, help="crops per logo-free sample photo")
     ap.add_argument("--input-size", type=int, default=0, help="run the model at this input size instead")
@@ -139,7 +146,8 @@ def main(argv=None) -> int:
     cfg = replace(trained, hard_scenes=True, datasets=(), onphoto_weight=0.0, threshold_on="synthetic")
     thr = float(config["score_thresh"])
     t0 = time.time()
-    images, truths, tags, n_brands, n_inv = held_out_scenes(cfg, a.scenes, a.empty, a.seed)
+    lineage = [s for s in config.get("lineage_seeds", []) if s != trained.seed]
+    images, truths, tags, n_brands, n_inv = held_out_scenes(cfg, a.scenes, a.empty, a.seed, lineage)
     gen_s = time.time() - t0
 
     t0 = time.perf_counter()
@@ -163,7 +171,8 @@ def main(argv=None) -> int:
 
     real_lines = []
     rcfg = (load_config(DetectorTrainConfig, a.real_config) if a.real_config
-            else trained if trained.datasets and a.real_config is None
+            else trained if a.real_config is None and any(d.heldout_classes or d.heldout_share
+                                                          for d in trained.datasets)
             else load_config(DetectorTrainConfig, REAL_CONFIG) if a.real_config is None else None)
     missing = [d.path for d in rcfg.datasets if not Path(d.path).is_dir()] if rcfg else []
     if missing:
@@ -219,7 +228,8 @@ def main(argv=None) -> int:
         f"# Detector benchmark: {config.get('version', '?')}",
         "",
         f"Command: `python jobs/bench_detector.py --scenes {a.scenes} --empty {a.empty} --seed {a.seed}"
-        f"{f' --input-size {a.input_size}' if a.input_size else ''}`",
+        f"{f' --input-size {a.input_size}' if a.input_size else ''}"
+        f"{f' --real-config {a.real_config}' if a.real_config else ''}`",
         f"(artifact `{a.artifact if a.artifact != default_artifact_path('detector') else 'logoscan/weights/detector'}`,"
         f" input {config['arch_args']['input_size']} px). Needs the real photos beside the project "
         "(../shared/data/real-photos).",
@@ -229,7 +239,7 @@ def main(argv=None) -> int:
         "",
         f"Held-out scenes: {a.scenes} with 1–3 logos ({n_gt} logos) + {a.empty} logo-free, "
         f"{cfg.scene_px[0]}–{cfg.scene_px[1]} px, made in {gen_s:.0f} s from {n_brands} brands held out of "
-        f"training and {n_inv} invented marks from an unseen generator seed; photo backgrounds, "
+        f"training{f' (by seed {trained.seed} and by seed {lineage} of the models it continued from)' if lineage else ''} and {n_inv} invented marks from an unseen generator seed; photo backgrounds, "
         "perspective, curvature, faint prints, occlusion and text/price/barcode clutter as in training.",
         f"Operating score threshold: **{thr}** (from the artifact; chosen at training time "
         + ("as the best F1 on a block of real validation photos, and no lower than the lowest with ≤ 0.1 "
@@ -255,7 +265,7 @@ def main(argv=None) -> int:
           f"| {v['fp_per_empty_image']:.3f} |" for t, v in at.items()],
         "",
         "The same scenes in bfloat16 (`detector.precision: bf16`, autocast; what `auto` picks on a CPU "
-        f"with AVX512-BF16 or AMX{' such as this one' if native_bf16('cpu') else ''} and on a GPU):",
+        f"with AVX512-BF16 or AMX{' such as this one' if native_bf16('cpu') else ''}; on a GPU `auto` is fp32):",
         "",
         "| precision | AP50 | recall | recall <32 px | false det. / logo-free image |",
         "|---|---|---|---|---|",

@@ -342,7 +342,15 @@ def train(cfg: DetectorTrainConfig, resume: bool = True, config_file: str | None
                              "(e.g. jobs/configs/train_detector_v2.yaml), or set init_from: null")
         model.load_state_dict(load_file(str(Path(src) / "model.safetensors")))
         log.info("detector.init_from", artifact=src)
-    elif cfg.imagenet_init:
+        import json
+        prev = json.loads((Path(src) / "config.json").read_text())
+        # each training seed holds out other brands: the benchmark's held-out brands must be held
+        # out by every model in the line (jobs/bench_detector.py reads this)
+        lineage = sorted({*prev.get("lineage_seeds", []), prev.get("train_config", {}).get("seed", 0)})
+        init_version = prev.get("version", "")
+    else:
+        lineage, init_version = [], ""
+    if not cfg.init_from and cfg.imagenet_init:
         from logoscan.models.backbone import load_imagenet_weights
         load_imagenet_weights(model.backbone.body)
     real = real_split(cfg) if cfg.datasets else None
@@ -400,7 +408,7 @@ def train(cfg: DetectorTrainConfig, resume: bool = True, config_file: str | None
     thr = choose_threshold(preds, truths, cfg.max_fp_per_empty_image)
     metrics = {"steps": step, "train_seconds": round(budget.elapsed(), 1), "resumed_at_step": resumed_at,
                "train_img_per_s": round(seen / max(train_s, 1e-9), 2),
-               "device": device_words(device), "infer_img_per_s": round(len(scenes) / infer_s, 2)}
+               "init_from_version": init_version, "device": device_words(device), "infer_img_per_s": round(len(scenes) / infer_s, 2)}
     if real is not None and real.val:
         photos = [load_photo(it) for it in real.val]
         vpreds = detect_images(model, [p[0] for p in photos], score_thresh=0.05, device=device,
@@ -417,7 +425,8 @@ def train(cfg: DetectorTrainConfig, resume: bool = True, config_file: str | None
     config = {"kind": "detector", "arch": "fcos_lite0", "version": cfg.version,
               "arch_args": {"input_size": run_size, "fpn_channels": cfg.fpn_channels,
                             "score_thresh": 0.05, "nms_thresh": 0.5, "detections_per_img": 20},
-              "score_thresh": thr, "train_metrics": metrics, "train_config": asdict(cfg)}
+              "score_thresh": thr, "train_metrics": metrics, "train_config": asdict(cfg),
+              "lineage_seeds": lineage}
     save_artifact(model.cpu(), config, out, card=model_card(cfg, metrics, config_file))
     return metrics
 
@@ -459,7 +468,8 @@ def _mix_lines(cfg: DetectorTrainConfig, m: dict) -> str:
                        f"longest side ≤ {p['max_side']} px" + (f", a {p['crop_px']}-px window around the boxes, "
                                                                "native pixels" if p['crop_px'] else "") + ").")
     if cfg.init_from:
-        out.append(f"- Started from the detector artifact `{cfg.init_from}`.")
+        v = m.get("init_from_version")
+        out.append(f"- Started from the detector artifact `{cfg.init_from}`{f' ({v} at the time)' if v else ''}.")
     return "\n".join(out) + "\n"
 
 
@@ -493,6 +503,13 @@ def _reproduce(cfg: DetectorTrainConfig, config_file: str | None) -> str:
                       + (config_file or "<a YAML file with the keys of train_config in config.json>")])
 
 
+def _lineage_note(cfg: DetectorTrainConfig) -> str:
+    if not cfg.init_from:
+        return ""
+    return (" (held out by this run's seed; the model it continued from may have trained on some of "
+            "them: `jobs/bench_detector.py` holds out only the brands every model in the line held out)")
+
+
 def model_card(cfg: DetectorTrainConfig, m: dict, config_file: str | None = None) -> str:
     e = m["eval"]
     hard = ("\n  Hard scenes: 35% on photo backgrounds (scikit-image's sample photos, those with insignia or"
@@ -517,7 +534,7 @@ def model_card(cfg: DetectorTrainConfig, m: dict, config_file: str | None = None
   session{f"; resumed from the step-{m['resumed_at_step']} checkpoint" if m.get('resumed_at_step') else ''}).
 
 ## Measured at the end of training
-{cfg.eval_scenes} held-out scenes built only from held-out brands and unseen invented marks.
+{cfg.eval_scenes} held-out scenes built only from held-out brands and unseen invented marks{_lineage_note(cfg)}.
 Operating score threshold {e['score_thresh']} ({'chosen on real photos, below' if cfg.threshold_on == 'real' else f'lowest with ≤ {cfg.max_fp_per_empty_image} false detections per logo-free image'}).
 
 | AP50 | recall | recall <32 px ({gs['<32']}) | 32–96 px ({gs['32-96']}) | >96 px ({gs['>96']}) | false det. / logo-free image ({e['empty_images']}) | img/s ({m.get('device', 'CPU')}, while evaluating) |
