@@ -116,6 +116,9 @@ def test_dataset_config_is_checked(tmp_path):
         config_io.build(DetectorTrainConfig, {"datasets": [{"path": "x", "heldout_share": 1}]})
     with pytest.raises(ConfigError, match="needs labelled photos"):
         config_io.build(DetectorTrainConfig, {"threshold_on": "real"})
+    with pytest.raises(ConfigError, match="device must be 'auto', 'cpu' or 'cuda"):
+        config_io.build(DetectorTrainConfig, {"device": "gpu"})
+    assert config_io.build(DetectorTrainConfig, {"device": "cuda:1"}).device == "cuda:1"
 
 
 def test_photo_augmentation_keeps_boxes_on_their_logos():

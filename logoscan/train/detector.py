@@ -10,7 +10,10 @@ marks and a share of brands held out). Labelled photos come from YOLO folders (`
 """
 from __future__ import annotations
 
+import json
+import os
 import random
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -87,6 +90,8 @@ class DetectorTrainConfig:
     run_input_size: int | None = None
 
     def __post_init__(self):
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', not {self.device!r}")
         if self.threshold_on not in ("synthetic", "real"):
             raise ValueError(f"threshold_on must be 'synthetic' or 'real', not {self.threshold_on!r}")
         if self.threshold_on == "real" and not self.datasets:
@@ -319,7 +324,6 @@ def train_device(requested: str) -> str:
 def device_words(device: str) -> str:
     if device.startswith("cuda"):
         return f"GPU ({torch.cuda.get_device_name(torch.device(device))})"
-    import os
     return f"CPU ({len(os.sched_getaffinity(0))} cores)"
 
 
@@ -342,7 +346,6 @@ def train(cfg: DetectorTrainConfig, resume: bool = True, config_file: str | None
                              "(e.g. jobs/configs/train_detector_v2.yaml), or set init_from: null")
         model.load_state_dict(load_file(str(Path(src) / "model.safetensors")))
         log.info("detector.init_from", artifact=src)
-        import json
         prev = json.loads((Path(src) / "config.json").read_text())
         # each training seed holds out other brands: the benchmark's held-out brands must be held
         # out by every model in the line (jobs/bench_detector.py reads this)
@@ -492,7 +495,6 @@ def _real_val_lines(cfg: DetectorTrainConfig, m: dict) -> str:
 
 def _pack_info(path: str) -> dict | None:
     """What `jobs/pack_yolo.py` wrote beside a packed dataset (None for an original folder)."""
-    import json
     f = Path(path) / "pack.json"
     return json.loads(f.read_text()) if f.is_file() else None
 
