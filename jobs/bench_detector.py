@@ -223,7 +223,7 @@ def main(argv=None) -> int:
 
     rs, gs = m["recall_by_size"], m["gt_by_size"]
     n_gt = sum(gs.values())
-    big = (rs["32-96"] * gs["32-96"] + rs[">96"] * gs[">96"]) / max(gs["32-96"] + gs[">96"], 1)
+    big = ((rs["32-96"] or 0) * gs["32-96"] + (rs[">96"] or 0) * gs[">96"]) / max(gs["32-96"] + gs[">96"], 1)
     lines = [
         f"# Detector benchmark: {config.get('version', '?')}",
         "",
