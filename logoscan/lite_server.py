@@ -89,6 +89,15 @@ def serving(uri: str, enabled: bool = True) -> Iterator[str]:
                 raise LiteServerError(f"milvus-lite server for {uri}: {e} for {LOCK_WAIT_S:.0f} s: is another "
                                       "logoscan run, `milvus-lite server` or Python process using the .db?") from None
             time.sleep(1.0)
+        except _Crashed as e:
+            # seen once in the killed-driver drill: the new server aborted (SIGABRT) at start while
+            # the killed run's server was still exiting. Started again, it came up; a .db that
+            # really cannot be served crashes every time, and the last error is raised
+            _stop(proc, err)
+            if time.time() - t0 > LOCK_WAIT_S:
+                raise LiteServerError(str(e)) from None
+            log.warning("milvus.lite_start_crashed", db=uri, error=str(e)[:300])
+            time.sleep(1.0)
         except BaseException:
             _stop(proc, err)
             raise
@@ -101,6 +110,10 @@ def serving(uri: str, enabled: bool = True) -> Iterator[str]:
 
 class _Locked(Exception):
     pass
+
+
+class _Crashed(LiteServerError):
+    """The server died of a signal (an abort, a segfault) before it answered."""
 
 
 def _start(db: str):
@@ -123,8 +136,8 @@ def _wait_until_up(proc, err, served: str, uri: str) -> None:
             if "DataDirLockedError" in text:
                 raise _Locked("another process holds the .db's lock")
             why = text.strip().splitlines()[-3:]
-            raise LiteServerError(f"milvus-lite server for {uri} exited with code {proc.returncode}: "
-                                  f"{' | '.join(why) or 'no message'}")
+            raise (_Crashed if proc.returncode < 0 else LiteServerError)(
+                f"milvus-lite server for {uri} exited with code {proc.returncode}: {' | '.join(why) or 'no message'}")
         if time.time() - t0 > START_TIMEOUT_S:
             raise LiteServerError(f"milvus-lite server for {uri} did not answer within {START_TIMEOUT_S:.0f} s")
         time.sleep(0.2)

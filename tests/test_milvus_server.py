@@ -84,3 +84,38 @@ def test_a_db_in_use_is_refused_with_a_clear_error(tmp_path, monkeypatch):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_server_that_crashes_while_starting_is_started_again(tmp_path, monkeypatch):
+    """The killed-driver drill once saw the resumed run's server abort at start (the killed run's
+    server still exiting); a second start came up. A server that always crashes is an error."""
+    import subprocess
+    import sys
+    import tempfile
+
+    import pytest
+    from pymilvus import MilvusClient
+
+    from logoscan import lite_server
+    real, starts = lite_server._start, []
+    abort = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGABRT)"]
+
+    def crash_first(db):
+        starts.append(db)
+        if len(starts) > 1:
+            return real(db)
+        err = tempfile.TemporaryFile()
+        return subprocess.Popen(abort, stderr=err), err, "http://127.0.0.1:9"
+
+    monkeypatch.setattr(lite_server, "_start", crash_first)
+    db = str(tmp_path / "g.db")
+    with lite_server.serving(db) as uri:
+        assert MilvusClient(uri).list_collections() == []
+    assert len(starts) == 2
+
+    monkeypatch.setattr(lite_server, "LOCK_WAIT_S", 2.0)
+    monkeypatch.setattr(lite_server, "_start", lambda db: (subprocess.Popen(abort), tempfile.TemporaryFile(),
+                                                           "http://127.0.0.1:9"))
+    with pytest.raises(lite_server.LiteServerError, match="exited with code -6"):
+        with lite_server.serving(db):
+            pass
