@@ -115,9 +115,8 @@ def native_bf16(device: str) -> bool:
 
 def resolve_precision(requested: str, device: str) -> str:
     """``auto`` → bf16 on a CPU that has it natively, else fp32; fp32/bf16 as asked. On a GPU
-    ``auto`` is fp32: on an H200 bf16 autocast was slower at batches of 8, 32 and 64 (this model's
-    convolutions are too small to gain, and autocast casts every weight on every call;
-    docs/bench/detector.md)."""
+    ``auto`` is fp32: on an H200 bf16 autocast was slower at batches of 8, 32 and 64, for detector-v3
+    and -v4 (docs/bench/detector.md; not profiled)."""
     if requested == "auto":
         return "bf16" if torch.device(device).type == "cpu" and native_bf16(device) else "fp32"
     return requested
