@@ -83,20 +83,16 @@ def serving(uri: str, enabled: bool = True) -> Iterator[str]:
         try:
             _wait_until_up(proc, err, served, uri)
             break
-        except _Locked as e:
+        except (_Locked, _Crashed) as e:
+            # a killed run's server still exiting: the new one finds the .db locked, or (seen once in
+            # the killed-driver drill) aborts at start. Either is started again; a .db that really
+            # cannot be served fails every time, and the last error is raised
             _stop(proc, err)
             if time.time() - t0 > LOCK_WAIT_S:
-                raise LiteServerError(f"milvus-lite server for {uri}: {e} for {LOCK_WAIT_S:.0f} s: is another "
-                                      "logoscan run, `milvus-lite server` or Python process using the .db?") from None
-            time.sleep(1.0)
-        except _Crashed as e:
-            # seen once in the killed-driver drill: the new server aborted (SIGABRT) at start while
-            # the killed run's server was still exiting. Started again, it came up; a .db that
-            # really cannot be served crashes every time, and the last error is raised
-            _stop(proc, err)
-            if time.time() - t0 > LOCK_WAIT_S:
-                raise LiteServerError(str(e)) from None
-            log.warning("milvus.lite_start_crashed", db=uri, error=str(e)[:300])
+                raise (LiteServerError(str(e)) if isinstance(e, _Crashed) else LiteServerError(
+                    f"milvus-lite server for {uri}: {e} for {LOCK_WAIT_S:.0f} s: is another logoscan run, "
+                    "`milvus-lite server` or Python process using the .db?")) from None
+            log.warning("milvus.lite_start_retry", db=uri, error=str(e)[:300])
             time.sleep(1.0)
         except BaseException:
             _stop(proc, err)
