@@ -28,7 +28,7 @@ from logoscan.models.detector import detect_images, native_bf16, set_input_size
 from logoscan.synth.marks import training_marks, unseen_invented
 from logoscan.train.common import config_from, emit_report
 from logoscan.config_io import load as load_config
-from logoscan.train.detector import (DetectorTrainConfig, detection_metrics, load_photo,
+from logoscan.train.detector import (DetectorTrainConfig, detection_metrics, held_by_every_seed, load_photo,
                                      real_split, scene_sample)
 
 REAL_CONFIG = "jobs/configs/train_detector.yaml"   # its `datasets` define the real held-out split
@@ -37,11 +37,8 @@ REAL_CONFIG = "jobs/configs/train_detector.yaml"   # its `datasets` define the r
 def held_out_scenes(cfg: DetectorTrainConfig, n_logo: int, n_empty: int, seed: int, lineage_seeds=()):
     """``lineage_seeds``: the training seeds of the models this one was continued from. Each seed
     holds out other brands, so a brand counts as held out only if every one of them held it out."""
-    _, held = training_marks(cfg.seed, cfg.n_invented, cfg.n_brands, cfg.holdout)
-    for s in lineage_seeds:
-        _, also = training_marks(int(s), cfg.n_invented, cfg.n_brands, cfg.holdout)
-        keep = {m.key for m in also}
-        held = [m for m in held if m.key in keep]
+    held = held_by_every_seed(cfg, training_marks(cfg.seed, cfg.n_invented, cfg.n_brands, cfg.holdout)[1],
+                              lineage_seeds)
     invented = unseen_invented(seed, 200)
     marks = held + invented
     rng = random.Random(seed)

@@ -284,6 +284,16 @@ def detection_metrics(preds, truths, iou_thr=0.5, score_thr=0.3, tags=None) -> d
             "recall_by_tag": {t: (round(v[0] / v[1], 4), v[1]) for t, v in sorted(by_tag.items())}}
 
 
+def held_by_every_seed(cfg: DetectorTrainConfig, held: list[Mark], lineage_seeds=()) -> list[Mark]:
+    """Of ``held`` (the brands this run's seed held out), those that every model it was continued
+    from (``lineage_seeds``: their training seeds) held out too: each seed holds out other brands."""
+    for s in lineage_seeds:
+        if int(s) != cfg.seed:
+            keep = {m.key for m in training_marks(int(s), cfg.n_invented, cfg.n_brands, cfg.holdout)[1]}
+            held = [m for m in held if m.key in keep]
+    return held
+
+
 def eval_scenes(cfg: DetectorTrainConfig, held: list[Mark]):
     rng = random.Random(cfg.seed + 12345)
     extra = [random_mark(rng, f"eval-{i}") for i in range(100)]  # unseen invented marks
@@ -402,7 +412,7 @@ def train(cfg: DetectorTrainConfig, resume: bool = True, config_file: str | None
     model.eval()
     run_size = cfg.run_input_size or cfg.input_size
     set_input_size(model, run_size)
-    scenes = eval_scenes(cfg, held)
+    scenes = eval_scenes(cfg, held_by_every_seed(cfg, held, lineage))
     t0 = time.time()
     eval_bs = 32 if device.startswith("cuda") else 8
     preds = detect_images(model, [s[0] for s in scenes], score_thresh=0.05, device=device, batch_size=eval_bs)
@@ -508,8 +518,7 @@ def _reproduce(cfg: DetectorTrainConfig, config_file: str | None) -> str:
 def _lineage_note(cfg: DetectorTrainConfig) -> str:
     if not cfg.init_from:
         return ""
-    return (" (held out by this run's seed; the model it continued from may have trained on some of "
-            "them: `jobs/bench_detector.py` holds out only the brands every model in the line held out)")
+    return " (held out by every model in its line: `lineage_seeds` in config.json)"
 
 
 def model_card(cfg: DetectorTrainConfig, m: dict, config_file: str | None = None) -> str:
