@@ -16,6 +16,7 @@ from logoscan.refviews import DEFAULT_VIEWS, VIEWS
 from logoscan.review_app import ReviewError
 from logoscan.schema import SchemaError
 from logoscan.store import StoreError
+from logoscan.synth.marks import RendererMissing
 
 
 def _scan_config(a):
@@ -417,7 +418,7 @@ def _describe_subcommands(p: argparse.ArgumentParser) -> None:
 
 
 KNOWN_ERRORS = (SchemaError, ConfigError, GalleryError, ScanError, OcrUnavailable, StoreError, FeedbackError,
-                ReviewError)
+                ReviewError, RendererMissing)
 
 
 def _message(e: BaseException) -> str:

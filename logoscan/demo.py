@@ -20,7 +20,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from logoscan.synth.marks import Mark, brand_mark, brand_slugs, demo_exclusions, demo_gallery, on_white, random_mark, render
+from logoscan.synth.marks import (Mark, brand_mark, brand_slugs, demo_exclusions, demo_gallery, on_white, random_mark, render,
+                                  renderer)
 from logoscan.synth.scenes import make_scene
 
 
@@ -41,6 +42,7 @@ def write_references(workdir: str | Path, gallery: list[tuple[str, str, str, Mar
 
 
 def make_sample_data(workdir: str | Path, n_images: int = 300, seed: int = 7) -> dict[str, str]:
+    renderer()  # before anything is written: a runtime-only install says which extra draws the data
     work = Path(workdir)
     (work / "catalog").mkdir(parents=True, exist_ok=True)
     gallery = demo_gallery()

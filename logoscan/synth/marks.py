@@ -96,13 +96,30 @@ def _font(path: str, size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(path, size)
 
 
+class RendererMissing(RuntimeError):
+    """The brand-icon renderer (``simplepycons``, ``resvg-py``) is not installed: it is part of the
+    train extra, since only sample data and training draw marks; the sweep and ``gallery build`` never do."""
+
+
+def renderer():
+    """(simplepycons, resvg_py), or a clear error naming the extra that installs them."""
+    try:
+        import resvg_py
+        import simplepycons
+    except ImportError as e:
+        raise RendererMissing(f"drawing sample or training logos needs {e.name or 'the renderer'}, which is "
+                              "in the train extra: pip install 'logoscan[train]' (the sweep and gallery "
+                              "build do not need it)") from None
+    return simplepycons, resvg_py
+
+
 def brand_slugs() -> list[str]:
-    import simplepycons
+    simplepycons, _ = renderer()
     return sorted(simplepycons.all_icons._all_names)
 
 
 def brand_mark(slug: str) -> Mark:
-    import simplepycons
+    simplepycons, _ = renderer()
     icon = simplepycons.all_icons[slug]
     hexc = (icon.primary_color or "#000000").lstrip("#")
     rgb = tuple(int(hexc[i:i + 2], 16) for i in (0, 2, 4))
@@ -292,8 +309,7 @@ def _text_image(text: str, font_path: str, height: int, color) -> Image.Image:
 def render(mark: Mark, size: int = 128) -> Image.Image:
     """RGBA rendering of ``mark`` whose longest side is about ``size`` px, transparent background."""
     if mark.kind == "icon":
-        import resvg_py
-        import simplepycons
+        simplepycons, resvg_py = renderer()
         svg = simplepycons.all_icons[mark.extra["slug"]].raw_svg
         png = resvg_py.svg_to_bytes(svg_string=svg, width=size, height=size)
         alpha = Image.open(io.BytesIO(bytes(png))).getchannel("A")
