@@ -92,6 +92,19 @@ def test_ray_engine_gives_the_same_flags_as_in_process(sample, local_run, tmp_pa
     assert summary["rows_errored"] == local_run[0]["rows_errored"]
 
 
+def test_ray_engine_across_several_shuffle_partitions_gives_the_same_rows(sample, local_run, tmp_path, monkeypatch):
+    """Small manifests fit one partition and skip the hash shuffle (``stream.by_key``); a manifest
+    over ``SHUFFLE_ROWS`` takes it: the same flags and the same duplicate rows either way."""
+    from logoscan.sweep import stream
+    monkeypatch.setattr(stream, "SHUFFLE_ROWS", 3)  # 13 rows: 5 partitions
+    summary = run_scan(_cfg(sample, tmp_path, engine="ray"))
+    assert _pairs(summary) == _pairs(local_run[0])
+    errors = pq.read_table(summary["outputs"]["errors"]).to_pylist()
+    assert sorted((e["item_id"], e["error_type"]) for e in errors) == sorted(
+        (e["item_id"], e["error_type"]) for e in pq.read_table(local_run[0]["outputs"]["errors"]).to_pylist())
+    assert [e["error_type"] for e in errors].count("DuplicateRow") == 1
+
+
 def test_rerun_with_same_run_id_replaces_not_duplicates(sample, tmp_path):
     first = run_scan(_cfg(sample, tmp_path, engine="local", run_id="again"))
     second = run_scan(_cfg(sample, tmp_path, engine="local", run_id="again"))

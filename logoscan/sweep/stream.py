@@ -2,7 +2,8 @@
 flag or error row passes through it while the workers run.
 
     manifest files ─ read tasks (validated; each row's ordinal: file << 40 | row)
-      ─ hash shuffle on (item_id, image_id), blocks sorted (what Ray's groupby().map_groups does)
+      ─ hash shuffle on (item_id, image_id), blocks sorted (what Ray's groupby().map_groups does);
+        inputs that fit one partition go to one block without it (``by_key``)
       ─ per block: the earlier row of a key kept, later ones DuplicateRow, rows without item_id
         MissingItemId (error rows from here on), rows an earlier attempt finished dropped
       ─ content keys (store on) ─ fetch ─ detect[+embed] ─ (OCR) ─ (embed) ─ match + decide, and
@@ -260,6 +261,16 @@ def _parquet(table: pa.Table) -> bytes:
 
 # ------------------------------------------------------------------ the dataset
 
+def by_key(ds, rows: int):
+    """Every row of a key in one block, ``rows`` (all inputs together) cut into partitions of about
+    ``SHUFFLE_ROWS``: Ray's hash shuffle on ``x_key``. Where they fit in one partition, all rows go
+    to one block without the shuffle (the same block; ``dedup`` and ``rematch_rows`` sort their
+    block themselves): the shuffle's tasks cost a 600-image sweep on 2 cores 8% of its time
+    (docs/bench/throughput.md)."""
+    n = max(1, math.ceil(rows / SHUFFLE_ROWS))
+    return ds.repartition(1) if n == 1 else ds.repartition(n, keys=["x_key"], sort=True)
+
+
 def build(files: list[tuple[str, int]], carry_schema: pa.Schema, done_parts: list[str], parts_dir: str, cfg,
           plan, cpa: float, match_kwargs: dict, detect_kwargs: dict, fused: bool, n_emb: int, store=None):
     """The whole sweep as one Ray dataset whose rows are each block's finished-row count. With
@@ -287,8 +298,9 @@ def build(files: list[tuple[str, int]], carry_schema: pa.Schema, done_parts: lis
         ds = ds.union(index.map_batches(marker_rows, fn_kwargs={"mark": "stored", "carry_schema": carry_schema,
                                                                 "parts": by_path},
                                         batch_size=None, batch_format="pyarrow", num_cpus=0.25))
-    rows = sum(n for _, n in files)
-    ds = ds.repartition(max(1, math.ceil(rows / SHUFFLE_ROWS)), keys=["x_key"], sort=True)
+    # the index's rows share the shuffle's blocks too: a large store beside a small manifest
+    # must not all land in one block
+    ds = by_key(ds, sum(n for _, n in files) + sum(_num_rows(f) for f in stored_parts))
     ds = ds.map_batches(dedup, batch_size=None, batch_format="pyarrow", num_cpus=0.25)
     # a shuffle partition is one block: cut into blocks of ``fetch_batch`` images, so the pools
     # work in parallel and each part (what a killed run redoes) holds one batch of images
@@ -379,8 +391,7 @@ def build_rematch(store, ledger_files: list[str], manifest_files_: list[tuple[st
                                 override_num_blocks=len(manifest_files_))
         ds = ds.union(m.map_batches(read_rows, fn_kwargs={"carry": ()}, batch_size=1, batch_format="pyarrow",
                                     num_cpus=0.25))
-    rows = sum(n for _, n in manifest_files_) + sum(_num_rows(f) for f in parts)
-    ds = ds.repartition(max(1, math.ceil(rows / SHUFFLE_ROWS)), keys=["x_key"], sort=True)
+    ds = by_key(ds, sum(n for _, n in manifest_files_) + sum(_num_rows(f) for f in parts))
     ds = ds.map_batches(rematch_rows, fn_kwargs={"restrict": bool(manifest_files_)}, batch_size=None,
                         batch_format="pyarrow", num_cpus=0.25)
     ds = ds.groupby("x_stored").map_groups(read_stored, fn_kwargs={"store": store,
