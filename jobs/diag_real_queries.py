@@ -1,0 +1,151 @@
+"""One-off diagnostic (not a benchmark table): does anything on the query or gallery side, without
+training, bring a real badge closer to its clean logo? The real zero-shot protocol of
+jobs/bench_embedder.py (the badges of the 6 held-out makes against all 378 clean car logos,
+`logoscan.train.realcrops.real_zero_shot`), with the crops changed before they are embedded:
+
+- grey, equalised or auto-contrasted on both sides (the source photos were contrast-equalised);
+- the gallery blurred down to a badge's size (median ~26 px) and back up;
+- the clean logo's parts as extra gallery vectors (the emblem without the wordmark under it:
+  inks separated by an empty band of rows or columns; the nearest vector counts);
+- the ImageNet EfficientNet-Lite0 features without the trained head (train extra).
+
+    python jobs/diag_real_queries.py [--embedder logoscan/weights/embedder]
+
+docs/bench/embedder_real.md quotes what it printed.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def bands(ink, axis: int, min_gap: int) -> list[tuple[int, int]]:
+    """Runs of ink along ``axis`` (0: rows, 1: columns) separated by ≥ ``min_gap`` empty lines."""
+    import numpy as np
+    idx = np.flatnonzero(ink.any(axis=1 - axis))
+    if not len(idx):
+        return []
+    out, start, prev = [], idx[0], idx[0]
+    for i in idx[1:]:
+        if i - prev > min_gap:
+            out.append((start, prev + 1))
+            start = i
+        prev = i
+    return out + [(start, prev + 1)]
+
+
+def logo_parts(path, size: int, pad: float, min_share: float = 0.08):
+    """The parts of a clean logo (PNG with alpha) cut apart by empty bands, each as a gallery crop."""
+    import numpy as np
+    from PIL import Image
+
+    from logoscan.images import decode
+    from logoscan.models.embedder import square_crop
+    im = Image.fromarray(decode(Path(path).read_bytes(), 50_000_000))
+    ink = np.asarray(Image.open(path).convert("RGBA").getchannel("A")) > 32
+    h, w = ink.shape
+    out = []
+    for axis in (0, 1):
+        runs = bands(ink, axis, max(2, int(0.03 * (h, w)[axis])))
+        for s, e in runs if len(runs) > 1 else []:
+            sub = ink[s:e] if axis == 0 else ink[:, s:e]
+            ys, xs = np.nonzero(sub)
+            box = ((xs.min(), s + ys.min(), xs.max() + 1, s + ys.max() + 1) if axis == 0 else
+                   (s + xs.min(), ys.min(), s + xs.max() + 1, ys.max() + 1))
+            if (box[2] - box[0]) * (box[3] - box[1]) < min_share * h * w:
+                continue
+            piece = im.crop(tuple(int(v) for v in box))
+            out.append(square_crop(piece, (0, 0, piece.width, piece.height), pad, size))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--embedder", default=str(ROOT / "logoscan/weights/embedder"))
+    ap.add_argument("--data", default=str(ROOT.parent / "shared/data/real-photos"))
+    a = ap.parse_args()
+
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image, ImageOps
+
+    from logoscan.models.artifact import load_artifact
+    from logoscan.models.embedder import embed_crops
+    from logoscan.train.realcrops import HELDOUT_MAKES, clean_logo, heldout_queries, logo_files, retrieval_report
+    torch.set_num_threads(2)
+    data = Path(a.data)
+    model, cfg = load_artifact(a.embedder)
+    size, pad = cfg["input_size"], cfg["crop_pad"]
+    crops, logos = heldout_queries(str(data), tuple(HELDOUT_MAKES), size, pad)
+    files = logo_files(data / "car-logos-clean")
+    names = [f.stem for f in files]
+    gallery = [clean_logo(f, size, pad) for f in files]
+    print(f"{len(crops)} badge crops of {', '.join(HELDOUT_MAKES)}; {len(files)} clean logos; {a.embedder}\n")
+    print("| variant | gallery vectors | recall@1 | recall@5 | genuine median | nearest impostor median |")
+    print("|---|---|---|---|---|---|")
+
+    def row(name, q, g, labels):
+        r = retrieval_report(q, list(logos), g, labels, names)
+        print(f"| {name} | {len(g)} | {r['recall@1']:.3f} | {r['recall@5']:.3f} | {r['genuine_median']:.3f} | "
+              f"{r['impostor_median']:.3f} |", flush=True)
+
+    def run(name, qf=lambda x: x, gf=lambda x: x, m=model, c=cfg, q_crops=crops, g_crops=gallery):
+        row(name, embed_crops(m, c, [qf(x) for x in q_crops]), embed_crops(m, c, [gf(x) for x in g_crops]), names)
+
+    def grey(im):
+        return ImageOps.grayscale(im).convert("RGB")
+
+    def blur_to(s):
+        return lambda im: im.resize((s, s), Image.BILINEAR).resize((size, size), Image.BILINEAR)
+
+    t = time.time()
+    run("as shipped")
+    run("grey, both sides", grey, grey)
+    run("equalised grey, both sides", lambda im: ImageOps.equalize(grey(im)).convert("RGB"),
+        lambda im: ImageOps.equalize(grey(im)).convert("RGB"))
+    run("auto-contrast grey, both sides", lambda im: ImageOps.autocontrast(grey(im), cutoff=2).convert("RGB"),
+        lambda im: ImageOps.autocontrast(grey(im), cutoff=2).convert("RGB"))
+    for s in (16, 24, 32):
+        run(f"gallery blurred to {s} px and back", gf=blur_to(s))
+    parts, labels = [], []
+    for f, n in zip(files, names):
+        for p in [clean_logo(f, size, pad)] + logo_parts(f, size, pad):
+            parts.append(p)
+            labels.append(n)
+    row("gallery + the logo's parts (emblem, wordmark)", embed_crops(model, cfg, list(crops)),
+        embed_crops(model, cfg, parts), labels)
+
+    try:
+        from logoscan.models.backbone import EfficientNetLite0, load_imagenet_weights
+        net = EfficientNetLite0()
+        load_imagenet_weights(net)
+    except RuntimeError as e:
+        print(f"\n(ImageNet rows skipped: {e})")
+        return 0
+
+    class Pooled(torch.nn.Module):
+        def __init__(self, b):
+            super().__init__()
+            self.b = b
+
+        def forward(self, x):
+            return F.normalize(self.b(x).mean((2, 3)), dim=1)
+
+    fm = Pooled(net).eval()
+    imagenet = dict(cfg, preprocess={"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+                    arch_args={"embed_dim": 1280})
+    for s in (96, 160):
+        q = [x.resize((s, s), Image.BILINEAR) for x in heldout_queries(str(data), tuple(HELDOUT_MAKES), s, pad)[0]]
+        run(f"ImageNet Lite0 features, no trained head, {s} px", m=fm, c=imagenet, q_crops=q,
+            g_crops=[clean_logo(f, s, pad) for f in files])
+    print(f"\n{time.time() - t:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
