@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from logoscan.models.artifact import default_artifact_path, load_artifact
-from logoscan.models.detector import detect_images, native_bf16, set_input_size
+from logoscan.models.detector import amx, detect_images, native_bf16, set_input_size
 from logoscan.synth.marks import training_marks, unseen_invented
 from logoscan.train.common import config_from, emit_report
 from logoscan.config_io import load as load_config
@@ -262,7 +262,7 @@ def main(argv=None) -> int:
           f"| {v['fp_per_empty_image']:.3f} |" for t, v in at.items()],
         "",
         "The same scenes in bfloat16 (`detector.precision: bf16`, autocast; what `auto` picks on a CPU "
-        f"with AVX512-BF16 or AMX{' such as this one' if native_bf16('cpu') else ''}; on a GPU `auto` is fp32):",
+        f"with AMX{' such as this one' if amx('cpu') else ''}; elsewhere `auto` is fp32):",
         "",
         "| precision | AP50 | recall | recall <32 px | false det. / logo-free image |",
         "|---|---|---|---|---|",

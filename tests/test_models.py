@@ -104,6 +104,18 @@ def test_inference_path_gives_the_saved_models_outputs():
     assert np.abs(1 - (a * b).sum(1)).max() < 1e-5
 
 
+@pytest.mark.parametrize("has_amx, want", [(False, "fp32"), (True, "bf16")])
+def test_auto_precision_is_bf16_only_on_a_cpu_with_amx(monkeypatch, has_amx, want):
+    """AVX512-BF16 alone is not enough: bf16 autocast was slower than fp32 on such a CPU."""
+    import torch
+
+    from logoscan.models.detector import resolve_precision
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: has_amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert resolve_precision("auto", "cpu") == want
+    assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
+
+
 def test_detector_precision_is_checked_when_the_config_is_read():
     from logoscan.config import ScanConfig
     from logoscan.config_io import ConfigError, load

@@ -113,12 +113,22 @@ def native_bf16(device: str) -> bool:
         return False
 
 
+def amx(device: str) -> bool:
+    """Whether ``device`` is a CPU with AMX tiles (the matrix units where bf16 convolutions pay)."""
+    try:
+        return torch.device(device).type == "cpu" and bool(torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # pragma: no cover - an older torch without the probe
+        return False
+
+
 def resolve_precision(requested: str, device: str) -> str:
-    """``auto`` → bf16 on a CPU that has it natively, else fp32; fp32/bf16 as asked. On a GPU
-    ``auto`` is fp32: on an H200 bf16 autocast was slower at batches of 8, 32 and 64, for detector-v3
-    and -v4 (docs/bench/detector.md; not profiled)."""
+    """``auto`` → bf16 on a CPU with AMX, else fp32; fp32/bf16 as asked. On a CPU with AVX512-BF16
+    but no AMX, bf16 autocast was slower than fp32 for detector-v4 at 416 px, 2 threads, batches of
+    4 (79 against 65 ms per image, alternating runs; docs/bench/detector.md), though an earlier
+    session measured it faster; on an H200 it was slower at batches of 8, 32 and 64, for
+    detector-v3 and -v4 (not profiled). fp32 is also what the thresholds were measured with."""
     if requested == "auto":
-        return "bf16" if torch.device(device).type == "cpu" and native_bf16(device) else "fp32"
+        return "bf16" if amx(device) else "fp32"
     return requested
 
 
