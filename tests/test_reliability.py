@@ -46,12 +46,15 @@ def _cfg(manifest, milvus, out, **kw) -> ScanConfig:
 
 class Flags(list):
     """Flagged regions (item, image, box, label, logo_id, distance), sorted. Equal to another run's
-    when the same regions carry the same labels, boxes within 0.5 px and distances within 1e-3:
-    other batch compositions move the models' floats slightly."""
+    when the same regions carry the same labels, boxes within 0.5 px and distances within 1e-2:
+    other batch compositions move the detector's floats slightly (boxes by ~1e-4 px in fp32), and
+    the embedder's square crop starts on a whole pixel, so a box edge that moves across a .5 moves
+    the crop by one pixel: item-00000's banned-spiral, top 236.50005 against 236.49998 px, took its
+    distance from 0.0813 to 0.0844."""
 
     def __eq__(self, other):
         return len(self) == len(other) and all(
-            (a[0], a[1], a[3], a[4]) == (b[0], b[1], b[3], b[4]) and abs(a[5] - b[5]) <= 1e-3
+            (a[0], a[1], a[3], a[4]) == (b[0], b[1], b[3], b[4]) and abs(a[5] - b[5]) <= 1e-2
             and max(abs(x - y) for x, y in zip(a[2], b[2])) <= 0.5 for a, b in zip(self, other))
 
     def __ne__(self, other):
