@@ -100,6 +100,15 @@ def serving(uri: str, enabled: bool = True) -> Iterator[str]:
     log.info("milvus.lite_served", db=uri, uri=served, start_s=round(time.time() - t0, 2), pid=proc.pid)
     try:
         yield served
+    except BaseException:
+        # the run failed: if the server is gone, say how it ended (a searcher only sees "cannot
+        # connect"; its log is in a temporary file that closes with it)
+        if proc.poll() is not None:
+            err.seek(0)
+            tail = err.read().decode(errors="replace").strip().splitlines()[-5:]
+            log.error("milvus.lite_server_died", db=uri, uri=served, pid=proc.pid, code=proc.returncode,
+                      stderr=" | ".join(tail)[-800:] or "no message")
+        raise
     finally:
         _stop(proc, err)
 

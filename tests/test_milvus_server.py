@@ -2,6 +2,7 @@
 an embedded .db, through Ray. Flags must equal the embedded run's."""
 
 import pyarrow.parquet as pq
+import pytest
 
 from logoscan.config import RayConfig, ScanConfig
 from logoscan.sweep import run_scan
@@ -119,3 +120,25 @@ def test_a_server_that_crashes_while_starting_is_started_again(tmp_path, monkeyp
     with pytest.raises(lite_server.LiteServerError, match="exited with code -6"):
         with lite_server.serving(db):
             pass
+
+
+def test_a_server_that_dies_during_a_failed_run_is_reported_with_its_exit(tmp_path):
+    """Searchers only see "cannot connect"; the run's log says the served Milvus Lite ended, and how."""
+    import os
+    import signal
+
+    import psutil
+    from structlog.testing import capture_logs
+
+    from logoscan.lite_server import serving
+    with capture_logs() as logs, pytest.raises(RuntimeError, match="the run failed"):
+        with serving(str(tmp_path / "g.db")):
+            server = [p for p in psutil.Process().children() if "milvus_lite" in " ".join(p.cmdline())]
+            assert len(server) == 1
+            server[0].send_signal(signal.SIGKILL)
+            # wait until it has exited, without reaping it (Popen must see how it ended; psutil's
+            # zombie status comes before the last of its threads is gone)
+            os.waitid(os.P_PID, server[0].pid, os.WEXITED | os.WNOWAIT)
+            raise RuntimeError("the run failed")
+    died = [e for e in logs if e["event"] == "milvus.lite_server_died"]
+    assert len(died) == 1 and died[0]["code"] == -signal.SIGKILL
