@@ -98,10 +98,15 @@ def choose_thresholds(true_label, true_category, top_label, top_category, distan
 def outcome(true_label, kinds, top_label, top_category, distance, thresholds: Thresholds) -> dict:
     """What a sweep would do with these crops at these thresholds: recall on known classes,
     false accepts over all crops, and the share flagged per kind of crop."""
-    tl, pl = np.asarray(true_label, object), np.asarray(top_label, object)
     d = np.asarray(distance, float)
-    t = np.array([thresholds.lookup(lab, cat)[0] if cat else -1.0 for lab, cat in zip(pl, top_category)])
-    flagged = d <= t
+    t = np.array([thresholds.lookup(lab, cat)[0] if cat else -1.0 for lab, cat in zip(top_label, top_category)])
+    return outcome_of(true_label, kinds, top_label, d <= t)
+
+
+def outcome_of(true_label, kinds, top_label, flagged) -> dict:
+    """``outcome`` for crops flagged by any rule (a threshold, the evidence model)."""
+    tl, pl = np.asarray(true_label, object), np.asarray(top_label, object)
+    flagged = np.asarray(flagged, bool)
     known = tl != ""
     right = (pl == tl) & known
     res = {"crops": int(len(tl)), "known": int(known.sum()),
@@ -125,20 +130,23 @@ def read_labelled_crops(uri: str) -> pa.Table:
     return read_validated(uri, "labelled crops", validate_labelled_crops)
 
 
-def load_crops(table: pa.Table, size: int, pad: float, max_pixels: int = 50_000_000):
+def load_crops(table: pa.Table, size: int, pad: float, max_pixels: int = 50_000_000, with_sides: bool = False):
     """Each labelled image is the crop as the embedder would see it; with a ``box``, the crop is
-    cut around the box as the sweep cuts it around a detection."""
+    cut around the box as the sweep cuts it around a detection. ``with_sides``: also each
+    region's side in pixels (its box's, or the whole image's), for the evidence model."""
     from PIL import Image
 
     from logoscan.images import decode
     from logoscan.models.embedder import square_crop
     boxes = table.column("box").to_pylist() if "box" in table.column_names else [None] * len(table)
-    crops = []
+    crops, sides = [], []
     for uri, box in zip(table.column("image_uri").to_pylist(), boxes):
         im = Image.fromarray(decode(storage.read_bytes(uri), max_pixels))
         crops.append(square_crop(im, tuple(box), pad, size) if box else
                      square_crop(im, (0, 0, im.width, im.height), 0.0, size))
-    return crops
+        b = box or (0, 0, im.width, im.height)
+        sides.append(float(np.sqrt(max(b[2] - b[0], 0) * max(b[3] - b[1], 0))))
+    return (crops, np.asarray(sides)) if with_sides else crops
 
 
 def _decisions(vectors: np.ndarray, ocr_text: list[str] | None, matcher, cfg) -> dict:
@@ -147,7 +155,48 @@ def _decisions(vectors: np.ndarray, ocr_text: list[str] | None, matcher, cfg) ->
     if ocr_text is not None:
         batch["ocr_text"] = np.array(ocr_text, object)
     r = stages.match(batch, matcher, cfg.match, cfg.ocr if ocr_text is not None else None)
-    return {k: r[k] for k in ("label", "category", "distance")}
+    return {k: r[k] for k in ("label", "category", "distance", "runner_up_distance", "ocr_agreement")}
+
+
+# ------------------------------------------------------------------ the evidence model
+
+def crop_evidence(dec: dict, sides, det_score=None, ocr: bool = False) -> dict:
+    """The evidence of labelled crops (logoscan.evidence.FEATURES) from their decisions: OCR
+    agreement only in OCR mode, the detector's score only where the crops carry one."""
+    from logoscan.evidence import features
+    return features(dec["distance"], dec["runner_up_distance"], dec["ocr_agreement"] if ocr else None,
+                    det_score, sides)
+
+
+def choose_cut(model, ev: dict, correct, positives: int, crops: int, max_false: float, mode: str = "far"):
+    """The model with the loosest probability cut that keeps false accepts within ``max_false``
+    (``choose_threshold`` on 1 − P, as for a distance), and what that cut does on these crops."""
+    from dataclasses import replace
+    p = model.probability(ev)
+    r = choose_threshold(1.0 - p, correct, positives, crops, max_false, mode)
+    cut = round(min(max(1.0 - r["threshold"], 0.0), 1.0), 6)
+    r.pop("threshold")
+    return replace(model, cut=cut), {"cut": cut, **r}
+
+
+def fit_evidence(ev: dict, correct, known: int, target_far: float, mode: str = "far") -> dict | None:
+    """The evidence model of one calibration mode, its cut at the target false-accept rate over
+    all crops, and what each piece of evidence adds on these crops (recall at that rate with the
+    distance alone, then adding one feature at a time). None when the crops hold fewer than 10
+    right and 10 wrong nearest references: nothing to fit."""
+    from logoscan.evidence import fit, usable
+    correct = np.asarray(correct, bool)
+    if not usable(correct):
+        return None
+    n = len(correct)
+    model, r = choose_cut(fit(ev, correct), ev, correct, known, n, target_far * n, mode)
+    steps, names = {}, []
+    for f in model.features:
+        names.append(f)
+        ms, rs = choose_cut(fit(ev, correct, names), ev, correct, known, n, target_far * n, mode)
+        steps["+".join(names)] = {"recall": rs["recall"], "far": rs["far"], "precision": rs["precision"],
+                                  "model": ms.to_dict()}
+    return {"model": model.to_dict(), **r, "features_added": steps}
 
 
 def _plots(out: str, mode: str, dec: dict, tl: np.ndarray, result: dict) -> list[str]:
@@ -215,7 +264,8 @@ def _calibrate(cfg, table: pa.Table, model, emb_cfg: dict, matcher, t0: float) -
     given = table.column("kind").to_pylist() if "kind" in table.column_names else [None] * len(tl)
     kinds = [k or ("known" if x else "not in gallery") for k, x in zip(given, tl)]
     from logoscan.models.embedder import embed_crops
-    crops = load_crops(table, emb_cfg["input_size"], emb_cfg["crop_pad"])
+    crops, sides = load_crops(table, emb_cfg["input_size"], emb_cfg["crop_pad"], with_sides=True)
+    det_score = table.column("det_score").to_numpy(zero_copy_only=False) if "det_score" in table.column_names else None
     vectors = embed_crops(model, emb_cfg, crops, cfg.embedder.batch_size)
     log.info("calibrate.embedded", crops=len(crops), seconds=round(time.time() - t0, 1))
     modes = {"image": None}
@@ -243,6 +293,9 @@ def _calibrate(cfg, table: pa.Table, model, emb_cfg: dict, matcher, t0: float) -
                               cfg.mode, cfg.min_class_crops)
         th = Thresholds.calibrated(gmeta.get("default_threshold", 0.0), r)
         r["outcome"] = outcome(tl, kinds, dec["label"], dec["category"], dec["distance"], th)
+        ev = crop_evidence(dec, sides, det_score, ocr=m == "ocr")
+        r["evidence"] = fit_evidence(ev, (np.asarray(dec["label"], object) == tl) & (tl != ""),
+                                     int((tl != "").sum()), cfg.target_far, cfg.mode)
         result["modes"][m] = r
         result["plots"] += _plots(cfg.out, m, dec, tl, r)
     storage.write_bytes(storage.join(cfg.out, "calibration.json"), json.dumps(result, indent=2).encode())

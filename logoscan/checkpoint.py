@@ -24,26 +24,22 @@ import pyarrow.parquet as pq
 
 from logoscan import storage
 from logoscan.log import get_logger
-from logoscan.schema import BOX
+from logoscan.schema import FLAG_FIELDS as SCHEMA_FLAG_FIELDS, FLAGGED
 
 log = get_logger(__name__)
 
-FLAG_FIELDS = ("region", "box", "det_score", "label", "category", "logo_id", "distance", "threshold",
-               "threshold_source", "runner_up_label", "runner_up_distance", "margin", "queue",
-               "thumbnail_jpeg", "ocr_text")
+# a flagged region's fields (schema.FLAG_FIELDS: the one list) but its image's, which the
+# record carries once
+FLAG_FIELDS = tuple(f for f in SCHEMA_FLAG_FIELDS if f not in ("item_id", "image_id", "image_uri"))
 ERROR_FIELDS = ("stage", "error_type", "message")
 
 # one row per finished image (record="image") and one per flagged region (record="flag")
+_TYPES = {**{f.name: f.type for f in FLAGGED}, "region": pa.int16(), "queue": pa.string()}
 PART = pa.schema([
     ("record", pa.string()), ("item_id", pa.string()), ("image_id", pa.string()), ("image_uri", pa.string()),
     ("status", pa.string()), ("regions", pa.int32()),
     ("stage", pa.string()), ("error_type", pa.string()), ("message", pa.string()),
-    ("region", pa.int16()), ("box", BOX), ("det_score", pa.float32()), ("label", pa.string()),
-    ("category", pa.string()),
-    ("logo_id", pa.string()), ("distance", pa.float32()), ("threshold", pa.float32()),
-    ("threshold_source", pa.string()), ("runner_up_label", pa.string()),
-    ("runner_up_distance", pa.float32()), ("margin", pa.float32()), ("queue", pa.string()),
-    ("thumbnail_jpeg", pa.binary()), ("ocr_text", pa.string()),
+    *[(f, _TYPES[f]) for f in FLAG_FIELDS],
 ])
 
 

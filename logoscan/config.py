@@ -144,6 +144,10 @@ class PolicyConfig:
     categories: dict[str, CategoryPolicy] = field(default_factory=dict)  # category -> its queue/threshold
     default_threshold: Distance | None = None        # None = the gallery's calibration, else its default
     use_calibration: bool = True                     # per-category/class thresholds from `logoscan calibrate`
+    # what flags a region: "distance" (its nearest reference within that reference's threshold), or
+    # "evidence" (the calibrated model over distance, margin, OCR agreement, size: logoscan.evidence;
+    # the distance rule where the calibration has no model or a category's threshold is pinned)
+    decision: Literal["distance", "evidence"] = "distance"
 
     def for_category(self, category: str) -> CategoryPolicy:
         return self.categories.get(category) or CategoryPolicy()

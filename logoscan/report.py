@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from PIL import Image, ImageDraw
 
 from logoscan import output, storage
+from logoscan.evidence import confidence, describe
 from logoscan.images import decode
 from logoscan.log import get_logger
 
@@ -101,11 +102,12 @@ def _figure(cls: str, caption: str, jpeg: bytes | None, alt: str) -> str:
 
 
 def _card(r: dict, ref: bytes | None, product: bytes | None) -> str:
-    conf = r["threshold"] - r["distance"]
-    cls = "ok" if conf >= 0.1 * r["threshold"] else "weak"
+    conf = confidence(r)
+    cls = "ok" if conf >= 0.1 * (r["threshold"] if r.get("threshold_source") != "evidence" else 1.0) else "weak"
     e = html.escape
     facts = [f'<div class="label">{e(r["label"])} <small>({e(r["category"])})</small></div>',
-             f'<div class="dist {cls}">distance {r["distance"]:.3f} ≤ threshold {r["threshold"]:.3f} '
+             f'<div class="dist {cls}">distance {r["distance"]:.3f} '
+             f'{"≤" if r["distance"] <= r["threshold"] else "&gt;"} threshold {r["threshold"]:.3f} '
              f'(confidence {conf:+.3f})</div>',
              f'<div>item <b>{e(r["item_id"])}</b> · image {e(str(r["image_id"]))}</div>',
              f'<div>reference {e(r["logo_id"])} · detector score {r["det_score"]:.2f}</div>']
@@ -113,6 +115,9 @@ def _card(r: dict, ref: bytes | None, product: bytes | None) -> str:
         facts.append(f'<div>runner-up {e(r["runner_up_label"])} at {r["runner_up_distance"]:.3f}</div>')
     if r.get("ocr_text"):
         facts.append(f'<div>text read: “{e(r["ocr_text"])}”</div>')
+    if ev := describe(r.get("evidence_score"), r.get("evidence")):
+        facts.append(f'<div class="evidence">{"decided by " if r.get("threshold_source") == "evidence" else ""}'
+                     f'evidence {e(ev)}</div>')
     return (f'<article class="card" data-item="{e(r["item_id"])}" data-label="{e(r["label"])}" '
             f'data-confidence="{conf:.4f}"><div class="pics">'
             + _figure("crop", "flagged crop", r["thumbnail_jpeg"], f"crop of {r['item_id']}")
@@ -148,7 +153,7 @@ def write_report(run_output: str, out: str | None = None, run_id: str | None = N
            f' + {html.escape(summary["versions"]["embedder"])}</small>')
     pages, index_rows = {}, []
     for q, qrows in queues.items():
-        qrows.sort(key=lambda r: r["distance"] - r["threshold"])  # most confident first
+        qrows.sort(key=lambda r: -confidence(r))  # most confident first
         chunks = [qrows[i:i + page_size] for i in range(0, len(qrows), page_size)] or [[]]
         names = [f"{output.safe_name(q)}.html"] + [f"{output.safe_name(q)}-{i + 1}.html" for i in range(1, len(chunks))]
         for i, (name, chunk) in enumerate(zip(names, chunks)):

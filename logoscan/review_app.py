@@ -43,6 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from logoscan import output, storage
+from logoscan.evidence import confidence, describe
 from logoscan.log import get_logger
 
 log = get_logger(__name__)
@@ -112,7 +113,7 @@ class Review:
         self.cards: list[dict] = []
         for queue, table in output.read_queues(self.summary).items():
             rows = table.to_pylist()
-            rows.sort(key=lambda r: r["threshold"] - r["distance"], reverse=True)  # most confident first
+            rows.sort(key=confidence, reverse=True)  # most confident first
             for r in rows:
                 self.cards.append({**r, "queue": queue, "n": len(self.cards)})
         self.queues = sorted({c["queue"] for c in self.cards})
@@ -172,7 +173,9 @@ class Review:
         return {"n": c["n"], "queue": c["queue"], "item_id": c["item_id"], "image_id": c["image_id"],
                 "label": c["label"], "category": c["category"], "logo_id": c["logo_id"],
                 "distance": c["distance"], "threshold": c["threshold"],
-                "confidence": round(c["threshold"] - c["distance"], 4), "det_score": c["det_score"],
+                "confidence": round(confidence(c), 4), "det_score": c["det_score"],
+                "decided_by_evidence": c.get("threshold_source") == "evidence",
+                "evidence": describe(c.get("evidence_score"), c.get("evidence")),
                 "runner_up_label": c.get("runner_up_label"), "runner_up_distance": c.get("runner_up_distance"),
                 "ocr_text": c.get("ocr_text"), "decision": d["decision"] if d else None,
                 "decided_by": d["reviewer"] if d else None, "note": d.get("note") if d else None,
@@ -397,11 +400,12 @@ function cardNode(c) {
     img.src = '/img/' + kind + '/' + c.n; f.append(img, el('figcaption', '', cap)); pics.append(f); }
   const facts = el('div', 'facts');
   const lab = el('div', 'label', c.label); lab.append(' ', el('small', '', '(' + c.category + ')')); facts.append(lab);
-  facts.append(el('div', 'dist', 'distance ' + fmt(c.distance) + ' ≤ threshold ' + fmt(c.threshold) + ' (confidence ' + fmt(c.confidence) + ')'));
+  facts.append(el('div', 'dist', 'distance ' + fmt(c.distance) + (c.distance <= c.threshold ? ' ≤' : ' >') + ' threshold ' + fmt(c.threshold) + ' (confidence ' + fmt(c.confidence) + ')'));
   facts.append(el('div', 'item', 'item ' + c.item_id + ' · image ' + c.image_id));
   facts.append(el('div', '', 'reference ' + c.logo_id + ' · detector score ' + Number(c.det_score).toFixed(2)));
   if (c.runner_up_label) facts.append(el('div', '', 'runner-up ' + c.runner_up_label + ' at ' + fmt(c.runner_up_distance)));
   if (c.ocr_text) facts.append(el('div', 'ocr', 'text read: “' + c.ocr_text + '”'));
+  if (c.evidence) facts.append(el('div', 'evidence', (c.decided_by_evidence ? 'decided by evidence ' : 'evidence ') + c.evidence));
   const d = el('div', 'decision', c.decision ? (c.decision === 'confirm' ? 'confirmed' : 'rejected') + ' by ' + c.decided_by
     + (c.note ? ' — note: ' + c.note : '') : 'undecided');
   const b = el('div', 'buttons');

@@ -22,9 +22,11 @@ REFERENCES_OPTIONAL = pa.schema([("text", pa.string()), ("box", BOX)])
 
 # Labelled crops for `logoscan calibrate`: each image is one region (or ``box`` of it); ``label``
 # is a gallery label, or null/'' for a crop that must not be flagged (unknown logo, look-alike,
-# no logo). ``kind`` is a free tag the report groups by; ``ocr_text`` skips reading the crop.
+# no logo). ``kind`` is a free tag the report groups by; ``ocr_text`` skips reading the crop;
+# ``det_score`` (the detector's score of a detected box) lets the evidence model use that score.
 LABELLED_CROPS_REQUIRED = pa.schema([("image_uri", pa.string()), ("label", pa.string())])
-LABELLED_CROPS_OPTIONAL = pa.schema([("box", BOX), ("kind", pa.string()), ("ocr_text", pa.string())])
+LABELLED_CROPS_OPTIONAL = pa.schema([("box", BOX), ("kind", pa.string()), ("ocr_text", pa.string()),
+                                     ("det_score", pa.float32())])
 
 # Reviewer decisions (`logoscan gallery ingest`): one row per flagged (item, matched reference)
 # a reviewer decided on. confirm: the crop becomes a gallery exemplar of that reference's class;
@@ -47,6 +49,7 @@ FLAGGED = pa.schema([
     ("label", pa.string()), ("category", pa.string()), ("logo_id", pa.string()),
     ("distance", pa.float32()), ("threshold", pa.float32()), ("threshold_source", pa.string()),
     ("runner_up_label", pa.string()), ("runner_up_distance", pa.float32()), ("margin", pa.float32()),
+    ("evidence_score", pa.float32()), ("evidence", pa.string()),
     ("ocr_text", pa.string()), ("model_version", pa.string()), ("gallery_version", pa.string()),
     ("scanned_at", pa.timestamp("us", tz="UTC")), ("thumbnail_jpeg", pa.binary()),
 ])
@@ -92,8 +95,8 @@ STAGED = pa.schema([
     ("embedding", pa.list_(pa.float32())),
     ("label", pa.string()), ("category", pa.string()), ("logo_id", pa.string()), ("distance", pa.float32()),
     ("threshold", pa.float32()), ("threshold_source", pa.string()), ("runner_up_label", pa.string()),
-    ("runner_up_distance", pa.float32()), ("margin", pa.float32()), ("queue", pa.string()),
-    ("flagged", pa.bool_()), ("shown", pa.bool_()),
+    ("runner_up_distance", pa.float32()), ("margin", pa.float32()), ("evidence_score", pa.float32()),
+    ("evidence", pa.string()), ("queue", pa.string()), ("flagged", pa.bool_()), ("shown", pa.bool_()),
     ("error_stage", pa.string()), ("error_type", pa.string()), ("error_message", pa.string()),
 ])
 

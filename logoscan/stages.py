@@ -293,7 +293,9 @@ def fuse(hits: list[dict], ocr_text: str, weight: float, floor: float) -> list[d
 
 def match(batch: dict, matcher, cfg: MatchConfig, ocr: OcrConfig | None = None) -> dict:
     """Nearest references for each region (batched Milvus searches). distance = 1 − cosine, or
-    the fused distance when OCR is on (``ocr_text`` in the batch)."""
+    the fused distance when OCR is on (``ocr_text`` in the batch); ``ocr_agreement``: how much
+    the text read resembles the nearest reference's ``text`` (NaN where either has none)."""
+    from logoscan.textfeat import similarity
     n = len(batch["kind"])
     sel = np.flatnonzero(batch["kind"] == "region")
     fusing = ocr is not None and ocr.enabled and "ocr_text" in batch
@@ -302,6 +304,8 @@ def match(batch: dict, matcher, cfg: MatchConfig, ocr: OcrConfig | None = None) 
     cols = {f: [""] * n for f in MATCH_FIELDS}
     dist = np.full(n, np.nan, np.float32)
     ru = np.full(n, np.nan, np.float32)
+    reading = "ocr_text" in batch
+    agree = np.full(n, np.nan, np.float32)
     for s in range(0, len(sel), cfg.search_batch):
         part = sel[s:s + cfg.search_batch]
         hits = matcher.search(batch["embedding"][part], k)
@@ -312,12 +316,14 @@ def match(batch: dict, matcher, cfg: MatchConfig, ocr: OcrConfig | None = None) 
                 continue
             cols["label"][i], cols["category"][i], cols["logo_id"][i] = h[0]["label"], h[0]["category"], h[0]["logo_id"]
             dist[i] = h[0]["distance"]
+            if reading:
+                agree[i] = np.nan if (s := similarity(batch["ocr_text"][i], h[0].get("text"))) is None else s
             other = next((x for x in h[1:] if x["label"] != h[0]["label"]), None)
             if other:
                 cols["runner_up_label"][i], ru[i] = other["label"], other["distance"]
     for f, v in cols.items():
         out[f] = _obj(v)
-    out["distance"], out["runner_up_distance"] = dist, ru
+    out["distance"], out["runner_up_distance"], out["ocr_agreement"] = dist, ru, agree
     out.pop("embedding", None)
     return out
 
@@ -326,21 +332,40 @@ def decide(batch: dict, policy: PolicyConfig, thresholds: Thresholds) -> dict:
     """Open-set decision: a region is flagged when its nearest reference is within the threshold
     for that reference (policy pin > calibrated class > calibrated category > default);
     otherwise it is an unknown logo and is not flagged. The margin to the runner-up class is kept
-    so reviewers see regions that sit between two classes."""
+    so reviewers see regions that sit between two classes.
+
+    Where the calibration has an evidence model (logoscan.evidence), every region also gets its
+    probability (``evidence_score``) and what each piece of evidence added (``evidence``, JSON);
+    with ``policy.decision: evidence`` that model decides (P ≥ its cut; threshold_source
+    "evidence"), except in a category whose threshold the policy pins."""
     n = len(batch["kind"])
     thr = np.full(n, np.nan, np.float32)
-    queue, source = [""] * n, [""] * n
+    queue, source, explained = [""] * n, [""] * n, [""] * n
     flagged = np.zeros(n, bool)
-    for i in np.flatnonzero(batch["kind"] == "region"):
+    score = np.full(n, np.nan, np.float32)
+    rows = [i for i in np.flatnonzero(batch["kind"] == "region") if batch["category"][i]]
+    model, ev = None, None
+    if thresholds.evidence and rows:
+        from logoscan.evidence import Model, box_side, features
+        model, r = Model.from_dict(thresholds.evidence), np.asarray(rows)
+        agree = batch.get("ocr_agreement")
+        ev = features(batch["distance"][r], batch["runner_up_distance"][r],
+                      agree[r] if agree is not None else np.full(len(r), np.nan),
+                      batch["det_score"][r], box_side(batch["box"][r]))
+        score[r] = model.probability(ev)
+    for j, i in enumerate(rows):
         cat = batch["category"][i]
-        if not cat:
-            continue
         thr[i], source[i] = thresholds.lookup(batch["label"][i], cat)
         queue[i] = policy.for_category(cat).queue or cat
         flagged[i] = batch["distance"][i] <= thr[i]
+        if model is not None:
+            explained[i] = model.explain(ev, j)
+            if thresholds.decide_by_evidence and source[i] != "policy":
+                flagged[i], source[i] = bool(score[i] >= model.cut), "evidence"
     out = dict(batch)
     out["threshold"], out["threshold_source"], out["queue"], out["flagged"] = thr, _obj(source), _obj(queue), flagged
     out["margin"] = (batch["runner_up_distance"] - batch["distance"]).astype(np.float32)
+    out["evidence_score"], out["evidence"] = score, _obj(explained)
     return out
 
 

@@ -72,12 +72,19 @@ class Thresholds:
     by_category: dict = field(default_factory=dict)
     by_class: dict = field(default_factory=dict)
     pinned: dict = field(default_factory=dict)
+    # the evidence model calibrated with these thresholds (logoscan.evidence.Model.to_dict()), and
+    # whether it decides (policy.decision "evidence") or is only shown on the card ("distance")
+    evidence: dict | None = None
+    decide_by_evidence: bool = False
 
     @classmethod
-    def calibrated(cls, default: float, mode_result: dict, pinned: dict | None = None) -> "Thresholds":
+    def calibrated(cls, default: float, mode_result: dict, pinned: dict | None = None,
+                   decision: str = "distance") -> "Thresholds":
         """From one mode ("image" or "ocr") of a calibration result."""
+        model = (mode_result.get("evidence") or {}).get("model")
         return cls(float(default), {c: r["threshold"] for c, r in mode_result["categories"].items()},
-                   dict(mode_result.get("classes", {})), dict(pinned or {}))
+                   dict(mode_result.get("classes", {})), dict(pinned or {}), model,
+                   decision == "evidence" and model is not None)
 
     def lookup(self, label: str, category: str) -> tuple[float, str]:
         if category in self.pinned:
@@ -95,7 +102,7 @@ def resolve_thresholds(policy, default: float, calibration: dict | None, mode: s
     cal = (calibration or {}).get("modes", {}).get(mode) if policy.use_calibration else None
     if not cal:
         return Thresholds(float(default), pinned=pinned)
-    return Thresholds.calibrated(default, cal, pinned)
+    return Thresholds.calibrated(default, cal, pinned, policy.decision)
 
 
 def read_calibration(client, collection: str, gallery_meta: dict) -> dict | None:

@@ -48,7 +48,7 @@ def test_bench_calibration_prints_both_cases(tmp_path):
                "--demo-per-class", "2", "--demo-others", "5", "--no-ocr", "--workdir", str(tmp_path / "w"),
                "--write", str(tmp_path / "c.md"))
     assert "## 1. The demo gallery" in out and "## 2. A large held-out gallery" in out
-    assert "| image only | calibrated |" in out
+    assert "| image only | calibrated |" in out and "| image only | evidence: distance |" in out
     assert (tmp_path / "calibration_demo_image_distances.png").stat().st_size > 1000
 
 

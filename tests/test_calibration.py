@@ -85,6 +85,9 @@ def test_calibrate_writes_thresholds_plots_and_stores_them_with_the_gallery(samp
     assert set(img["categories"]) == {"brand", "prohibited", "sustainability"}
     assert img["outcome"]["false_accept_rate"] <= 0.02 and img["outcome"]["recall_known"] >= 0.8
     assert set(img["outcome"]["by_kind"]) == {"known", "look-alike", "unknown", "no-logo"}
+    ev = img["evidence"]  # the evidence model: no OCR in image mode, no detector score on given boxes
+    assert ev["model"]["features"] == ["distance", "margin", "log_side"]
+    assert ev["far"] <= 0.02 and 0 < ev["cut"] < 1 and list(ev["features_added"])[-1] == "distance+margin+log_side"
     on_disk = json.loads((work / "out" / "calibration.json").read_text())
     assert on_disk["gallery_version"] == calibrated["meta"]["gallery_version"]
     for p in r["plots"]:
@@ -119,6 +122,25 @@ def test_sweep_applies_the_gallery_calibration_and_policy_pins_win(sample, calib
         if r["runner_up_label"] is not None:  # the margin to the runner-up class is recorded
             assert r["runner_up_label"] != r["label"]
             assert r["margin"] == pytest.approx(r["runner_up_distance"] - r["distance"], abs=1e-5)
+
+
+def test_a_sweep_decided_by_evidence_flags_what_the_model_passes_and_says_why(sample, calibrated, tmp_path):
+    from logoscan.evidence import Model
+    from logoscan.sweep import run_scan
+    cut = Model.from_dict(calibrated["result"]["modes"]["image"]["evidence"]["model"]).cut
+    s = run_scan(ScanConfig(manifest=sample["manifest"], milvus_uri=sample["milvus"], collection="logos_cal",
+                            out=str(tmp_path), run_id="ev", engine="local", policy=PolicyConfig(decision="evidence")))
+    rows = [r for p in s["outputs"]["queues"].values() for r in pq.read_table(p).to_pylist()]
+    assert rows and s["rows_in"] == s["rows_scanned"] + s["rows_reused"] + s["rows_errored"]
+    for r in rows:
+        assert r["threshold_source"] == "evidence" and r["evidence_score"] >= cut - 1e-6
+        e = json.loads(r["evidence"])
+        assert e["cut"] == pytest.approx(cut) and set(e["log_odds"]) == {"distance", "margin", "log_side"}
+    # the reviewer's card says what decided it and what each piece of evidence added
+    from logoscan.report import write_report
+    write_report(str(tmp_path), str(tmp_path / "report"), run_id="ev")
+    page = "".join(p.read_text() for p in (tmp_path / "report").glob("*.html"))
+    assert page.count("decided by evidence P ") == len(rows) and "margin to runner-up" in page
 
 
 def test_rebuilt_gallery_starts_uncalibrated(sample, calibrated, tmp_path):
@@ -216,3 +238,65 @@ def test_a_new_gallery_version_of_the_same_embedder_inherits_the_calibration(sam
                             out=str(tmp_path / "o"), engine="local"))
     assert s["versions"]["calibration"]["applied"]
     assert s["versions"]["calibration"]["inherited_from"] == calibrated["meta"]["gallery_version"]
+
+
+# ------------------------------------------------------------------ the evidence model
+
+def test_the_evidence_model_points_each_piece_the_right_way_and_keeps_the_false_accept_target():
+    """Right nearest references are close, clear of the runner-up and read the reference's text
+    more often; the model learns that, its cut keeps the target, and OCR agreement adds recall."""
+    from logoscan.calibration import fit_evidence
+    from logoscan.evidence import Model, features
+    rng = np.random.default_rng(3)
+    n_ok, n_bad = 600, 900
+    correct = np.r_[np.ones(n_ok, bool), np.zeros(n_bad, bool)]
+    d = np.r_[rng.normal(0.30, 0.08, n_ok), rng.normal(0.42, 0.08, n_bad)]
+    ru = d + np.r_[rng.normal(0.15, 0.05, n_ok), rng.normal(0.03, 0.03, n_bad)]
+    agree = np.r_[np.where(rng.random(n_ok) < 0.4, rng.uniform(0.6, 1, n_ok), np.nan),
+                  np.where(rng.random(n_bad) < 0.2, rng.uniform(0, 0.3, n_bad), np.nan)]
+    side = rng.uniform(20, 200, n_ok + n_bad)  # says nothing here
+    ev = features(d, ru, agree, None, side)
+    r = fit_evidence(ev, correct, known=n_ok, target_far=0.01)
+    m = Model.from_dict(r["model"])
+    w = dict(zip(m.features, m.weights))
+    assert m.features == ("distance", "margin", "ocr_agreement", "log_side")
+    assert w["distance"] < 0 < w["margin"] and w["ocr_agreement"] > 0 and abs(w["log_side"]) < 0.5
+    assert r["far"] <= 0.01 and r["false_accepts"] <= 0.01 * len(correct)
+    flagged = m.probability(ev) >= m.cut
+    assert (flagged & ~correct).sum() == r["false_accepts"]
+    steps = r["features_added"]
+    assert list(steps) == ["distance", "distance+margin", "distance+margin+ocr_agreement",
+                           "distance+margin+ocr_agreement+log_side"]
+    assert steps["distance+margin+ocr_agreement"]["recall"] > steps["distance"]["recall"] + 0.1
+    assert fit_evidence(ev, np.zeros_like(correct), known=n_ok, target_far=0.01) is None  # nothing to fit
+
+
+def test_decide_by_evidence_flags_by_probability_and_explains_it_except_where_policy_pins():
+    from logoscan import stages
+    from logoscan.evidence import Model, confidence, describe
+    model = Model(("distance", "ocr_agreement"), (0.4, 0.0), (0.1, 0.5), (-2.0, 3.0), 0.0, cut=0.6)
+    batch = {"kind": np.array(["region"] * 4 + ["empty"], object),
+             "label": np.array(["a", "a", "b", "b", ""], object),
+             "category": np.array(["x", "x", "y", "y", ""], object),
+             # far but the text agrees · close, no text · close, text disagrees · pinned category
+             "distance": np.array([0.55, 0.25, 0.30, 0.30, np.nan], np.float32),
+             "runner_up_distance": np.full(5, np.nan, np.float32),
+             "ocr_agreement": np.array([1.0, np.nan, 0.0, 0.9, np.nan], np.float32),
+             "det_score": np.ones(5, np.float32), "box": np.tile([0, 0, 50, 50], (5, 1)).astype(np.float32)}
+    th = Thresholds(0.35, evidence=model.to_dict(), decide_by_evidence=True)
+    out = stages.decide(batch, PolicyConfig(), th)
+    p = model.probability({"distance": batch["distance"][:4].astype(float),
+                           "ocr_agreement": np.nan_to_num(batch["ocr_agreement"][:4].astype(float))})
+    np.testing.assert_allclose(out["evidence_score"][:4], p, rtol=1e-5)
+    assert list(out["flagged"]) == list(np.r_[p >= 0.6, False])
+    assert out["flagged"][0] and not (batch["distance"][0] <= 0.35)  # the text carried a far region
+    assert list(out["threshold_source"][:4]) == ["evidence"] * 4
+    row = {k: out[k][0] for k in ("evidence_score", "evidence", "threshold_source", "threshold", "distance")}
+    assert confidence(row) == pytest.approx(p[0] - 0.6, abs=1e-5)
+    assert describe(row["evidence_score"], row["evidence"]).startswith(f"P {p[0]:.2f} (flags at ≥ 0.60): text read")
+    # a pinned category keeps the distance rule; "distance" decisions show the evidence only
+    from dataclasses import replace
+    pinned = stages.decide(batch, PolicyConfig(), replace(th, pinned={"y": 0.31}))
+    assert list(pinned["threshold_source"][2:4]) == ["policy", "policy"] and pinned["flagged"][2:4].all()
+    shown = stages.decide(batch, PolicyConfig(), Thresholds(0.35, evidence=model.to_dict()))
+    assert list(shown["flagged"][:4]) == [False, True, True, True] and not np.isnan(shown["evidence_score"][:4]).any()

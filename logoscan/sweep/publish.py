@@ -17,10 +17,10 @@ from logoscan.sweep.plan import RunPlan
 
 def table(rows: list[dict], schema: pa.Schema, fill: dict) -> pa.Table:
     cols = {f.name: [r.get(f.name, fill.get(f.name)) for r in rows] for f in schema}
-    for name in ("runner_up_label", "ocr_text"):
+    for name in ("runner_up_label", "ocr_text", "evidence"):
         if name in cols:
             cols[name] = [v or None for v in cols[name]]
-    for name in ("runner_up_distance", "margin"):  # no runner-up: null, not NaN
+    for name in ("runner_up_distance", "margin", "evidence_score"):  # none: null, not NaN
         if name in cols:
             cols[name] = [None if v is None or v != v else v for v in cols[name]]
     return pa.table({k: pa.array(v, type=schema.field(k).type) for k, v in cols.items()}, schema=schema)
