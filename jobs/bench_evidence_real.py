@@ -105,6 +105,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ocr", action="store_true", help="read each crop (ocr extra) and fuse, as a sweep with OCR on")
     ap.add_argument("--write", default="")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--heldout-makes", default="", help="comma list; default: the embedder's held-out makes")
     a = ap.parse_args(argv)
     t0 = time.time()
 
@@ -124,7 +125,8 @@ def main(argv=None) -> int:
     files = logo_files(data / "car-logos-clean")
     names = [f.stem for f in files]
     gallery = embed_crops(model, cfg, [clean_logo(f, size, pad) for f in files])
-    train, held = split_badges(data / "car-badges", HELDOUT_MAKES)
+    heldout = tuple(a.heldout_makes.split(",")) if a.heldout_makes else HELDOUT_MAKES
+    train, held = split_badges(data / "car-badges", heldout)
     if a.max_train_photos:
         train = random.Random(a.seed).sample(list(train), min(a.max_train_photos, len(train)))
     reader = None
@@ -136,9 +138,9 @@ def main(argv=None) -> int:
     random.Random(a.seed).shuffle(held)
     sets = {}
     for name, items, makes, photos, seed in (
-            ("A: the held-out makes' other photos", held[0::2], set(HELDOUT_MAKES), free[0::2], a.seed),
+            ("A: the held-out makes' other photos", held[0::2], set(heldout), free[0::2], a.seed),
             ("B: the makes the embedder trained on", train, None, free[0::2], a.seed),
-            ("test", held[1::2], set(HELDOUT_MAKES), free[1::2], a.seed + 1)):
+            ("test", held[1::2], set(heldout), free[1::2], a.seed + 1)):
         crops, labels, sides = badges(data / "car-badges", items, size, pad, makes)
         n_badges = len(crops)
         pc, ps = patches(photos, a.patches, size, seed)

@@ -97,6 +97,10 @@ def main() -> int:
     ap.add_argument("--part-images", type=int, default=256)
     ap.add_argument("--distractors", type=int, default=10_000)
     ap.add_argument("--actors", default="1,2,4")
+    ap.add_argument("--inflight", default="default",
+                    help="comma list of ray.matcher_tasks_in_flight values to run for each actor count "
+                         "('default': Ray Data's own), e.g. default,4")
+    ap.add_argument("--no-driver-rows", action="store_true", help="skip the two ways where the driver matches")
     ap.add_argument("--workdir", default="build/bench-matcher")
     ap.add_argument("--num-cpus", type=int, default=None)
     ap.add_argument("--milvus-uri", help="a Milvus server (http://host:port) instead of an embedded .db")
@@ -160,9 +164,12 @@ def main() -> int:
             ("ray engine, 0 matcher actors: the driver searches the .db in-process (no server)" if served else
              "ray engine, 0 matcher actors: the driver searches the server",
              replace(base, ray=RayConfig(num_cpus=a.num_cpus, matcher_actors=0)))]
-    ways += [(f"ray, {k} matcher actor{'s' if k > 1 else ''}",
-              replace(base, ray=RayConfig(num_cpus=a.num_cpus, matcher_actors=k)))
-             for k in (int(x) for x in a.actors.split(","))]
+    if a.no_driver_rows:
+        ways = []
+    inflight = [None if x == "default" else int(x) for x in a.inflight.split(",")]
+    ways += [(f"ray, {k} matcher actor{'s' if k > 1 else ''}" + (f", {q} blocks in flight each" if q else ""),
+              replace(base, ray=RayConfig(num_cpus=a.num_cpus, matcher_actors=k, matcher_tasks_in_flight=q)))
+             for k in (int(x) for x in a.actors.split(",")) for q in inflight]
     rows, ref = [], None
     for i, (name, cfg) in enumerate(ways):
         cpu = CpuSampler()
@@ -180,7 +187,7 @@ def main() -> int:
               flush=True)
         release_lite(db)
 
-    one = next((r["regions_per_s"] for name, r, _, _ in rows if name.startswith("ray, 1 ")), None)
+    one = next((r["regions_per_s"] for name, r, _, _ in rows if name == "ray, 1 matcher actor"), None)
     lines = [
         "# Matching throughput: the driver's client vs a matcher actor pool",
         "",
@@ -188,6 +195,9 @@ def main() -> int:
         f"{' --num-cpus ' + str(a.num_cpus) if a.num_cpus else ''}"
         f"{' --distractors ' + str(a.distractors) if a.distractors != 10_000 else ''}"
         f"{' --milvus-uri ' + a.milvus_uri if a.milvus_uri else ''}"
+        f"{' --actors ' + a.actors if a.actors != '1,2,4' else ''}"
+        f"{' --inflight ' + a.inflight if a.inflight != 'default' else ''}"
+        f"{' --no-driver-rows' if a.no_driver_rows else ''}"
         " --write docs/bench/matcher.md` (`make bench-matcher`), on this project's 2-core CPU machine (no "
         f"GPU), local Ray. `rematch` of a store of {len(images) * copies:,} images ({stored_regions:,} regions; "
         f"the regions of a {a.images}-image demo sweep copied {copies} times under other item ids, parts of "

@@ -172,6 +172,10 @@ class RayConfig:
     # run). 0: the driver matches with one client (the old path, kept for comparison)
     matcher_actors: NonNegative = 1
     matcher_cpus: Annotated[float, Field(gt=0.0)] = 0.25  # each: a client; the search runs in Milvus
+    # blocks queued on each matcher actor (ActorPoolStrategy's max_tasks_in_flight_per_actor; None:
+    # Ray Data's default): a queued block starts as the last one ends instead of one scheduling
+    # round-trip later (jobs/diag_actor_pool_scaling.py --inflight; docs/bench/matcher.md)
+    matcher_tasks_in_flight: Positive | None = None
 
 
 @dataclass(frozen=True, config=STRICT)

@@ -66,3 +66,13 @@ def test_bench_throughput_prints_its_tables(tmp_path):
     for row in ("| 1. decode floor |", "| 2. model floor |", "| 3. naive baseline |", "| 4. the sweep |",
                 "| sweep, 5N=60, 100 refs |", "- ceiling: decode + models", "## Where the time goes"):
         assert row in out
+
+
+def test_bench_evidence_real_prints_both_calibrations(tmp_path):
+    from test_real_embedder import make_real_photos
+    data = make_real_photos(tmp_path / "real")
+    out = _run("jobs/bench_evidence_real.py", "--data", str(data), "--heldout-makes", "kia", "--free-per-photo", "1",
+               "--patches", "2", "--write", str(tmp_path / "e.md"))
+    assert "## Calibrated on A: the held-out makes' other photos" in out and "## Calibrated on B" in out
+    assert out.count("| distance threshold (as `logoscan calibrate`) |") == 2
+    assert (tmp_path / "e.md").read_text().startswith("# The evidence-based decision on real photographs")

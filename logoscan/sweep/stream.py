@@ -320,8 +320,7 @@ def build(files: list[tuple[str, int]], carry_schema: pa.Schema, done_parts: lis
             read_stored, fn_kwargs={"store": store, "batch_rows": cfg.match.search_batch}, batch_format="pyarrow",
             num_cpus=0.25)
         reused = reused.map_batches(MatchActor, fn_constructor_kwargs=writes, batch_size=None, batch_format="numpy",
-                                    compute=ray.data.ActorPoolStrategy(size=max(1, r.matcher_actors)),
-                                    num_cpus=r.matcher_cpus)
+                                    compute=matcher_pool(r), num_cpus=r.matcher_cpus)
         ds = ds.map_batches(planned, fn_kwargs={"reused": False}, batch_size=None, batch_format="pyarrow",
                             num_cpus=0.25)
     ds = ds.map_batches(fetch, fn_kwargs={"cfg": cfg.fetch}, batch_size=r.fetch_batch,
@@ -342,8 +341,16 @@ def build(files: list[tuple[str, int]], carry_schema: pa.Schema, done_parts: lis
     # the matcher writes the block it decided (one task and one object-store hop per block fewer
     # than a writer stage of its own: the writer cost 17 of 50 worker-seconds at 100k error rows)
     ds = ds.map_batches(MatchActor, fn_constructor_kwargs=writes, batch_size=None, batch_format="numpy",
-                        compute=ray.data.ActorPoolStrategy(size=max(1, r.matcher_actors)), num_cpus=r.matcher_cpus)
+                        compute=matcher_pool(r), num_cpus=r.matcher_cpus)
     return ds if reused is None else ds.union(reused)
+
+
+def matcher_pool(r):
+    """The matcher actors' pool (scan, reused images, rematch): ``ray.matcher_actors`` of them,
+    ``ray.matcher_tasks_in_flight`` blocks queued on each."""
+    import ray
+    return ray.data.ActorPoolStrategy(size=max(1, r.matcher_actors),
+                                      max_tasks_in_flight_per_actor=r.matcher_tasks_in_flight)
 
 
 def rematch_rows(block: pa.Table, restrict: bool) -> pa.Table:
@@ -399,8 +406,7 @@ def build_rematch(store, ledger_files: list[str], manifest_files_: list[tuple[st
                                            batch_format="pyarrow", num_cpus=0.25)
     return ds.map_batches(MatchActor, fn_constructor_kwargs=dict(
         match_kwargs, write_parts={"folder": parts_dir, "carry_schema": empty}), batch_size=None,
-        batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=max(1, cfg.ray.matcher_actors)),
-        num_cpus=cfg.ray.matcher_cpus)
+        batch_format="numpy", compute=matcher_pool(cfg.ray), num_cpus=cfg.ray.matcher_cpus)
 
 
 def _num_rows(f: str) -> int:
