@@ -141,6 +141,17 @@ def test_a_sweep_decided_by_evidence_flags_what_the_model_passes_and_says_why(sa
     write_report(str(tmp_path), str(tmp_path / "report"), run_id="ev")
     page = "".join(p.read_text() for p in (tmp_path / "report").glob("*.html"))
     assert page.count("decided by evidence P ") == len(rows) and "margin to runner-up" in page
+    # a rematch of the stored regions decides the same way, to the same flags
+    from logoscan.config import RematchConfig
+    from logoscan.sweep import run_rematch
+    r = run_rematch(RematchConfig(store=str(tmp_path / "store"), milvus_uri=sample["milvus"], collection="logos_cal",
+                                  out=str(tmp_path / "rm"), run_id="rm", engine="local", all_flags=True,
+                                  policy=PolicyConfig(decision="evidence")))
+    again = [x for p in r["outputs"]["queues"].values() for x in pq.read_table(p).to_pylist()]
+    key = lambda x: (x["item_id"], x["image_id"], x["label"], x["threshold_source"])  # noqa: E731
+    assert sorted(map(key, again)) == sorted(map(key, rows))
+    assert [x["evidence_score"] for x in sorted(again, key=key)] == \
+        pytest.approx([x["evidence_score"] for x in sorted(rows, key=key)], abs=1e-4)
 
 
 def test_rebuilt_gallery_starts_uncalibrated(sample, calibrated, tmp_path):
