@@ -174,7 +174,8 @@ class RayConfig:
     matcher_cpus: Annotated[float, Field(gt=0.0)] = 0.25  # each: a client; the search runs in Milvus
     # blocks queued on each matcher actor (ActorPoolStrategy's max_tasks_in_flight_per_actor; None:
     # Ray Data's default): a queued block starts as the last one ends instead of one scheduling
-    # round-trip later (jobs/diag_actor_pool_scaling.py --inflight; docs/bench/matcher.md)
+    # round-trip later (jobs/diag_actor_pool_scaling.py --inflight). No gain on 2 cores, where the
+    # pool is short of CPU, not of queued work (docs/bench/matcher.md)
     matcher_tasks_in_flight: Positive | None = None
 
 
