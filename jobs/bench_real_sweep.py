@@ -26,7 +26,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
-def write_inputs(work: Path, data: Path, n_free_per_photo: int, seed: int) -> dict:
+def write_inputs(work: Path, data: Path, n_free_per_photo: int, seed: int, calibration_half: bool = False) -> dict:
+    """The gallery, catalog and truth; with ``calibration_half``, half of the held-out makes'
+    photos (and of the logo-free ones) become labelled crops for `logoscan calibrate` instead
+    (each badge box with its make's logo; 8 logo-free squares of 24-160 px per logo-free photo)."""
+    import random
     from PIL import Image
 
     from logoscan.train.realcrops import HELDOUT_MAKES, MAKE_LOGO, logo_files, split_badges
@@ -38,13 +42,41 @@ def write_inputs(work: Path, data: Path, n_free_per_photo: int, seed: int) -> di
     pq.write_table(pa.Table.from_pylist(refs, schema=pa.schema([(k, pa.string()) for k in refs[0]])),
                    work / "references.parquet")
     _, held = split_badges(data / "car-badges", HELDOUT_MAKES)
+    free, _ = logo_free_photos(n_free_per_photo, seed)
+    crops = []
+    if calibration_half:
+        held = sorted(held, key=lambda it: it.image.name)
+        random.Random(seed).shuffle(held)
+        cal, held = held[0::2], held[1::2]
+        cal_free, free = free[0::2], free[1::2]
+        rng = random.Random(seed + 1)
+        for it in cal:
+            with Image.open(it.image) as im:
+                size = im.size
+            for box, make in zip(it.pixel_boxes(*size), it.classes):
+                if make in HELDOUT_MAKES:
+                    crops.append({"image_uri": str(it.image.resolve()), "label": MAKE_LOGO[make] or "",
+                                  "box": [float(v) for v in box], "kind": "badge"})
+        (work / "logo-free-cal").mkdir(parents=True, exist_ok=True)
+        for i, arr in enumerate(cal_free):
+            p = work / "logo-free-cal" / f"free-cal-{i:03d}.jpg"
+            Image.fromarray(arr).save(p, "JPEG", quality=90)
+            h, w = arr.shape[:2]
+            for _ in range(8):
+                side = rng.randint(24, min(160, w, h))
+                x, y = rng.randint(0, w - side), rng.randint(0, h - side)
+                crops.append({"image_uri": str(p.resolve()), "label": "", "box": [float(x), float(y), float(x + side),
+                                                                                  float(y + side)], "kind": "logo-free"})
+        from logoscan.schema import BOX
+        pq.write_table(pa.Table.from_pylist(crops, schema=pa.schema([("image_uri", pa.string()), ("label", pa.string()),
+                                                                     ("box", BOX), ("kind", pa.string())])),
+                       work / "calibration-crops.parquet")
     manifest, truth = [], []
     for it in held:
         item = f"car-{it.image.stem}"
         manifest.append({"item_id": item, "image_uri": str(it.image.resolve()), "image_id": item})
         for make in sorted(set(it.classes) & set(HELDOUT_MAKES)):
             truth.append({"item_id": item, "label": MAKE_LOGO[make], "category": "car"})
-    free, _ = logo_free_photos(n_free_per_photo, seed)
     (work / "logo-free").mkdir(exist_ok=True)
     for i, arr in enumerate(free):
         p = work / "logo-free" / f"free-{i:03d}.jpg"
@@ -55,17 +87,21 @@ def write_inputs(work: Path, data: Path, n_free_per_photo: int, seed: int) -> di
     pq.write_table(pa.Table.from_pylist(truth, schema=pa.schema([("item_id", pa.string()), ("label", pa.string()),
                                                                  ("category", pa.string())])),
                    work / "truth.parquet")
-    return {"photos": len(held), "logo_free": len(free), "references": len(refs)}
+    return {"photos": len(held), "logo_free": len(free), "references": len(refs), "calibration_crops": len(crops),
+            "calibration_badges": sum(c["kind"] == "badge" for c in crops)}
 
 
 def sweep(work: Path, data: Path, name: str, embedder: str, detector_input: int | None,
-          views: tuple[str, ...]) -> dict:
-    from logoscan.config import DetectorConfig, EmbedderConfig, FetchConfig, ScanConfig
+          views: tuple[str, ...], decision: str | None = None) -> dict:
+    """One sweep; ``decision`` None: the gallery's default threshold, as a new user gets it;
+    "distance" / "evidence": calibrated on the calibration half first, then that policy.decision."""
+    from logoscan.calibration import calibrate
+    from logoscan.config import CalibrateConfig, DetectorConfig, EmbedderConfig, FetchConfig, PolicyConfig, ScanConfig
     from logoscan.evaluate import evaluate, read_flagged
     from logoscan.gallery import build, release_lite
     from logoscan.models import default_artifact_path, load_artifact
     from logoscan.sweep import run_scan
-    run = work / (name + ("" if views == ("clean",) else "-views"))
+    run = work / (name + ("" if views == ("clean",) else "-views") + (f"-{decision}" if decision else ""))
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True)
     db = str(run / "milvus.db")
@@ -75,10 +111,16 @@ def sweep(work: Path, data: Path, name: str, embedder: str, detector_input: int 
     build_s = time.time() - t0
     release_lite(db)
     del emb
+    cal = None
+    if decision:
+        cal = calibrate(CalibrateConfig(crops=str(work / "calibration-crops.parquet"), milvus_uri=db, collection="cars",
+                                        out=str(run / "calibration"), embedder=EmbedderConfig(artifact=embedder)))
+        release_lite(db)
     cfg = ScanConfig(manifest=str(work / "manifest.parquet"), milvus_uri=db, collection="cars",
                      out=str(run / "out"), run_id="real", engine="local", checkpoint_every=0,
                      fetch=FetchConfig(allowed_roots=(str(data.resolve()), str(work.resolve()))),
-                     detector=DetectorConfig(input_size=detector_input), embedder=EmbedderConfig(artifact=embedder))
+                     detector=DetectorConfig(input_size=detector_input), embedder=EmbedderConfig(artifact=embedder),
+                     policy=PolicyConfig(decision=decision or "distance"))
     summary = run_scan(cfg)
     result = evaluate(summary["outputs"]["summary"], str(work / "truth.parquet"))
     _, flagged = read_flagged(summary["outputs"]["summary"])
@@ -90,7 +132,10 @@ def sweep(work: Path, data: Path, name: str, embedder: str, detector_input: int 
             "precision": overall["precision"], "recall": overall["recall"], "flagged_pairs": overall["flagged"],
             "truth_pairs": overall["truth"], "logo_free_flagged": sum(i in items for i in free) / max(len(free), 1),
             "regions": summary["regions"], "images_per_s": summary["images_per_s"],
-            "rows_errored": summary["rows_errored"]}
+            "rows_errored": summary["rows_errored"], "decision": decision,
+            "calibrated": None if cal is None else {
+                "threshold": cal["modes"]["image"]["categories"].get("car", {}).get("threshold"),
+                "evidence_cut": ((cal["modes"]["image"].get("evidence") or {}).get("model") or {}).get("cut")}}
 
 
 def main(argv=None) -> int:
@@ -102,6 +147,9 @@ def main(argv=None) -> int:
                     help="gallery views to sweep with (repeatable; each a comma list, 'clean' first); default: clean")
     ap.add_argument("--detector-input", type=int, default=None, help="detector.input_size (default: the artifact's)")
     ap.add_argument("--logo-free-crops", type=int, default=6, help="crops per logo-free sample photo")
+    ap.add_argument("--calibrated", action="store_true",
+                    help="half of the held-out makes' photos become labelled crops; sweep the other half with the "
+                         "default threshold, then calibrated: distance thresholds, the evidence model")
     ap.add_argument("--work", default="build/real-sweep")
     ap.add_argument("--write", default="")
     a = ap.parse_args(argv)
@@ -115,29 +163,42 @@ def main(argv=None) -> int:
         print(f"{data}: no car-badges/ (see ../shared/data/real-photos/README.md)", file=sys.stderr)
         return 2
     work = Path(a.work)
-    n = write_inputs(work, data, a.logo_free_crops, 0)
+    n = write_inputs(work, data, a.logo_free_crops, 0, a.calibrated)
     specs = [s.partition("=")[::2] for s in a.embedder] or [("shipped", default_artifact_path("embedder"))]
     view_sets = [tuple(v.split(",")) for v in a.views] or [("clean",)]
-    rows = [sweep(work, data, name, path, a.detector_input, vs) for name, path in specs for vs in view_sets]
+    decisions = (None, "distance", "evidence") if a.calibrated else (None,)
+    rows = [sweep(work, data, name, path, a.detector_input, vs, d) for name, path in specs for vs in view_sets
+            for d in decisions]
+    words = {None: "default threshold", "distance": "calibrated thresholds", "evidence": "calibrated evidence model"}
     f = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
     lines = [
         "# Real photographs, end to end",
         "",
         "Command: `python jobs/bench_real_sweep.py" + "".join(f" --embedder {s}" for s in a.embedder)
         + "".join(f" --views {v}" for v in a.views)
-        + (f" --detector-input {a.detector_input}" if a.detector_input else "") + "`",
+        + (f" --detector-input {a.detector_input}" if a.detector_input else "")
+        + (" --calibrated" if a.calibrated else "") + "`",
         "",
         f"Gallery: {n['references']} clean car logos, one picture each (category `car`), its default threshold "
-        "as `gallery build` sets it (no calibration). Catalog: the "
+        "as `gallery build` sets it (no calibration" + (", but in the calibrated rows" if a.calibrated else "")
+        + "). Catalog: the "
         f"{n['photos']} photos of the car makes held out of embedder training ({', '.join(HELDOUT_MAKES)}), "
         f"truth = the make's logo, and {n['logo_free']} logo-free photos (crops of scikit-image's logo-free "
-        "samples). The shipped detector at its operating threshold; `engine: local`, Milvus Lite.",
+        "samples). The shipped detector at its operating threshold; `engine: local`, Milvus Lite."
+        + (f" With `--calibrated`, half of the held-out makes' photos and of the logo-free photos were set aside "
+           f"as {n['calibration_crops']} labelled crops ({n['calibration_badges']} badge boxes with their make's "
+           "logo, 8 logo-free squares per logo-free photo) for `logoscan calibrate` at 1% false accepts; the "
+           "catalog is the other half." if a.calibrated else ""),
         "",
-        "| embedder | vectors per logo | default threshold | precision | recall | flagged pairs / truth pairs | logo-free photos flagged "
-        "| regions | images/s |",
-        "|---|---|---|---|---|---|---|---|---|",
-        *[f"| {r['name']} ({r['embedder_version']}) | {r['views']} | {r['threshold']:.3f} ({r['threshold_calibration'].get('probe_source', 'rendered')} probes) "
-          f"| {f(r['precision'])} | {f(r['recall'])} | {r['flagged_pairs']} / {r['truth_pairs']} "
+        "| embedder | vectors per logo | decision | threshold | precision | recall | flagged pairs / truth pairs "
+        "| logo-free photos flagged | regions | images/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *[f"| {r['name']} ({r['embedder_version']}) | {r['views']} | {words[r['decision']]} | "
+          + (f"{r['threshold']:.3f} ({r['threshold_calibration'].get('probe_source', 'rendered')} probes)"
+             if not r["decision"] else f"{r['calibrated']['threshold']:.3f}" if r["decision"] == "distance"
+             else f"P ≥ {r['calibrated']['evidence_cut']:.3f}" if r["calibrated"]["evidence_cut"] is not None
+             else "no model: too few right matches")
+          + f" | {f(r['precision'])} | {f(r['recall'])} | {r['flagged_pairs']} / {r['truth_pairs']} "
           f"| {r['logo_free_flagged']:.3f} | {r['regions']} | {r['images_per_s']} |" for r in rows],
         "",
         "Bars (issue #23): precision ≥ 0.90 at recall ≥ 0.50, logo-free photos flagged ≤ 5%.",
