@@ -55,7 +55,10 @@ def run(sample, tmp_path_factory):
     rows.append({"item_id": XSS_SCRIPT, "image_id": XSS_IMG, "image_uri": str(cat / "x.jpg"),
                  "box": [5.0, 5.0, 50.0, 50.0], "det_score": 0.8, "label": XSS_IMG, "category": "prohibited",
                  "logo_id": XSS_SCRIPT, "distance": 0.2, "threshold": 0.4, "queue": "prohibited",
-                 "ocr_text": XSS_SCRIPT + XSS_IMG, "runner_up_label": XSS_SCRIPT, "runner_up_distance": 0.3})
+                 "ocr_text": XSS_SCRIPT + XSS_IMG, "runner_up_label": XSS_SCRIPT, "runner_up_distance": 0.3,
+                 # decided by the evidence model; its explanation carries catalog-like text too
+                 "threshold_source": "evidence", "evidence_score": 0.91,
+                 "evidence": json.dumps({"cut": 0.5, "log_odds": {"ocr_agreement": 2.1, XSS_SCRIPT: -0.4}})})
     common = {"run_id": "r1", "threshold_source": "category", "margin": None, "model_version": "m",
               "gallery_version": "logos-x", "scanned_at": now, "thumbnail_jpeg": _jpeg((0, 0, 0), (64, 64))}
     tables = {}
@@ -194,6 +197,8 @@ def test_catalog_text_that_is_html_renders_as_text_in_the_app_and_the_report(ser
     assert XSS_SCRIPT in text and XSS_IMG in text
     assert page.evaluate("window.__xss") is None
     assert page.query_selector_all("main img[src='x']") == []
+    # the reviewer sees what decided the card
+    assert f"decided by evidence P 0.91 (flags at ≥ 0.50): text read vs reference +2.1 · {XSS_SCRIPT} -0.4" in text
     ctx.close()
 
     from logoscan.report import write_report
@@ -203,6 +208,7 @@ def test_catalog_text_that_is_html_renders_as_text_in_the_app_and_the_report(ser
     page.goto((tmp_path / "report" / "prohibited.html").as_uri())
     text = page.inner_text("main")
     assert XSS_SCRIPT in text and XSS_IMG in text and page.evaluate("window.__xss") is None
+    assert "decided by evidence P 0.91 (flags at ≥ 0.50): text read vs reference +2.1" in text
     ctx.close()
 
 
