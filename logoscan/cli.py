@@ -189,6 +189,12 @@ def cmd_calibrate(a) -> int:
                       "class_thresholds": {m: len(x["classes"]) for m, x in r["modes"].items()},
                       "outcome": {m: {k: x["outcome"][k] for k in ("recall_known", "false_accept_rate", "precision")}
                                   for m, x in r["modes"].items()},
+                      # what policy.decision: evidence would do on these crops (null: too few to fit)
+                      "evidence_model": {m: x["evidence"] and {"cut": x["evidence"]["cut"],
+                                                               "recall_known": x["evidence"]["recall"],
+                                                               "false_accept_rate": x["evidence"]["far"],
+                                                               "precision": x["evidence"]["precision"]}
+                                         for m, x in r["modes"].items()},
                       "plots": r["plots"]}, indent=2))
     return 0
 
