@@ -92,16 +92,18 @@ def write_inputs(work: Path, data: Path, n_free_per_photo: int, seed: int, calib
 
 
 def sweep(work: Path, data: Path, name: str, embedder: str, detector_input: int | None,
-          views: tuple[str, ...], decision: str | None = None) -> dict:
+          views: tuple[str, ...], decision: str | None = None, detect: bool = False) -> dict:
     """One sweep; ``decision`` None: the gallery's default threshold, as a new user gets it;
-    "distance" / "evidence": calibrated on the calibration half first, then that policy.decision."""
+    "distance" / "evidence": calibrated on the calibration half first (``detect``: on the
+    detector's regions of those photos, `calibrate --detect`), then that policy.decision."""
     from logoscan.calibration import calibrate
     from logoscan.config import CalibrateConfig, DetectorConfig, EmbedderConfig, FetchConfig, PolicyConfig, ScanConfig
     from logoscan.evaluate import evaluate, read_flagged
     from logoscan.gallery import build, release_lite
     from logoscan.models import default_artifact_path, load_artifact
     from logoscan.sweep import run_scan
-    run = work / (name + ("" if views == ("clean",) else "-views") + (f"-{decision}" if decision else ""))
+    run = work / (name + ("" if views == ("clean",) else "-views") + (f"-{decision}" if decision else "")
+                  + ("-detect" if detect else ""))
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True)
     db = str(run / "milvus.db")
@@ -114,7 +116,8 @@ def sweep(work: Path, data: Path, name: str, embedder: str, detector_input: int 
     cal = None
     if decision:
         cal = calibrate(CalibrateConfig(crops=str(work / "calibration-crops.parquet"), milvus_uri=db, collection="cars",
-                                        out=str(run / "calibration"), embedder=EmbedderConfig(artifact=embedder)))
+                                        out=str(run / "calibration"), embedder=EmbedderConfig(artifact=embedder),
+                                        detect=detect, detector=DetectorConfig(input_size=detector_input)))
         release_lite(db)
     cfg = ScanConfig(manifest=str(work / "manifest.parquet"), milvus_uri=db, collection="cars",
                      out=str(run / "out"), run_id="real", engine="local", checkpoint_every=0,
@@ -132,7 +135,7 @@ def sweep(work: Path, data: Path, name: str, embedder: str, detector_input: int 
             "precision": overall["precision"], "recall": overall["recall"], "flagged_pairs": overall["flagged"],
             "truth_pairs": overall["truth"], "logo_free_flagged": sum(i in items for i in free) / max(len(free), 1),
             "regions": summary["regions"], "images_per_s": summary["images_per_s"],
-            "rows_errored": summary["rows_errored"], "decision": decision,
+            "rows_errored": summary["rows_errored"], "decision": decision, "detect": detect,
             "calibrated": None if cal is None else {
                 "threshold": cal["modes"]["image"]["categories"].get("car", {}).get("threshold"),
                 "evidence_cut": ((cal["modes"]["image"].get("evidence") or {}).get("model") or {}).get("cut")}}
@@ -166,9 +169,10 @@ def main(argv=None) -> int:
     n = write_inputs(work, data, a.logo_free_crops, 0, a.calibrated)
     specs = [s.partition("=")[::2] for s in a.embedder] or [("shipped", default_artifact_path("embedder"))]
     view_sets = [tuple(v.split(",")) for v in a.views] or [("clean",)]
-    decisions = (None, "distance", "evidence") if a.calibrated else (None,)
-    rows = [sweep(work, data, name, path, a.detector_input, vs, d) for name, path in specs for vs in view_sets
-            for d in decisions]
+    decisions = ((None, False), ("distance", False), ("evidence", False), ("distance", True), ("evidence", True)) \
+        if a.calibrated else ((None, False),)
+    rows = [sweep(work, data, name, path, a.detector_input, vs, d, det) for name, path in specs for vs in view_sets
+            for d, det in decisions]
     words = {None: "default threshold", "distance": "calibrated thresholds", "evidence": "calibrated evidence model"}
     f = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
     lines = [
@@ -188,12 +192,15 @@ def main(argv=None) -> int:
         + (f" With `--calibrated`, half of the held-out makes' photos and of the logo-free photos were set aside "
            f"as {n['calibration_crops']} labelled crops ({n['calibration_badges']} badge boxes with their make's "
            "logo, 8 logo-free squares per logo-free photo) for `logoscan calibrate` at 1% false accepts; the "
-           "catalog is the other half." if a.calibrated else ""),
+           "catalog is the other half. \"On the detector's regions\": `calibrate --detect`, whose crops are "
+           "the detector's regions on those photos (over a badge box: its make's logo; elsewhere, and on the "
+           "logo-free photos: must not be flagged), with their detector scores." if a.calibrated else ""),
         "",
         "| embedder | vectors per logo | decision | threshold | precision | recall | flagged pairs / truth pairs "
         "| logo-free photos flagged | regions | images/s |",
         "|---|---|---|---|---|---|---|---|---|---|",
-        *[f"| {r['name']} ({r['embedder_version']}) | {r['views']} | {words[r['decision']]} | "
+        *[f"| {r['name']} ({r['embedder_version']}) | {r['views']} | {words[r['decision']]}"
+          + (" (calibrated on the detector's regions)" if r["detect"] else "") + " | "
           + (f"{r['threshold']:.3f} ({r['threshold_calibration'].get('probe_source', 'rendered')} probes)"
              if not r["decision"] else f"{r['calibrated']['threshold']:.3f}" if r["decision"] == "distance"
              else f"P ≥ {r['calibrated']['evidence_cut']:.3f}" if r["calibrated"]["evidence_cut"] is not None

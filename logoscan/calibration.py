@@ -149,6 +149,57 @@ def load_crops(table: pa.Table, size: int, pad: float, max_pixels: int = 50_000_
     return (crops, np.asarray(sides)) if with_sides else crops
 
 
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box of ``a`` [N, 4] with every box of ``b`` [M, 4] (x1, y1, x2, y2)."""
+    lt, rb = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area = lambda x: np.prod(np.clip(x[:, 2:] - x[:, :2], 0, None), axis=1)  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
+
+
+def detected_crops(table: pa.Table, cfg) -> tuple[pa.Table, dict]:
+    """Labelled boxes → the detector's regions on their images, labelled as calibration needs
+    them (``CalibrateConfig.detect``): each detection takes the label and kind of the labelled box
+    it overlaps most if that IoU ≥ ``detect_iou``, else label '' and kind "detector false
+    positive"; it carries its ``det_score``. A row without a box names an image whose every
+    detection must not be flagged (a logo-free photo). Also returns how many labelled boxes no
+    detection found (they cannot be calibrated on: the sweep would not see them either)."""
+    from logoscan.images import decode
+    from logoscan.models import default_artifact_path, load_artifact
+    from logoscan.models.detector import detect_images, resolve_precision
+    model, mcfg = load_artifact(cfg.detector.artifact or default_artifact_path("detector"), inference=True)
+    thresh = cfg.detector.score_thresh if cfg.detector.score_thresh is not None else mcfg["score_thresh"]
+    rows = table.to_pylist()
+    by_image: dict[str, list[dict]] = {}
+    for r in rows:
+        by_image.setdefault(r["image_uri"], []).append(r)
+    out, missed, labelled = [], 0, 0
+    for uri, rs in by_image.items():
+        boxes = [r for r in rs if r.get("box")]
+        im = decode(storage.read_bytes(uri), 50_000_000)
+        det, scores = detect_images(model, [im], thresh, batch_size=1,
+                                    precision=resolve_precision(cfg.detector.precision, "cpu"))[0]
+        det, scores = det[:cfg.detector.max_regions], scores[:cfg.detector.max_regions]
+        iou = _iou(det, np.asarray([r["box"] for r in boxes], float).reshape(-1, 4)) if boxes else \
+            np.zeros((len(det), 0))
+        for k, (box, score) in enumerate(zip(det, scores)):
+            j = int(np.argmax(iou[k])) if iou.shape[1] else -1
+            hit = boxes[j] if j >= 0 and iou[k, j] >= cfg.detect_iou else None
+            out.append({"image_uri": uri, "label": (hit or {}).get("label") or "", "box": [float(v) for v in box],
+                        "kind": ((hit or {}).get("kind") or ("known" if (hit or {}).get("label") else "not in gallery"))
+                        if hit else "detector false positive", "det_score": float(score)})
+        labelled += sum(1 for r in boxes if r.get("label"))
+        missed += sum(1 for j, r in enumerate(boxes) if r.get("label") and not (iou[:, j] >= cfg.detect_iou).any())
+    from logoscan.schema import BOX
+    schema = pa.schema([("image_uri", pa.string()), ("label", pa.string()), ("box", BOX), ("kind", pa.string()),
+                        ("det_score", pa.float32())])
+    if not out:
+        from logoscan.gallery import GalleryError
+        raise GalleryError(f"{cfg.crops}: the detector found no region on any of its {len(by_image)} images")
+    return pa.Table.from_pylist(out, schema=schema), {"images": len(by_image), "detections": len(out),
+                                                      "labelled_boxes": labelled, "labelled_boxes_missed": missed}
+
+
 def _decisions(vectors: np.ndarray, ocr_text: list[str] | None, matcher, cfg) -> dict:
     from logoscan import stages
     batch = {"kind": np.array(["region"] * len(vectors), object), "embedding": vectors}
@@ -237,15 +288,20 @@ def calibrate(cfg) -> dict:
             raise GalleryError(f"calibrate needs {name} (flag --{name.replace('_', '-')})")
     t0 = time.time()
     table = read_labelled_crops(cfg.crops)
+    detection = None
+    if cfg.detect:
+        table, detection = detected_crops(table, cfg)
+        from logoscan.log import get_logger
+        get_logger(__name__).info("calibrate.detected", **detection, seconds=round(time.time() - t0, 1))
     model, emb_cfg = load_artifact(cfg.embedder.artifact or default_artifact_path("embedder"))
     matcher = Matcher(cfg.milvus_uri, cfg.collection, expect_embedder=emb_cfg["version"])
     try:
-        return _calibrate(cfg, table, model, emb_cfg, matcher, t0)
+        return _calibrate(cfg, table, model, emb_cfg, matcher, t0, detection)
     finally:
         matcher.close()
 
 
-def _calibrate(cfg, table: pa.Table, model, emb_cfg: dict, matcher, t0: float) -> dict:
+def _calibrate(cfg, table: pa.Table, model, emb_cfg: dict, matcher, t0: float, detection: dict | None = None) -> dict:
     import time
     from datetime import datetime, timezone
 
@@ -284,6 +340,7 @@ def _calibrate(cfg, table: pa.Table, model, emb_cfg: dict, matcher, t0: float) -
               "collection": cfg.collection, "created_at": datetime.now(timezone.utc).isoformat(),
               "crops_uri": cfg.crops, "crops": len(tl), "known_crops": int((tl != "").sum()),
               "labels_not_in_gallery": len(strangers), "target_far": cfg.target_far, "mode": cfg.mode,
+              "detected": detection,
               "min_class_crops": cfg.min_class_crops,
               "ocr": {"weight": cfg.ocr.weight, "floor": cfg.ocr.floor, "min_confidence": cfg.ocr.min_confidence,
                       "ms_per_crop": round(1000 * ocr_seconds / max(len(crops), 1), 1) if ocr_seconds else None},

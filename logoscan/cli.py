@@ -178,6 +178,8 @@ def cmd_calibrate(a) -> int:
             data[key] = val
     if a.ocr:
         config_io.set_dotted(data, "ocr.enabled", True)
+    if a.detect:
+        data["detect"] = True
     if a.embedder:
         config_io.set_dotted(data, "embedder.artifact", a.embedder)
     for o in a.set:
@@ -187,6 +189,7 @@ def cmd_calibrate(a) -> int:
                       "thresholds": {m: {c: v["threshold"] for c, v in x["categories"].items()}
                                      for m, x in r["modes"].items()},
                       "class_thresholds": {m: len(x["classes"]) for m, x in r["modes"].items()},
+                      "detected": r["detected"],
                       "outcome": {m: {k: x["outcome"][k] for k in ("recall_known", "false_accept_rate", "precision")}
                                   for m, x in r["modes"].items()},
                       # what policy.decision: evidence would do on these crops (null: too few to fit)
@@ -385,6 +388,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--mode", choices=("far", "f1"), help="far: loosest threshold within the target; "
                                                          "f1: best F1 within it")
     c.add_argument("--ocr", action="store_true", help="also calibrate OCR-fused distances (needs the ocr extra)")
+    c.add_argument("--detect", action="store_true",
+                   help="run the detector on the labelled images and calibrate on its regions (labelled by the "
+                        "boxes they overlap; the rest must not be flagged): crops and detector scores as a sweep sees them")
     c.add_argument("--embedder", help="embedder artifact (default: shipped)")
     c.add_argument("--config", help="YAML/TOML file with CalibrateConfig keys (flags win over it)")
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")

@@ -246,3 +246,10 @@ class CalibrateConfig:
     embedder: EmbedderConfig = EmbedderConfig()
     match: MatchConfig = MatchConfig()
     ocr: OcrConfig = OcrConfig()            # enabled: calibrate the OCR-fused distances as well
+    # true: the detector runs on each labelled image and its detections are the crops (a detection
+    # over a labelled box, IoU >= detect_iou, takes that box's label; any other one is a crop that
+    # must not be flagged), so the crops are cut, sized and scored as a sweep's regions are and
+    # the evidence model can use the detector's score. Labelled boxes it misses are counted.
+    detect: bool = False
+    detect_iou: Share = 0.5
+    detector: DetectorConfig = DetectorConfig()

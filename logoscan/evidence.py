@@ -9,7 +9,8 @@ Evidence of a region whose nearest reference is R (``FEATURES``):
     ocr_agreement   similarity of the text OCR read in the region with R's ``text`` (0 where
                     either has none: no text never counts for or against R); OCR mode only
     det_score       the detector's score; only where the labelled crops carry one (a labelled
-                    box given by hand has no score)
+                    box given by hand has none; `calibrate --detect` calibrates on the
+                    detector's own regions, each with its score)
     log_side        log2 of the region's side in pixels (its box's square root of area)
 
 The model gives P(R is the region's logo | evidence). It is fitted on what calibration already

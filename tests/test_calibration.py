@@ -311,3 +311,20 @@ def test_decide_by_evidence_flags_by_probability_and_explains_it_except_where_po
     assert list(pinned["threshold_source"][2:4]) == ["policy", "policy"] and pinned["flagged"][2:4].all()
     shown = stages.decide(batch, PolicyConfig(), Thresholds(0.35, evidence=model.to_dict()))
     assert list(shown["flagged"][:4]) == [False, True, True, True] and not np.isnan(shown["evidence_score"][:4]).any()
+
+
+def test_calibrate_on_the_detectors_regions_labels_them_by_overlap_and_scores_them(sample, calibrated, tmp_path):
+    """`calibrate --detect`: the crops are the detector's regions, as a sweep cuts them, with its
+    score; a region over a labelled box takes its label, any other must not be flagged."""
+    from logoscan.calibration import _iou, calibrate
+    np.testing.assert_allclose(_iou(np.array([[0, 0, 10, 10.]]), np.array([[0, 0, 10, 10.], [5, 0, 15, 10], [20, 20, 30, 30]])),
+                               [[1.0, 1 / 3, 0.0]])
+    known = sum(1 for r in pq.read_table(calibrated["crops"]).to_pylist() if r["label"])
+    r = calibrate(CalibrateConfig(crops=calibrated["crops"], milvus_uri=sample["milvus"], collection="logos_cal",
+                                  out=str(tmp_path), target_far=0.02, store=False, detect=True))
+    d = r["detected"]
+    assert d["labelled_boxes"] == known and d["labelled_boxes_missed"] <= 0.1 * known
+    assert r["crops"] == d["detections"] and r["known_crops"] >= known - d["labelled_boxes_missed"]
+    img = r["modes"]["image"]
+    assert img["outcome"]["false_accept_rate"] <= 0.02 and img["outcome"]["recall_known"] > 0
+    assert img["evidence"] is None or "det_score" in img["evidence"]["model"]["features"]
