@@ -173,8 +173,16 @@ def detected_crops(table: pa.Table, cfg) -> tuple[pa.Table, dict]:
     by_image: dict[str, list[dict]] = {}
     for r in rows:
         by_image.setdefault(r["image_uri"], []).append(r)
+    import time
+
+    from logoscan.log import get_logger
+    log = get_logger(__name__)
     out, missed, labelled = [], 0, 0
-    for uri, rs in by_image.items():
+    t0 = last = time.time()
+    for n, (uri, rs) in enumerate(by_image.items()):
+        if time.time() - last >= 10:  # progress on a long labelled set
+            last = time.time()
+            log.info("calibrate.detecting", done=n, images=len(by_image), seconds=round(last - t0, 1))
         boxes = [r for r in rs if r.get("box")]
         im = decode(storage.read_bytes(uri), 50_000_000)
         det, scores = detect_images(model, [im], thresh, batch_size=1,
