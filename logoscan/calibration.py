@@ -164,19 +164,19 @@ def detected_crops(table: pa.Table, cfg) -> tuple[pa.Table, dict]:
     positive"; it carries its ``det_score``. A row without a box names an image whose every
     detection must not be flagged (a logo-free photo). Also returns how many labelled boxes no
     detection found (they cannot be calibrated on: the sweep would not see them either)."""
+    import time
+
     from logoscan.images import decode
+    from logoscan.log import get_logger
     from logoscan.models import default_artifact_path, load_artifact
     from logoscan.models.detector import detect_images, resolve_precision
+    log = get_logger(__name__)
     model, mcfg = load_artifact(cfg.detector.artifact or default_artifact_path("detector"), inference=True)
     thresh = cfg.detector.score_thresh if cfg.detector.score_thresh is not None else mcfg["score_thresh"]
     rows = table.to_pylist()
     by_image: dict[str, list[dict]] = {}
     for r in rows:
         by_image.setdefault(r["image_uri"], []).append(r)
-    import time
-
-    from logoscan.log import get_logger
-    log = get_logger(__name__)
     out, missed, labelled = [], 0, 0
     t0 = last = time.time()
     for n, (uri, rs) in enumerate(by_image.items()):
