@@ -37,8 +37,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from logoscan.calibration import _decisions, calibrate, crop_evidence, load_crops, outcome, outcome_of, \
-    read_labelled_crops
+from logoscan.calibration import _decisions, calibrate, crop_evidence, detected_crops, load_crops, outcome, \
+    outcome_of, read_labelled_crops
 from logoscan.evidence import WORDS, Model
 from logoscan.config import CalibrateConfig, OcrConfig
 from logoscan.gallery import Matcher, build
@@ -148,8 +148,10 @@ def run_case(work: Path, gallery, sets_for, model, emb_cfg, a, reader) -> dict:
             sets[split], ocr_ms[split] = with_ocr(sets[split], reader, emb_cfg, ocr.min_confidence)
             print(f"{work.name}: OCR of the {split} set {ocr_ms[split]:.1f} ms per region", file=sys.stderr, flush=True)
     cal = calibrate(CalibrateConfig(crops=sets["calibration"], milvus_uri=db, collection="bench",
-                                    out=str(work / "calibration"), target_far=a.target_far, ocr=ocr))
+                                    out=str(work / "calibration"), target_far=a.target_far, ocr=ocr, detect=a.detect))
     test = read_labelled_crops(sets["test"])
+    if a.detect:  # the test set as a sweep sees it too: the detector's regions, labelled by overlap
+        test, cal["test_detected"] = detected_crops(test, CalibrateConfig(crops=sets["test"]))
     lab2cat = {lab: cat for lab, cat, _ in gallery}
     tl = np.array([x or "" for x in test.column("label").to_pylist()], object)
     tc = np.array([lab2cat.get(x, "") for x in tl], object)
@@ -184,7 +186,8 @@ def run_case(work: Path, gallery, sets_for, model, emb_cfg, a, reader) -> dict:
                 cats[mode] = per_category(tl, tc, dec[mode], th)
         # the evidence model (logoscan.evidence) calibrated on the calibration set, one feature
         # added at a time, each with its own cut at the target
-        ev = crop_evidence(dec[mode], sides, ocr=mode == "ocr")
+        ev = crop_evidence(dec[mode], sides, test.column("det_score").to_numpy(zero_copy_only=False)
+                           if "det_score" in test.column_names else None, ocr=mode == "ocr")
         pl = np.asarray(dec[mode]["label"], object)
         for i, (names, step) in enumerate((c.get("evidence") or {}).get("features_added", {}).items()):
             m = Model.from_dict(step["model"])
@@ -204,11 +207,11 @@ def tables(case: dict) -> list[str]:
              "| look-alike flagged | no-logo flagged | recall@1 text-similar | recall text-similar |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for mode, name, o, r1, rs in case["rows"]:
-        b = o["by_kind"]
+        b = {k: o["by_kind"].get(k, {"flagged": None}) for k in ("unknown", "look-alike", "no-logo")}
         lines.append(f"| {'image only' if mode == 'image' else 'image + OCR text'} | {name} | "
                      f"{f(o['recall_known'])} | {f(100 * o['false_accept_rate'], 2)}% | {f(o['precision'])} | "
-                     f"{f(100 * b['unknown']['flagged'], 2)}% | {f(100 * b['look-alike']['flagged'], 2)}% | "
-                     f"{f(100 * b['no-logo']['flagged'], 2)}% | {f(r1)} | {f(rs)} |")
+                     + " | ".join(f"{f(None if b[k]['flagged'] is None else 100 * b[k]['flagged'], 2)}%"
+                                  for k in ("unknown", "look-alike", "no-logo")) + f" | {f(r1)} | {f(rs)} |")
     lines += ["", "| matching | category | calibrated threshold | known test boxes | recall | false-accept rate "
               "| precision |", "|---|---|---|---|---|---|---|"]
     for mode, per in case["cats"].items():
@@ -216,9 +219,14 @@ def tables(case: dict) -> list[str]:
             lines.append(f"| {'image only' if mode == 'image' else 'image + OCR text'} | {cat} | "
                          f"{case['cal']['modes'][mode]['categories'][cat]['threshold']:.4f} | {r['known']} | "
                          f"{f(r['recall'])} | {f(100 * r['far'], 2)}% | {f(r['precision'])} |")
-    k = case["kinds"]
+    k = {n: case["kinds"].get(n, {"crops": 0}) for n in ("known", "look-alike", "unknown", "no-logo",
+                                                          "detector false positive")}
+    det = case["cal"].get("test_detected")
     lines += ["", f"Test set: {k['known']['crops']} known boxes, {k['look-alike']['crops']} look-alike, "
-              f"{k['unknown']['crops']} unknown, {k['no-logo']['crops']} no-logo. Gallery default threshold "
+              f"{k['unknown']['crops']} unknown, {k['no-logo']['crops']} no-logo"
+              + (f", {k['detector false positive']['crops']} other regions (`--detect`: the detector's regions; "
+                 f"{det['labelled_boxes_missed']} of {det['labelled_boxes']} labelled boxes missed)" if det else "")
+              + ". Gallery default threshold "
               f"(probes at `gallery build`): {case['meta']['default_threshold']}. Text-similar subset: "
               f"{case['similar_boxes']} test boxes of {case['similar']} gallery logos."]
     return lines
@@ -236,8 +244,13 @@ def main(argv=None) -> int:
     ap.add_argument("--no-logo", type=int, default=200, help="logo-free boxes per set")
     ap.add_argument("--target-far", type=float, default=0.01)
     ap.add_argument("--no-ocr", action="store_true")
+    ap.add_argument("--detect", action="store_true",
+                    help="calibrate and measure on the detector's regions (`calibrate --detect`), with their scores; "
+                         "needs --no-ocr")
     ap.add_argument("--seed", type=int, default=2026)
     a = ap.parse_args(argv)
+    if a.detect and not a.no_ocr:
+        ap.error("--detect needs --no-ocr (the labelled sets' text is read on the given boxes)")
     t_start = time.time()
     work = Path(a.workdir)
     if work.exists():
@@ -272,7 +285,8 @@ def main(argv=None) -> int:
     lines = [
         "# Calibrated thresholds, open-set decisions and OCR fusion",
         "",
-        f"`python jobs/bench_calibration.py --write docs/bench/calibration.md` (seed {a.seed}; {platform.machine()}, "
+        f"`python jobs/bench_calibration.py{' --no-ocr' if a.no_ocr else ''}{' --detect' if a.detect else ''} "
+        f"--write docs/bench/calibration.md` (seed {a.seed}; {platform.machine()}, "
         f"{time.time() - t_start:.0f} s in all). Embedder: {emb_cfg['version']}; every logo below was kept out of "
         "its training.",
         "",

@@ -76,3 +76,12 @@ def test_bench_evidence_real_prints_both_calibrations(tmp_path):
     assert "## Calibrated on A: the held-out makes' other photos" in out and "## Calibrated on B" in out
     assert out.count("| distance threshold (as `logoscan calibrate`) |") == 2
     assert (tmp_path / "e.md").read_text().startswith("# The evidence-based decision on real photographs")
+
+
+def test_bench_calibration_on_the_detectors_regions_adds_the_detector_score(tmp_path):
+    r = subprocess.run([sys.executable, "jobs/bench_calibration.py", "--detect"], capture_output=True, text=True,
+                       timeout=120, cwd=ROOT)
+    assert r.returncode == 2 and "--detect needs --no-ocr" in r.stderr
+    out = _run("jobs/bench_calibration.py", "--brands", "5", "--per-class", "1", "--no-logo", "5",
+               "--demo-per-class", "2", "--demo-others", "5", "--no-ocr", "--detect", "--workdir", str(tmp_path / "w"))
+    assert "| image only | evidence: + detector score |" in out and "labelled boxes missed)" in out
