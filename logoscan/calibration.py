@@ -140,8 +140,10 @@ def load_crops(table: pa.Table, size: int, pad: float, max_pixels: int = 50_000_
     from logoscan.models.embedder import square_crop
     boxes = table.column("box").to_pylist() if "box" in table.column_names else [None] * len(table)
     crops, sides = [], []
+    last, im = None, None
     for uri, box in zip(table.column("image_uri").to_pylist(), boxes):
-        im = Image.fromarray(decode(storage.read_bytes(uri), max_pixels))
+        if uri != last:  # rows of one image (several boxes, --detect's regions) read it once
+            last, im = uri, Image.fromarray(decode(storage.read_bytes(uri), max_pixels))
         crops.append(square_crop(im, tuple(box), pad, size) if box else
                      square_crop(im, (0, 0, im.width, im.height), 0.0, size))
         b = box or (0, 0, im.width, im.height)
@@ -150,11 +152,10 @@ def load_crops(table: pa.Table, size: int, pad: float, max_pixels: int = 50_000_
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box of ``a`` [N, 4] with every box of ``b`` [M, 4] (x1, y1, x2, y2)."""
-    lt, rb = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area = lambda x: np.prod(np.clip(x[:, 2:] - x[:, :2], 0, None), axis=1)  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
+    """IoU of every box of ``a`` [N, 4] with every box of ``b`` [M, 4] (x1, y1, x2, y2): torchvision's."""
+    import torch
+    from torchvision.ops import box_iou
+    return box_iou(torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)).numpy()
 
 
 def detected_crops(table: pa.Table, cfg) -> tuple[pa.Table, dict]:

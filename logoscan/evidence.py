@@ -77,15 +77,17 @@ class Model:
         """Per region and feature: weight × standardised value (log-odds)."""
         return self._z(ev) * np.asarray(self.weights)
 
-    def probability(self, ev: dict) -> np.ndarray:
-        return _sigmoid(self.contributions(ev).sum(axis=1) + self.intercept)
+    def probability(self, ev: dict, contributions: np.ndarray | None = None) -> np.ndarray:
+        c = self.contributions(ev) if contributions is None else contributions
+        return _sigmoid(c.sum(axis=1) + self.intercept)
 
-    def explain(self, ev: dict, i: int) -> str:
-        """Region ``i``'s evidence as JSON: the model's cut and each feature's contribution in
-        log-odds, largest first (what the reviewer's card shows; ``describe`` words it)."""
-        c = self.contributions({f: np.asarray(ev[f])[i:i + 1] for f in self.features})[0]
-        order = np.argsort(-np.abs(c), kind="stable")
-        return json.dumps({"cut": self.cut, "log_odds": {self.features[j]: round(float(c[j]), 2) for j in order}})
+    def explain(self, contributions: np.ndarray) -> str:
+        """One region's evidence (its row of ``contributions``) as JSON: the model's cut and each
+        feature's contribution in log-odds, largest first (what the reviewer's card shows;
+        ``describe`` words it)."""
+        order = np.argsort(-np.abs(contributions), kind="stable")
+        return json.dumps({"cut": self.cut,
+                           "log_odds": {self.features[j]: round(float(contributions[j]), 2) for j in order}})
 
     def to_dict(self) -> dict:
         return {"features": list(self.features), "mean": list(self.mean), "scale": list(self.scale),

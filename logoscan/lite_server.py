@@ -104,8 +104,7 @@ def serving(uri: str, enabled: bool = True) -> Iterator[str]:
         # the run failed: if the server is gone, say how it ended (a searcher only sees "cannot
         # connect"; its log is in a temporary file that closes with it)
         if proc.poll() is not None:
-            err.seek(0)
-            tail = err.read().decode(errors="replace").strip().splitlines()[-5:]
+            tail = _log_text(err).strip().splitlines()[-5:]
             log.error("milvus.lite_server_died", db=uri, uri=served, pid=proc.pid, code=proc.returncode,
                       stderr=" | ".join(tail)[-800:] or "no message")
         raise
@@ -132,12 +131,17 @@ def _start(db: str):
     return proc, err, f"http://127.0.0.1:{port}"
 
 
+def _log_text(err) -> str:
+    """What the server wrote to its log file so far."""
+    err.seek(0)
+    return err.read().decode(errors="replace")
+
+
 def _wait_until_up(proc, err, served: str, uri: str) -> None:
     t0 = time.time()
     while not _answers(served):
         if proc.poll() is not None:
-            err.seek(0)
-            text = err.read().decode(errors="replace")
+            text = _log_text(err)
             if "DataDirLockedError" in text:
                 raise _Locked("another process holds the .db's lock")
             why = text.strip().splitlines()[-3:]

@@ -344,7 +344,7 @@ def decide(batch: dict, policy: PolicyConfig, thresholds: Thresholds) -> dict:
     flagged = np.zeros(n, bool)
     score = np.full(n, np.nan, np.float32)
     rows = [i for i in np.flatnonzero(batch["kind"] == "region") if batch["category"][i]]
-    model, ev = None, None
+    model, contrib = None, None
     if thresholds.evidence and rows:
         from logoscan.evidence import Model, box_side, features
         model, r = Model.from_dict(thresholds.evidence), np.asarray(rows)
@@ -352,14 +352,15 @@ def decide(batch: dict, policy: PolicyConfig, thresholds: Thresholds) -> dict:
         ev = features(batch["distance"][r], batch["runner_up_distance"][r],
                       agree[r] if agree is not None else np.full(len(r), np.nan),
                       batch["det_score"][r], box_side(batch["box"][r]))
-        score[r] = model.probability(ev)
+        contrib = model.contributions(ev)  # once per block: the score and the card's explanation
+        score[r] = model.probability(ev, contrib)
     for j, i in enumerate(rows):
         cat = batch["category"][i]
         thr[i], source[i] = thresholds.lookup(batch["label"][i], cat)
         queue[i] = policy.for_category(cat).queue or cat
         flagged[i] = batch["distance"][i] <= thr[i]
         if model is not None:
-            explained[i] = model.explain(ev, j)
+            explained[i] = model.explain(contrib[j])
             if thresholds.decide_by_evidence and source[i] != "policy":
                 flagged[i], source[i] = bool(score[i] >= model.cut), "evidence"
     out = dict(batch)
