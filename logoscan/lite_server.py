@@ -25,6 +25,7 @@ from logoscan.log import get_logger
 
 log = get_logger(__name__)
 START_TIMEOUT_S = 60.0
+SETTLE_S = 1.5  # a server that answered is watched this long before the run uses it (_still_up)
 LOCK_WAIT_S = 30.0  # a server left by a killed run is exiting (it got SIGTERM when its parent died)
 
 
@@ -82,6 +83,7 @@ def serving(uri: str, enabled: bool = True) -> Iterator[str]:
         proc, err, served = _start(db)
         try:
             _wait_until_up(proc, err, served, uri)
+            _still_up(proc, err, uri)
             break
         except (_Locked, _Crashed) as e:
             # a killed run's server still exiting: the new one finds the .db locked, or (seen once in
@@ -150,6 +152,20 @@ def _wait_until_up(proc, err, served: str, uri: str) -> None:
         if time.time() - t0 > START_TIMEOUT_S:
             raise LiteServerError(f"milvus-lite server for {uri} did not answer within {START_TIMEOUT_S:.0f} s")
         time.sleep(0.2)
+
+
+def _still_up(proc, err, uri: str) -> None:
+    """A server that answered can still abort a moment later: seen twice in fresh-clone test runs,
+    its log ending "epoll_wait error: Bad file descriptor | *** SIGABRT received", after which
+    every matcher failed to connect for match.unavailable_s. Watch it for SETTLE_S; if it died,
+    it is a crash at start like any other (started again by ``serving``)."""
+    deadline = time.time() + SETTLE_S
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            why = _log_text(err).strip().splitlines()[-3:]
+            raise _Crashed(f"milvus-lite server for {uri} exited with code {proc.returncode} just after it "
+                           f"answered: {' | '.join(why) or 'no message'}")
+        time.sleep(0.1)
 
 
 def _stop(proc, err) -> None:

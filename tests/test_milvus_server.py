@@ -142,3 +142,25 @@ def test_a_server_that_dies_during_a_failed_run_is_reported_with_its_exit(tmp_pa
             raise RuntimeError("the run failed")
     died = [e for e in logs if e["event"] == "milvus.lite_server_died"]
     assert len(died) == 1 and died[0]["code"] == -signal.SIGKILL
+
+
+def test_a_server_that_dies_just_after_it_answered_is_started_again(tmp_path, monkeypatch):
+    """Seen in a fresh-clone run: the served Lite answered, then aborted (gRPC epoll EBADF, SIGABRT),
+    and every matcher failed to connect. It is watched for a moment and started again."""
+    import signal
+
+    from pymilvus import MilvusClient
+
+    from logoscan import lite_server
+    real, ups = lite_server._wait_until_up, []
+
+    def die_after_first(proc, err, served, uri):
+        real(proc, err, served, uri)
+        ups.append(proc.pid)
+        if len(ups) == 1:
+            proc.send_signal(signal.SIGABRT)
+
+    monkeypatch.setattr(lite_server, "_wait_until_up", die_after_first)
+    with lite_server.serving(str(tmp_path / "g.db")) as uri:
+        assert MilvusClient(uri).list_collections() == []
+    assert len(ups) == 2 and ups[0] != ups[1]
