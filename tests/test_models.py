@@ -159,3 +159,64 @@ def test_detector_runs_at_another_input_size_and_the_store_keeps_them_apart(tmp_
     a, b = (load(ScanConfig, None, o).detector for o in ([], ["detector.input_size=320"]))
     from logoscan.config import OcrConfig
     assert open_store(str(tmp_path), "m", a, OcrConfig()).key != open_store(str(tmp_path), "m", b, OcrConfig()).key
+
+
+@pytest.mark.parametrize("variant,params,channels", [("lite0", 3_371_008, (40, 112, 320)),
+                                                     ("lite1", 4_135_680, (40, 112, 320)),
+                                                     ("lite2", 4_811_072, (48, 120, 352))])
+def test_efficientnet_lite_variants_have_the_published_shapes(variant, params, channels):
+    """Lite1 and Lite2 (issues #19, #23: the larger backbones to compare): the parameter counts of
+    the reference models without their 1000-class layer, and where the ImageNet weights are
+    installed (train extra) they load with strict=True."""
+    from logoscan.models.backbone import EfficientNetLite, load_imagenet_weights
+    m = EfficientNetLite(variant)
+    assert sum(p.numel() for p in m.parameters()) == params
+    assert tuple(f.shape[1] for f in m.features(torch.rand(1, 3, 64, 64))) == channels == m.feature_channels
+    try:
+        load_imagenet_weights(m)
+    except RuntimeError as e:
+        assert "train" in str(e)
+    with pytest.raises(ValueError, match="unknown EfficientNet-Lite variant"):
+        EfficientNetLite("lite9")
+
+
+def test_a_lite2_detector_and_embedder_save_load_and_fold_like_lite0(tmp_path):
+    """A detector or embedder on another backbone is an artifact like any other: its arch names
+    the backbone, and the inference load (BatchNorm folded) gives the saved model's outputs."""
+    import numpy as np
+
+    from logoscan.models.artifact import load_artifact, save_artifact
+    from logoscan.models.detector import build_fcos, detect_images
+
+    torch.manual_seed(0)
+    det = build_fcos(160, variant="lite2", score_thresh=0.0)
+    for m in det.backbone.body.modules():  # weights with a signal at the end of 25 blocks, and
+        if isinstance(m, torch.nn.Conv2d):  # BatchNorms that are not the identity, so folding shows
+            torch.nn.init.kaiming_normal_(m.weight)
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.0)
+    save_artifact(det.eval(), {"kind": "detector", "arch": "fcos_lite2", "version": "t",
+                               "arch_args": {"input_size": 160, "score_thresh": 0.0}, "score_thresh": 0.5},
+                  tmp_path / "det")
+    saved, cfg = load_artifact(str(tmp_path / "det"))
+    fast, _ = load_artifact(str(tmp_path / "det"), inference=True)
+    assert cfg["arch"] == "fcos_lite2" and saved.backbone.body.variant == "lite2"
+    x = torch.rand(2, 3, 160, 160)
+    with torch.no_grad():
+        a, b = saved.backbone(x), fast.backbone(x)
+    assert list(a) == list(b) == ["p3", "p4", "p5", "p6", "p7"]
+    for k in a:
+        assert a[k].abs().mean() > 1e-3 and ((a[k] - b[k]).norm() / a[k].norm()) < 1e-4, k
+    img = [np.random.default_rng(0).integers(0, 256, (150, 200, 3), dtype=np.uint8)]
+    (b1, s1), (b2, s2) = detect_images(saved, img, 0.0)[0], detect_images(fast, img, 0.0)[0]
+    assert len(s1) == len(s2) and np.allclose(s1, s2, atol=1e-3)
+    emb = LogoEmbedder("efficientnet_lite1", 16).eval()
+    save_artifact(emb, {"kind": "embedder", "arch": "logo_embedder", "version": "t",
+                        "arch_args": {"backbone": "efficientnet_lite1", "embed_dim": 16}}, tmp_path / "emb")
+    e_saved, _ = load_artifact(str(tmp_path / "emb"))
+    e_fast, _ = load_artifact(str(tmp_path / "emb"), inference=True)
+    x = torch.rand(2, 3, 96, 96)
+    with torch.no_grad():
+        assert torch.allclose(e_saved(x), e_fast(x), atol=1e-4)

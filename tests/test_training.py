@@ -29,6 +29,7 @@ def test_train_embedder_writes_artifact_and_resumes(tmp_path):
     model, cfg = load_artifact(str(out))
     assert cfg["kind"] == "embedder" and 0 < cfg["default_threshold"] < 2
     assert "jobs/train_embedder.py" in (out / "MODEL_CARD.md").read_text()
+    assert m["device"].startswith("CPU") or m["device"].startswith("GPU")  # device: auto
     m2 = _train("embedder", out, *TINY_EMB, "--set", "max_steps=4", "--set", "max_minutes=null")
     assert m2["steps"] == 4  # continued from the step-2 checkpoint, not from zero
 
@@ -51,7 +52,26 @@ def test_train_detector_writes_artifact(tmp_path):
     m = _train("detector", out, "--set", "imagenet_init=false", "--set", "n_invented=10", "--set", "n_brands=10",
                "--set", "max_steps=1", "--set", "max_minutes=null", "--set", "batch_size=2",
                "--set", "eval_scenes=4", "--set", "workers=0", "--set", "input_size=160",
-               "--set", "scene_px=[160,200]")
+               "--set", "scene_px=[160,200]", "--set", "backbone=lite1")
     assert m["steps"] == 1 and "AP50" in m["eval"]
     model, cfg = load_artifact(str(out))
     assert cfg["kind"] == "detector" and 0 < cfg["score_thresh"] < 1
+    assert cfg["arch"] == "fcos_lite1" and "EfficientNet-Lite1" in (out / "MODEL_CARD.md").read_text()
+
+
+def test_training_configs_refuse_a_bad_device_or_backbone():
+    import pytest
+    import torch
+
+    from logoscan.train.common import train_device
+    from logoscan.train.detector import DetectorTrainConfig
+    from logoscan.train.embedder import EmbedderTrainConfig
+    for make in (DetectorTrainConfig, EmbedderTrainConfig):
+        with pytest.raises(ValueError, match="device must be"):
+            make(device="gpu")
+    with pytest.raises(ValueError, match="backbone must be one of"):
+        DetectorTrainConfig(backbone="lite7")
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="no CUDA device"):
+            train_device("cuda")
+    assert train_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")

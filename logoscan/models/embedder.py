@@ -10,7 +10,7 @@ from PIL import Image
 from torch import nn
 
 from logoscan.models.artifact import register_model
-from logoscan.models.backbone import EfficientNetLite0
+from logoscan.models.backbone import EfficientNetLite0, EfficientNetLite1, EfficientNetLite2
 
 
 class TinyCNN(nn.Module):
@@ -28,7 +28,8 @@ class TinyCNN(nn.Module):
         return self.net(x)
 
 
-BACKBONES = {"efficientnet_lite0": EfficientNetLite0, "tiny_cnn": TinyCNN}
+BACKBONES = {"efficientnet_lite0": EfficientNetLite0, "efficientnet_lite1": EfficientNetLite1,
+             "efficientnet_lite2": EfficientNetLite2, "tiny_cnn": TinyCNN}
 
 
 class PooledBackbone(nn.Module):
@@ -58,7 +59,7 @@ def _torchvision(name: str) -> nn.Module:
 
 
 def make_backbone(spec: str) -> nn.Module:
-    """``efficientnet_lite0`` | ``tiny_cnn`` | ``torchvision:<name>`` (e.g. resnet50,
+    """``efficientnet_lite0`` / ``_lite1`` / ``_lite2`` | ``tiny_cnn`` | ``torchvision:<name>`` (e.g. resnet50,
     convnext_tiny) | ``timm:<name>`` | ``open_clip:<name>`` (its image tower); the last two need
     those packages installed. Weights come from the artifact, or at training time from a local
     file (``load_backbone_weights``); nothing is downloaded."""

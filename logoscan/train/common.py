@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -94,3 +95,21 @@ def emit_report(report: str, path: str = "") -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(report)
+
+
+DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"  # a training config's ``device``
+
+
+def train_device(requested: str) -> str:
+    """``auto``: CUDA where torch sees it, else the CPU; ``cuda[:N]`` without CUDA stops clearly."""
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"device: {requested!r} asked for, but torch sees no CUDA device")
+    return requested
+
+
+def device_words(device: str) -> str:
+    if device.startswith("cuda"):
+        return f"GPU ({torch.cuda.get_device_name(torch.device(device))})"
+    return f"CPU ({len(os.sched_getaffinity(0))} cores)"

