@@ -7,7 +7,8 @@ jobs/bench_embedder.py (the badges of the 6 held-out makes against all 378 clean
 - the gallery blurred down to a badge's size (median ~26 px) and back up;
 - the clean logo's parts as extra gallery vectors (the emblem without the wordmark under it:
   inks separated by an empty band of rows or columns; the nearest vector counts);
-- the ImageNet EfficientNet-Lite0 features without the trained head (train extra).
+- the ImageNet EfficientNet-Lite0 (``--variants lite0,lite1,lite2``: and -Lite1, -Lite2) features
+  without the trained head (train extra); ``--imagenet-only`` prints only those rows.
 
     python jobs/diag_real_queries.py [--embedder logoscan/weights/embedder]
 
@@ -68,6 +69,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--embedder", default=str(ROOT / "logoscan/weights/embedder"))
     ap.add_argument("--data", default=str(ROOT.parent / "shared/data/real-photos"))
+    ap.add_argument("--imagenet-only", action="store_true", help="only the rows of plain ImageNet features")
+    ap.add_argument("--variants", default="lite0", help="EfficientNet-Lite variants for the ImageNet rows, "
+                                                         "e.g. lite0,lite1,lite2")
     a = ap.parse_args()
 
     import torch
@@ -104,6 +108,42 @@ def main() -> int:
         return lambda im: im.resize((s, s), Image.BILINEAR).resize((size, size), Image.BILINEAR)
 
     t = time.time()
+    if not a.imagenet_only:
+        shipped_rows(run, row, grey, blur_to, model, cfg, crops, files, names, size, pad)
+    try:
+        from logoscan.models.backbone import EfficientNetLite, load_imagenet_weights
+        nets = {}
+        for v in a.variants.split(","):
+            nets[v] = EfficientNetLite(v)
+            load_imagenet_weights(nets[v])
+    except RuntimeError as e:
+        print(f"\n(ImageNet rows skipped: {e})")
+        return 0
+
+    class Pooled(torch.nn.Module):
+        def __init__(self, b):
+            super().__init__()
+            self.b = b
+
+        def forward(self, x):
+            return F.normalize(self.b(x).mean((2, 3)), dim=1)
+
+    imagenet = dict(cfg, preprocess={"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+                    arch_args={"embed_dim": 1280})
+    for s in (96, 160):
+        q = [x.resize((s, s), Image.BILINEAR) for x in heldout_queries(str(data), tuple(HELDOUT_MAKES), s, pad)[0]]
+        for v, net in nets.items():
+            run(f"ImageNet {v.capitalize()} features, no trained head, {s} px", m=Pooled(net).eval(), c=imagenet,
+                q_crops=q, g_crops=[clean_logo(f, s, pad) for f in files])
+    print(f"\n{time.time() - t:.0f} s")
+    return 0
+
+
+def shipped_rows(run, row, grey, blur_to, model, cfg, crops, files, names, size, pad):
+    """The shipped embedder with the queries or the gallery changed."""
+    from logoscan.models.embedder import embed_crops
+    from logoscan.train.realcrops import clean_logo
+    from PIL import ImageOps
     run("as shipped")
     run("grey, both sides", grey, grey)
     run("equalised grey, both sides", lambda im: ImageOps.equalize(grey(im)).convert("RGB"),
@@ -119,32 +159,6 @@ def main() -> int:
             labels.append(n)
     row("gallery + the logo's parts (emblem, wordmark)", embed_crops(model, cfg, list(crops)),
         embed_crops(model, cfg, parts), labels)
-
-    try:
-        from logoscan.models.backbone import EfficientNetLite0, load_imagenet_weights
-        net = EfficientNetLite0()
-        load_imagenet_weights(net)
-    except RuntimeError as e:
-        print(f"\n(ImageNet rows skipped: {e})")
-        return 0
-
-    class Pooled(torch.nn.Module):
-        def __init__(self, b):
-            super().__init__()
-            self.b = b
-
-        def forward(self, x):
-            return F.normalize(self.b(x).mean((2, 3)), dim=1)
-
-    fm = Pooled(net).eval()
-    imagenet = dict(cfg, preprocess={"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
-                    arch_args={"embed_dim": 1280})
-    for s in (96, 160):
-        q = [x.resize((s, s), Image.BILINEAR) for x in heldout_queries(str(data), tuple(HELDOUT_MAKES), s, pad)[0]]
-        run(f"ImageNet Lite0 features, no trained head, {s} px", m=fm, c=imagenet, q_crops=q,
-            g_crops=[clean_logo(f, s, pad) for f in files])
-    print(f"\n{time.time() - t:.0f} s")
-    return 0
 
 
 if __name__ == "__main__":

