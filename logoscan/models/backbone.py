@@ -8,6 +8,7 @@ shipped logoscan artifacts carry their own weights as safetensors.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -203,5 +204,4 @@ def save_imagenet_weights(variant: str, path: str, half: bool = True) -> int:
     load_imagenet_weights(m)
     state = {k: (v.half() if half and v.is_floating_point() else v).contiguous() for k, v in m.state_dict().items()}
     save_file(state, path)
-    import os
     return os.path.getsize(path)
