@@ -466,6 +466,7 @@ class Matcher:
             pass
         try:
             self.client = connect(self.uri)
+            self.client.load_collection(self.collection)  # a restarted server has it released
         except Exception:  # noqa: BLE001 - still down: the next attempt says so
             pass
 

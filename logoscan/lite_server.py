@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Iterator
 
@@ -27,6 +28,11 @@ log = get_logger(__name__)
 START_TIMEOUT_S = 60.0
 SETTLE_S = 1.5  # a server that answered is watched this long before the run uses it (_still_up)
 LOCK_WAIT_S = 30.0  # a server left by a killed run is exiting (it got SIGTERM when its parent died)
+WATCH_S = 0.5  # how often the run's server is looked at while the run uses it (_Watch)
+MAX_RESTARTS = 3  # a server that keeps dying during one run is not started a fourth time
+# what the server's fatal-signal handler (abseil's) writes first; the process can then hang in the
+# handler for minutes, alive but answering nothing, before it dies (of SIGALRM: exit code -14)
+FATAL_MARK = "*** SIG"
 
 
 class LiteServerError(GalleryError):
@@ -89,7 +95,7 @@ def serving(uri: str, enabled: bool = True) -> Iterator[str]:
             # a killed run's server still exiting: the new one finds the .db locked, or (seen once in
             # the killed-driver drill) aborts at start. Either is started again; a .db that really
             # cannot be served fails every time, and the last error is raised
-            _stop(proc, err)
+            _stop(proc, err, hard=isinstance(e, _Crashed))
             if time.time() - t0 > LOCK_WAIT_S:
                 raise (LiteServerError(str(e)) if isinstance(e, _Crashed) else LiteServerError(
                     f"milvus-lite server for {uri}: {e} for {LOCK_WAIT_S:.0f} s: is another logoscan run, "
@@ -100,18 +106,99 @@ def serving(uri: str, enabled: bool = True) -> Iterator[str]:
             _stop(proc, err)
             raise
     log.info("milvus.lite_served", db=uri, uri=served, start_s=round(time.time() - t0, 2), pid=proc.pid)
+    watch = _Watch(db, uri, served, proc, err)
     try:
         yield served
     except BaseException:
+        watch.stop()
         # the run failed: if the server is gone, say how it ended (a searcher only sees "cannot
         # connect"; its log is in a temporary file that closes with it)
-        if proc.poll() is not None:
-            tail = _log_text(err).strip().splitlines()[-5:]
-            log.error("milvus.lite_server_died", db=uri, uri=served, pid=proc.pid, code=proc.returncode,
-                      stderr=" | ".join(tail)[-800:] or "no message")
+        if not watch.reported and (watch.proc.poll() is not None or _fatal(watch.err)):
+            _report_death(watch.proc, watch.err, uri, served)
         raise
     finally:
-        _stop(proc, err)
+        watch.stop()
+        _stop(watch.proc, watch.err)
+
+
+def _fatal(err) -> bool:
+    """Whether the server's log says it got a fatal signal (it may still be alive, hanging)."""
+    return FATAL_MARK in _log_text(err)
+
+
+def _report_death(proc, err, uri: str, served: str, **extra) -> None:
+    tail = _log_text(err).strip().splitlines()[-5:]
+    log.error("milvus.lite_server_died", db=uri, uri=served, pid=proc.pid, code=proc.poll(),
+              stderr=" | ".join(tail)[-800:] or "no message", **extra)
+
+
+class _Watch:
+    """While the run uses it, the served Milvus Lite is looked at every WATCH_S. One that died, or
+    whose log shows a fatal signal (gRPC's "epoll_wait error: Bad file descriptor", then SIGABRT:
+    seen three times in test runs, once after the server had answered for seconds; its cause is
+    not known), is killed and started again on the same port, so the URI every matcher holds
+    stays valid: their searches and connections are retried for ``match.unavailable_s`` and pick
+    the new server up. At most MAX_RESTARTS times per run; after that the run fails as before,
+    with the death logged. Why not Ray or pymilvus machinery: the server is a plain child process
+    of the driver, outside Ray, and pymilvus only retries calls."""
+
+    def __init__(self, db: str, uri: str, served: str, proc, err):
+        self.db, self.uri, self.served = db, uri, served
+        self.port = int(served.rsplit(":", 1)[1])
+        self.proc, self.err = proc, err
+        self.restarts, self.reported = 0, False
+        self._stop = threading.Event()
+        # the servers it starts are its own children: PR_SET_PDEATHSIG follows the thread that
+        # forked, so they get SIGTERM when this thread ends, which is at the end of the run
+        self._thread = threading.Thread(target=self._run, name="milvus-lite-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def _run(self) -> None:
+        seen = 0  # how much of the current server's log was read already
+        while not self._stop.wait(WATCH_S):
+            self.err.seek(seen)
+            new = self.err.read()
+            fatal = FATAL_MARK.encode() in new
+            seen += max(len(new) - len(FATAL_MARK), 0)  # a mark cut in two is found next time
+            if self.proc.poll() is None and not fatal:
+                continue
+            seen = 0
+            restart = self.restarts < MAX_RESTARTS
+            _report_death(self.proc, self.err, self.uri, self.served, restarting=restart)
+            self.reported = True
+            if not restart:
+                return
+            _stop(self.proc, self.err, hard=True)
+            self.restarts += 1
+            if not self._restart():
+                return
+
+    def _restart(self) -> bool:
+        t0 = time.time()
+        while not self._stop.is_set():
+            proc, err, _ = _start(self.db, self.port)
+            self.proc, self.err = proc, err  # the run's `finally` stops whichever is current
+            try:
+                _wait_until_up(proc, err, self.served, self.uri)
+                _still_up(proc, err, self.uri)
+            except (LiteServerError, _Locked) as e:  # crashed again, the port or the .db not free yet
+                _stop(proc, err, hard=True)
+                if time.time() - t0 > LOCK_WAIT_S:
+                    log.error("milvus.lite_restart_failed", db=self.uri, uri=self.served, error=str(e)[:300])
+                    return False
+                time.sleep(1.0)
+                continue
+            self.reported = False
+            loaded = _load_all(self.served)
+            log.warning("milvus.lite_server_restarted", loaded=loaded, db=self.uri, uri=self.served, pid=proc.pid,
+                        restart=self.restarts, took_s=round(time.time() - t0, 2))
+            return True
+        return True
 
 
 class _Locked(Exception):
@@ -122,8 +209,24 @@ class _Crashed(LiteServerError):
     """The server died of a signal (an abort, a segfault) before it answered."""
 
 
-def _start(db: str):
-    port = _free_port()
+def _load_all(served: str) -> list[str]:
+    """Load every collection of a restarted server: it comes back with them released, and a
+    search of a released collection fails (code 101) where a searcher expects one that answers."""
+    from pymilvus import MilvusClient
+    names = []
+    try:
+        c = MilvusClient(served, dedicated=True, timeout=30)
+        for name in c.list_collections():
+            c.load_collection(name)
+            names.append(name)
+        c.close()
+    except Exception as e:  # noqa: BLE001 - the searchers' own retries say what is wrong
+        log.warning("milvus.lite_reload_failed", uri=served, error=str(e)[:300])
+    return names
+
+
+def _start(db: str, port: int | None = None):
+    port = port or _free_port()
     cmd = [sys.executable, "-m", "milvus_lite", "server", "--data-dir", db, "--host", "127.0.0.1",
            "--port", str(port)]
     # its log goes to a file, not a pipe: a pipe nobody reads fills up and stalls the server. In the
@@ -161,16 +264,20 @@ def _still_up(proc, err, uri: str) -> None:
     it is a crash at start like any other (started again by ``serving``)."""
     deadline = time.time() + SETTLE_S
     while time.time() < deadline:
-        if proc.poll() is not None:
+        # a fatal signal's handler can keep the process alive, answering nothing, for minutes
+        # (the fourth time: code -14, SIGALRM, two minutes after its log said SIGABRT)
+        if proc.poll() is not None or _fatal(err):
             why = _log_text(err).strip().splitlines()[-3:]
-            raise _Crashed(f"milvus-lite server for {uri} exited with code {proc.returncode} just after it "
+            raise _Crashed(f"milvus-lite server for {uri} exited with code {proc.poll()} just after it "
                            f"answered: {' | '.join(why) or 'no message'}")
         time.sleep(0.1)
 
 
-def _stop(proc, err) -> None:
+def _stop(proc, err, hard: bool = False) -> None:
+    """Stop the server and close its log; ``hard``: SIGKILL at once (one hanging in its fatal-signal
+    handler does not heed SIGTERM)."""
     if proc.poll() is None:
-        proc.terminate()
+        proc.kill() if hard else proc.terminate()
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:

@@ -164,3 +164,61 @@ def test_a_server_that_dies_just_after_it_answered_is_started_again(tmp_path, mo
     with lite_server.serving(str(tmp_path / "g.db")) as uri:
         assert MilvusClient(uri).list_collections() == []
     assert len(ups) == 2 and ups[0] != ups[1]
+
+
+def _served_pid():
+    import psutil
+    server = [p for p in psutil.Process().children() if "milvus_lite" in " ".join(p.cmdline())]
+    assert len(server) == 1
+    return server[0]
+
+
+def _until(cond, timeout_s=30.0):
+    import time
+    t0 = time.time()
+    while time.time() - t0 < timeout_s:
+        if cond():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_a_server_that_dies_mid_run_is_started_again_on_the_same_uri(tmp_path):
+    """A run's served Milvus Lite that aborts while the run uses it (seen in a full test run: gRPC
+    epoll EBADF, SIGABRT, seconds after it had answered) is started again on the same port with
+    its collections loaded, so the matchers' retried searches find it; the run goes on."""
+    import signal
+
+    from pymilvus import MilvusClient
+    from structlog.testing import capture_logs
+
+    from logoscan.lite_server import serving
+    with capture_logs() as logs, serving(str(tmp_path / "g.db")) as uri:
+        c = MilvusClient(uri)
+        c.create_collection("refs", dimension=4)
+        c.insert("refs", [{"id": 7, "vector": [1.0, 0.0, 0.0, 0.0]}])
+        c.load_collection("refs")
+        first = _served_pid()
+        first.send_signal(signal.SIGABRT)
+        assert _until(lambda: any(e["event"] == "milvus.lite_server_restarted" for e in logs))
+        assert _served_pid().pid != first.pid
+        hits = MilvusClient(uri).search("refs", data=[[1.0, 0.0, 0.0, 0.0]], limit=1)  # no load() here
+        assert hits[0][0]["id"] == 7
+    died = [e for e in logs if e["event"] == "milvus.lite_server_died"]
+    restarted = [e for e in logs if e["event"] == "milvus.lite_server_restarted"]
+    assert len(died) == 1 and died[0]["restarting"] and died[0]["code"] == -signal.SIGABRT
+    assert len(restarted) == 1 and restarted[0]["loaded"] == ["refs"] and restarted[0]["uri"] == uri
+
+
+def test_a_server_hanging_after_a_fatal_signal_is_replaced(tmp_path):
+    """The fourth time, the server's fatal-signal handler kept the process alive for two minutes,
+    answering nothing, after its log said SIGABRT (it then died of SIGALRM). A log with that mark
+    counts as a dead server: it is killed and started again."""
+    from logoscan.lite_server import _answers, serving
+    with serving(str(tmp_path / "g.db")) as uri:
+        first = _served_pid()
+        with open(f"/proc/{first.pid}/fd/2", "ab") as log:  # its log file, as the handler writes it
+            log.write(b"*** SIGABRT received at time=1796127021 on cpu 0 ***\n")
+        assert _until(lambda: not first.is_running() or first.status() == "zombie")
+        assert _until(lambda: _served_pid().pid != first.pid)
+        assert _until(lambda: _answers(uri))
