@@ -7,6 +7,8 @@ jobs/bench_embedder.py (the badges of the 6 held-out makes against all 378 clean
 - the gallery blurred down to a badge's size (median ~26 px) and back up;
 - the clean logo's parts as extra gallery vectors (the emblem without the wordmark under it:
   inks separated by an empty band of rows or columns; the nearest vector counts);
+- ``--by-size``: only the shipped embedder's numbers per badge size on its photo (the box's longer
+  side), no variants;
 - the ImageNet EfficientNet-Lite0 (``--variants lite0,lite1,lite2``: and -Lite1, -Lite2) features
   without the trained head (train extra); ``--imagenet-only`` prints only those rows.
 
@@ -72,6 +74,7 @@ def main() -> int:
     ap.add_argument("--imagenet-only", action="store_true", help="only the rows of plain ImageNet features")
     ap.add_argument("--variants", default="lite0", help="EfficientNet-Lite variants for the ImageNet rows, "
                                                          "e.g. lite0,lite1,lite2")
+    ap.add_argument("--by-size", action="store_true", help="only the shipped embedder, per badge size on the photo")
     a = ap.parse_args()
 
     import torch
@@ -80,7 +83,8 @@ def main() -> int:
 
     from logoscan.models.artifact import load_artifact
     from logoscan.models.embedder import embed_crops
-    from logoscan.train.realcrops import HELDOUT_MAKES, clean_logo, heldout_queries, logo_files, retrieval_report
+    from logoscan.train.realcrops import (HELDOUT_MAKES, clean_logo, heldout_queries, heldout_sides, logo_files,
+                                         report_by_size, retrieval_report)
     torch.set_num_threads(2)
     data = Path(a.data)
     model, cfg = load_artifact(a.embedder)
@@ -90,6 +94,20 @@ def main() -> int:
     names = [f.stem for f in files]
     gallery = [clean_logo(f, size, pad) for f in files]
     print(f"{len(crops)} badge crops of {', '.join(HELDOUT_MAKES)}; {len(files)} clean logos; {a.embedder}\n")
+    if a.by_size:
+        rep = retrieval_report(embed_crops(model, cfg, list(crops)), list(logos), embed_crops(model, cfg, gallery),
+                               names, names)
+        rows = report_by_size(rep, heldout_sides(str(data), tuple(HELDOUT_MAKES), size, pad))
+        print("| badge side on the photo (px) | queries | recall@1 | recall@5 | genuine median | nearest impostor median |")
+        print("|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['side_px']} | {r['queries']} | {r['recall@1']:.3f} | {r['recall@5']:.3f} | "
+                  f"{r['genuine_median']:.3f} | {r['impostor_median']:.3f} |")
+        makes = sorted(set(logos))
+        small = heldout_sides(str(data), tuple(HELDOUT_MAKES), size, pad) < 32
+        print("\nqueries under 32 px by make: " + ", ".join(
+            f"{m} {sum(1 for lg, s in zip(logos, small) if lg == m and s)}" for m in makes))
+        return 0
     print("| variant | gallery vectors | recall@1 | recall@5 | genuine median | nearest impostor median |")
     print("|---|---|---|---|---|---|")
 

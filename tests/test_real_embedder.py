@@ -16,7 +16,7 @@ from logoscan.thresholds import gallery_threshold
 from logoscan.models import load_artifact
 from logoscan.refviews import VIEWS, reference_views
 from logoscan.synth.badges import photo_view
-from logoscan.train.realcrops import ExtraPool, real_pool, retrieval_report
+from logoscan.train.realcrops import ExtraPool, real_pool, report_by_size, retrieval_report
 
 ROOT = Path(__file__).resolve().parents[1]
 MAKES = ("Audi", "Honda", "kia")
@@ -106,6 +106,32 @@ def test_a_logo_with_several_vectors_counts_once_at_its_nearest():
     assert rep["recall@1"] == pytest.approx(2 / 3, abs=1e-3) and rep["recall@2"] == pytest.approx(2 / 3, abs=1e-3)
     assert rep["gallery_vectors"] == 4 and rep["gallery_logos"] == 3
     assert rep["genuine"][0] == pytest.approx(0.0)     # its nearest view of a, not the far one
+    assert list(rep["rank"]) == [0, 0, 2]                # c is behind a and b for the third
+
+
+def test_recall_by_badge_size_splits_the_queries_by_their_side_on_the_photo():
+    rep = {"rank": np.array([0, 3, 0, 9]), "genuine": np.array([0.1, 0.5, 0.2, 0.9]),
+           "impostor": np.array([0.6, 0.4, 0.7, 0.3])}
+    rows = {r["side_px"]: r for r in report_by_size(rep, np.array([10.0, 20.0, 70.0, 70.0]))}
+    assert set(rows) == {"< 16", "16-24", ">= 64", "all"}          # empty bins are left out
+    assert rows["< 16"]["recall@1"] == 1.0 and rows["16-24"]["recall@1"] == 0.0
+    assert rows["16-24"]["recall@5"] == 1.0 and rows[">= 64"]["queries"] == 2
+    assert rows[">= 64"]["recall@1"] == 0.5 and rows[">= 64"]["recall@5"] == 0.5
+    assert rows["all"] == {"side_px": "all", "queries": 4, "recall@1": 0.5, "recall@5": 0.75,
+                           "genuine_median": 0.35, "impostor_median": 0.5}
+
+
+def test_low_resolution_views_lose_detail_but_keep_shape_and_range():
+    import torch
+
+    from logoscan.train.embedder import _low_resolution
+    torch.manual_seed(0)
+    x = torch.zeros(6, 3, 96, 96)
+    x[:, :, ::2, :] = 1.0                                   # 1-px stripes: gone below 48 px
+    assert torch.equal(_low_resolution(x, 0.0, (12, 48)), x)
+    y = _low_resolution(x, 1.0, (12, 24))
+    assert y.shape == x.shape and float(y.min()) >= 0 and float(y.max()) <= 1
+    assert float((y - 0.5).abs().max()) < 0.1                # every view blurred to grey
 
 
 def test_training_on_real_photos_ships_threshold_probes(tmp_path, monkeypatch):
@@ -117,11 +143,12 @@ def test_training_on_real_photos_ships_threshold_probes(tmp_path, monkeypatch):
            "--set", "eval_queries_per_class=1", "--set", "workers=1", "--set", "max_steps=2",
            "--set", "max_minutes=null", "--set", f"real_data={data}", "--set", "real_heldout_makes=[kia]",
            "--set", "make_share=0.25", "--set", "badge_share=0.25", "--set", "instance_share=0.125",
-           "--set", "badge_views=2", "--set", "crop_views=2"]
+           "--set", "badge_views=2", "--set", "crop_views=2", "--set", "lowres_p=0.5"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads(r.stdout)
     assert m["real_zero_shot"]["queries"] == 4 and m["real_zero_shot"]["gallery_logos"] == 5
+    assert m["real_zero_shot"]["by_size"][-1]["side_px"] == "all" and m["real_zero_shot"]["by_size"][-1]["queries"] == 4
     assert m["real_pool"]["per_batch"] == {"make": 2, "badge": 2, "instance": 1}
     model, cfg = load_artifact(str(out))
     probes = cfg["threshold_probes"]

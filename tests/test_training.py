@@ -71,6 +71,9 @@ def test_training_configs_refuse_a_bad_device_or_backbone():
             make(device="gpu")
     with pytest.raises(ValueError, match="backbone must be one of"):
         DetectorTrainConfig(backbone="lite7")
+    for bad in ({"lowres_p": 1.5}, {"lowres_px": (2, 40)}, {"lowres_px": (48, 12)}, {"lowres_px": (12, 200)}):
+        with pytest.raises(ValueError, match="lowres_p must be"):
+            EmbedderTrainConfig(**bad)
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit, match="no CUDA device"):
             train_device("cuda")

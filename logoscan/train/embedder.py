@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from logoscan.log import get_logger
 from logoscan.models.artifact import save_artifact, save_probes
@@ -33,7 +34,8 @@ from logoscan.synth.marks import (Mark, class_name, demo_gallery, extra_fonts, r
 from logoscan.train.common import (DEVICE_PATTERN, Budget, config_from, cosine_lr, device_words, load_checkpoint,
                                    save_checkpoint, train_device)
 from logoscan.train.losses import HardNegativePairLoss, ProxyMarginLoss, hard_matrix
-from logoscan.train.realcrops import HELDOUT_MAKES, ExtraPool, real_pool, real_zero_shot
+from logoscan.train.realcrops import (HELDOUT_MAKES, ExtraPool, heldout_sides, real_pool, real_zero_shot,
+                                     report_by_size)
 from logoscan.train.sampling import ClassBatchSampler
 from logoscan.train.textsim import DEFAULT_MIN_SIM, hard_negative_classes, similarity_matrix
 
@@ -90,10 +92,19 @@ class EmbedderTrainConfig:
     signboard_views: int = 2
     badge_views: int = 10
     photo_views: int = 0              # of views_per_class, this many of each synthetic class photo-like
+    # batch-time resolution loss: with this chance a view is shrunk to a side drawn log-uniformly
+    # from ``lowres_px`` and blown up again, as a badge of that many pixels on the photo is cut and
+    # resized to the input (most real badge queries are 12-48 px)
+    lowres_p: float = 0.0
+    lowres_px: tuple = (12, 48)
 
     def __post_init__(self):
         if not re.fullmatch(DEVICE_PATTERN, self.device):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', not {self.device!r}")
+        lo, hi = self.lowres_px
+        if not (0.0 <= self.lowres_p <= 1.0 and 4 <= lo <= hi <= self.input_size):
+            raise ValueError(f"lowres_p must be in [0, 1] and lowres_px (lo, hi) within 4..input_size "
+                             f"({self.input_size}), not {self.lowres_p!r}, {self.lowres_px!r}")
 
 
 _BACKGROUNDS: list = []  # real photos for photo-like views; set before the worker pool forks
@@ -140,6 +151,23 @@ def _augment_batch(x: torch.Tensor) -> torch.Tensor:
     c = torch.empty(b, 1, 1, 1).uniform_(0.7, 1.3).to(dev)
     br = torch.empty(b, 1, 1, 1).uniform_(-0.15, 0.15).to(dev)
     return ((x - 0.5) * c + 0.5 + br).clamp(0, 1)
+
+
+def _low_resolution(x: torch.Tensor, p: float, px: tuple) -> torch.Tensor:
+    """Each view, with chance ``p``, shrunk (antialiased) to a side log-uniform in ``px`` and
+    resized back bilinearly, the way ``square_crop`` blows a small box up to the input size.
+    Sides are drawn on the CPU, like ``_augment_batch``'s, so a run repeats on any device."""
+    b, size = x.shape[0], x.shape[-1]
+    pick = torch.rand(b) < p
+    if not p or not pick.any():
+        return x
+    sides = torch.exp(torch.empty(b).uniform_(float(np.log(px[0])), float(np.log(px[1])))).round().int()
+    x = x.clone()
+    for i in torch.nonzero(pick).flatten().tolist():
+        s = int(sides[i])
+        small = F.interpolate(x[i:i + 1], size=(s, s), mode="bilinear", antialias=True, align_corners=False)
+        x[i:i + 1] = F.interpolate(small, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
+    return x
 
 
 def retrieval_hits(gallery: np.ndarray, queries: np.ndarray, q_labels: np.ndarray, ks=(1, 5)):
@@ -466,6 +494,7 @@ def train(cfg: EmbedderTrainConfig, resume: bool = True, cache_dir: str | None =
             x, y = torch.cat([x, pool_x[pidx]]), torch.cat([y, pool_y[pidx]])
         x = x.permute(0, 3, 1, 2).float().div(255)
         x = _augment_batch(x)
+        x = _low_resolution(x, cfg.lowres_p, cfg.lowres_px)
         x = ((x - 0.5) / 0.5).contiguous(memory_format=torch.channels_last)
         frac = budget.frac(step)
         for k, group in enumerate(opt.param_groups):
@@ -506,7 +535,9 @@ def train(cfg: EmbedderTrainConfig, resume: bool = True, cache_dir: str | None =
         metrics["zero_shot_text_similar"] = rep["text_similar"]
     if cfg.real_data:
         rz = real_zero_shot(model, config, cfg.real_data, tuple(cfg.real_heldout_makes))
-        metrics["real_zero_shot"] = {k: v for k, v in rz.items() if k not in ("genuine", "impostor")}
+        metrics["real_zero_shot"] = {k: v for k, v in rz.items() if k not in ("genuine", "impostor", "rank")}
+        metrics["real_zero_shot"]["by_size"] = report_by_size(rz, heldout_sides(
+            str(cfg.real_data), tuple(cfg.real_heldout_makes), config["input_size"], config["crop_pad"]))
         metrics["real_pool"] = {"classes": n_extra, "per_batch": counts}
     inv = unseen_invented(cfg.seed, 200 if held else 4)
     metrics["zero_shot_unseen_invented"] = {
@@ -591,6 +622,7 @@ Held out in every form (no photo, clean logo or icon of them): {', '.join(cfg.re
 | recall@1 / recall@5 | {rz['recall@1']:.3f} / {rz['recall@5']:.3f} |
 | median distance to its own logo / to the nearest other | {rz['genuine_median']:.3f} / {rz['impostor_median']:.3f} |
 | recall@1 by make | {', '.join(f'{k} {v:.2f}' for k, v in rz['by_make'].items())} |
+| recall@1 by the badge's side on its photo | {', '.join(f"{r['side_px']} px {r['recall@1']:.2f} ({r['queries']})" for r in rz.get('by_size', []))} |
 """
 
 
@@ -607,6 +639,8 @@ def model_card(cfg: EmbedderTrainConfig, m: dict) -> str:
             f"similar, up to {cfg.text_neighbours} each; an anchor brings one into its batch with p = "
             f"{cfg.hard_share}; pair loss weight {cfg.hard_weight}, margin {cfg.hard_margin})"
             if cfg.hard_weight > 0 else "proxy margin loss alone")
+    lowres = (f", and with chance {cfg.lowres_p} a view shrunk to {cfg.lowres_px[0]}-{cfg.lowres_px[1]} px and blown up "
+              "again (a small badge as the sweep cuts it)" if cfg.lowres_p else "")
     return f"""# Model card: {cfg.version} (logo embedder)
 
 - Architecture: {cfg.backbone} → global average pool → linear {cfg.embed_dim} → L2 norm;
@@ -619,7 +653,7 @@ def model_card(cfg: EmbedderTrainConfig, m: dict) -> str:
   of families held out; the demo gallery's marks excluded); {m.get('train_classes_with_text_neighbours', '-')} of them have a
   text-similar class. Text in {'the system fonts plus the Debian font packages of `make fonts`' if cfg.font_dirs else 'the system fonts'}.
   {cfg.views_per_class} views per class (clean renderings and crops of product scenes with jittered boxes,
-  colourways, rotation, blur, JPEG), plus batch-time colour/contrast jitter.
+  colourways, rotation, blur, JPEG), plus batch-time colour/contrast jitter{lowres}.
 - Trained on {m.get('device', 'CPU')}, budget {cfg.max_minutes} min / {cfg.max_steps} steps: {m['steps']} steps of batch
   {cfg.batch_size} in {m['train_seconds']} s ({m['train_img_per_s']} img/s), after {m['data_seconds']} s to make (or load
   cached) training views.

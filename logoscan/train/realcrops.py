@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +62,7 @@ class BadgeCrops:
     crops: list[Image.Image]     # square crops at the embedder's input size
     makes: list[str]             # per crop, the badge class
     groups: list[str]            # per crop, the photo it came from
+    sides: list[float] = field(default_factory=list)  # per crop, the box's longer side on the photo, px
 
 
 def badge_crops(root: str | Path, items, size: int, pad: float, min_side: float = 0.0) -> BadgeCrops:
@@ -75,6 +76,7 @@ def badge_crops(root: str | Path, items, size: int, pad: float, min_side: float 
             out.crops.append(square_crop(im, tuple(float(v) for v in box), pad, size))
             out.makes.append(make)
             out.groups.append(it.image.stem)
+            out.sides.append(float(max(box[2] - box[0], box[3] - box[1])))
     return out
 
 
@@ -104,13 +106,23 @@ def real_zero_shot(model, config: dict, data_dir: str | Path, heldout_makes=HELD
 
 
 @functools.lru_cache(maxsize=4)
-def heldout_queries(data_dir: str, heldout_makes: tuple, size: int, pad: float) -> tuple[tuple, tuple]:
-    """(badge crops of ``heldout_makes``, their makes' logo stems), cut once per process: a benchmark
-    measures several models and galleries on the same queries."""
+def _heldout(data_dir: str, heldout_makes: tuple, size: int, pad: float) -> BadgeCrops:
     _, held = split_badges(Path(data_dir) / "car-badges", heldout_makes)
     q = badge_crops(Path(data_dir) / "car-badges", held, size, pad)
     keep = [i for i, m in enumerate(q.makes) if m in set(heldout_makes)]  # not a kept make beside one
-    return tuple(q.crops[i] for i in keep), tuple(MAKE_LOGO[q.makes[i]] for i in keep)
+    return BadgeCrops(*([getattr(q, f)[i] for i in keep] for f in ("crops", "makes", "groups", "sides")))
+
+
+def heldout_queries(data_dir: str, heldout_makes: tuple, size: int, pad: float) -> tuple[tuple, tuple]:
+    """(badge crops of ``heldout_makes``, their makes' logo stems), cut once per process: a benchmark
+    measures several models and galleries on the same queries."""
+    q = _heldout(data_dir, heldout_makes, size, pad)
+    return tuple(q.crops), tuple(MAKE_LOGO[m] for m in q.makes)
+
+
+def heldout_sides(data_dir: str, heldout_makes: tuple, size: int, pad: float) -> np.ndarray:
+    """Per query of ``heldout_queries``, in its order: the badge box's longer side on its photo (px)."""
+    return np.array(_heldout(data_dir, heldout_makes, size, pad).sides, np.float32)
 
 
 def retrieval_report(q: np.ndarray, q_logo: list[str], gal: np.ndarray, gal_labels: list[str],
@@ -138,7 +150,29 @@ def retrieval_report(q: np.ndarray, q_logo: list[str], gal: np.ndarray, gal_labe
     rep["by_make"] = {n: round(float((order[truth == idx[n], 0] == idx[n]).mean()), 3)
                       for n in sorted(set(q_logo))}
     rep["genuine"], rep["impostor"] = genuine, impostor
+    rep["rank"] = (order == truth[:, None]).argmax(1)   # per query, its logo's place (0 = nearest)
     return rep
+
+
+SIZE_BINS = (0, 16, 24, 32, 48, 64, float("inf"))
+
+
+def report_by_size(rep: dict, sides: np.ndarray, bins=SIZE_BINS) -> list[dict]:
+    """``retrieval_report``'s numbers per bin of the badge's longer side on its photo (``heldout_sides``),
+    then over all queries."""
+    rows = []
+    for lo, hi in list(zip(bins[:-1], bins[1:])) + [(bins[0], bins[-1])]:
+        sel = (sides >= lo) & (sides < hi)
+        if not sel.any():
+            continue
+        label = "all" if (lo, hi) == (bins[0], bins[-1]) else (
+            f"< {hi:g}" if lo == bins[0] else f">= {lo:g}" if hi == bins[-1] else f"{lo:g}-{hi:g}")
+        rows.append({"side_px": label, "queries": int(sel.sum()),
+                     "recall@1": round(float((rep["rank"][sel] < 1).mean()), 3),
+                     "recall@5": round(float((rep["rank"][sel] < 5).mean()), 3),
+                     "genuine_median": round(float(np.median(rep["genuine"][sel])), 3),
+                     "impostor_median": round(float(np.median(rep["impostor"][sel])), 3)})
+    return rows
 
 
 @dataclass
