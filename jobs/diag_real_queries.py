@@ -9,6 +9,10 @@ jobs/bench_embedder.py (the badges of the 6 held-out makes against all 378 clean
   inks separated by an empty band of rows or columns; the nearest vector counts);
 - ``--by-size``: only the shipped embedder's numbers per badge size on its photo (the box's longer
   side), no variants;
+- ``--exemplars 1,3,5``: only the shipped embedder, with K real badge crops per make (from K
+  random photos, 5 draws) stored beside the clean logos as more vectors of that logo, for the
+  held-out makes alone and for every make with photos; queries from photos within 2 of an
+  exemplar photo's number are left out (the source's augmented copies sit next to each other);
 - the ImageNet EfficientNet-Lite0 (``--variants lite0,lite1,lite2``: and -Lite1, -Lite2) features
   without the trained head (train extra); ``--imagenet-only`` prints only those rows.
 
@@ -75,6 +79,7 @@ def main() -> int:
     ap.add_argument("--variants", default="lite0", help="EfficientNet-Lite variants for the ImageNet rows, "
                                                          "e.g. lite0,lite1,lite2")
     ap.add_argument("--by-size", action="store_true", help="only the shipped embedder, per badge size on the photo")
+    ap.add_argument("--exemplars", default="", help="e.g. 1,3,5: real badge crops per make stored beside the clean logos")
     a = ap.parse_args()
 
     import torch
@@ -108,6 +113,8 @@ def main() -> int:
         print("\nqueries under 32 px by make: " + ", ".join(
             f"{m} {sum(1 for lg, s in zip(logos, small) if lg == m and s)}" for m in makes))
         return 0
+    if a.exemplars:
+        return exemplar_rows(model, cfg, data, files, names, [int(k) for k in a.exemplars.split(",")])
     print("| variant | gallery vectors | recall@1 | recall@5 | genuine median | nearest impostor median |")
     print("|---|---|---|---|---|---|")
 
@@ -154,6 +161,61 @@ def main() -> int:
             run(f"ImageNet {v.capitalize()} features, no trained head, {s} px", m=Pooled(net).eval(), c=imagenet,
                 q_crops=q, g_crops=[clean_logo(f, s, pad) for f in files])
     print(f"\n{time.time() - t:.0f} s")
+    return 0
+
+
+def exemplar_rows(model, cfg, data, files, names, ks, draws: int = 5) -> int:
+    """Recall@1/@5 of the held-out badges when K real badge crops per make (K photos drawn at
+    random) are stored as extra vectors of that make's logo; the nearest vector of a logo counts."""
+    import numpy as np
+
+    from logoscan.models.embedder import embed_crops
+    from logoscan.train.realcrops import (HELDOUT_MAKES, MAKE_LOGO, badge_crops, clean_logo, heldout_badges,
+                                         retrieval_report, split_badges)
+    size, pad = cfg["input_size"], cfg["crop_pad"]
+    q = heldout_badges(str(data), tuple(HELDOUT_MAKES), size, pad)
+    e, makes, photo = embed_crops(model, cfg, list(q.crops)), np.array(q.makes), np.array([int(g) for g in q.groups])
+    trained, _ = split_badges(data / "car-badges")
+    t = badge_crops(data / "car-badges", trained, size, pad)
+    tk = [i for i, m in enumerate(t.makes) if MAKE_LOGO.get(m) and m not in HELDOUT_MAKES]
+    te, tmakes = embed_crops(model, cfg, [t.crops[i] for i in tk]), np.array([t.makes[i] for i in tk])
+    tphoto = np.array([int(t.groups[i]) for i in tk])
+    gal = embed_crops(model, cfg, [clean_logo(f, size, pad) for f in files])
+    logos = np.array([MAKE_LOGO[m] for m in makes])
+
+    def pick(rng, mk, ph, k):
+        out = []
+        for m in sorted(set(mk)):
+            for p in rng.choice(sorted(set(ph[mk == m])), min(k, len(set(ph[mk == m]))), replace=False):
+                out.append(int(np.flatnonzero((ph == p) & (mk == m))[0]))
+        return out
+
+    print(f"{len(set(tmakes))} trained makes with photos and a clean logo; {draws} draws each\n")
+    print("| real exemplars per make | for which makes | gallery vectors | queries | recall@1 (range over draws) | "
+          "recall@5 | recall@1, same queries, clean logos only |")
+    print("|---|---|---|---|---|---|---|")
+    for k in ks:
+        for every in (False, True):
+            r1, r5, base, nq, nv = [], [], [], [], 0
+            for seed in range(draws):
+                rng = np.random.default_rng(seed)
+                ex = pick(rng, makes, photo, k)
+                keep = np.array([np.abs(photo[ex] - p).min() > 2 for p in photo])
+                vecs, labels = [gal, e[ex]], names + list(logos[ex])
+                if every:
+                    tex = pick(rng, tmakes, tphoto, k)
+                    vecs.append(te[tex])
+                    labels += [MAKE_LOGO[m] for m in tmakes[tex]]
+                v = np.concatenate(vecs)
+                rep = retrieval_report(e[keep], list(logos[keep]), v, labels, names)
+                r1.append(rep["recall@1"])
+                r5.append(rep["recall@5"])
+                base.append(retrieval_report(e[keep], list(logos[keep]), gal, names, names)["recall@1"])
+                nq.append(int(keep.sum()))
+                nv = len(v)
+            who = "every make with photos" if every else "the held-out makes"
+            print(f"| {k} | {who} | {nv} | {np.mean(nq):.0f} | {np.mean(r1):.3f} ({min(r1):.3f}-{max(r1):.3f}) | "
+                  f"{np.mean(r5):.3f} | {np.mean(base):.3f} |", flush=True)
     return 0
 
 

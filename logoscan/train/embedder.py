@@ -622,7 +622,7 @@ Held out in every form (no photo, clean logo or icon of them): {', '.join(cfg.re
 | recall@1 / recall@5 | {rz['recall@1']:.3f} / {rz['recall@5']:.3f} |
 | median distance to its own logo / to the nearest other | {rz['genuine_median']:.3f} / {rz['impostor_median']:.3f} |
 | recall@1 by make | {', '.join(f'{k} {v:.2f}' for k, v in rz['by_make'].items())} |
-| recall@1 by the badge's side on its photo | {', '.join(f"{r['side_px']} px {r['recall@1']:.2f} ({r['queries']})" for r in rz.get('by_size', []))} |
+| recall@1 by the badge's side on its photo | {', '.join(f"{r['side_px']}{'' if r['side_px'] == 'all' else ' px'} {r['recall@1']:.2f} ({r['queries']})" for r in rz.get('by_size', []))} |
 """
 
 

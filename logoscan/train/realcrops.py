@@ -106,7 +106,8 @@ def real_zero_shot(model, config: dict, data_dir: str | Path, heldout_makes=HELD
 
 
 @functools.lru_cache(maxsize=4)
-def _heldout(data_dir: str, heldout_makes: tuple, size: int, pad: float) -> BadgeCrops:
+def heldout_badges(data_dir: str, heldout_makes: tuple, size: int, pad: float) -> BadgeCrops:
+    """The held-out makes' badges (the real zero-shot queries, in their order), with their photos and sides."""
     _, held = split_badges(Path(data_dir) / "car-badges", heldout_makes)
     q = badge_crops(Path(data_dir) / "car-badges", held, size, pad)
     keep = [i for i, m in enumerate(q.makes) if m in set(heldout_makes)]  # not a kept make beside one
@@ -116,13 +117,13 @@ def _heldout(data_dir: str, heldout_makes: tuple, size: int, pad: float) -> Badg
 def heldout_queries(data_dir: str, heldout_makes: tuple, size: int, pad: float) -> tuple[tuple, tuple]:
     """(badge crops of ``heldout_makes``, their makes' logo stems), cut once per process: a benchmark
     measures several models and galleries on the same queries."""
-    q = _heldout(data_dir, heldout_makes, size, pad)
+    q = heldout_badges(data_dir, heldout_makes, size, pad)
     return tuple(q.crops), tuple(MAKE_LOGO[m] for m in q.makes)
 
 
 def heldout_sides(data_dir: str, heldout_makes: tuple, size: int, pad: float) -> np.ndarray:
     """Per query of ``heldout_queries``, in its order: the badge box's longer side on its photo (px)."""
-    return np.array(_heldout(data_dir, heldout_makes, size, pad).sides, np.float32)
+    return np.array(heldout_badges(data_dir, heldout_makes, size, pad).sides, np.float32)
 
 
 def retrieval_report(q: np.ndarray, q_logo: list[str], gal: np.ndarray, gal_labels: list[str],
