@@ -40,5 +40,11 @@ def configure(run_id: str | None = None, level: str | None = None, json: bool | 
         structlog.contextvars.bind_contextvars(run_id=run_id)
 
 
+if not structlog.is_configured():
+    # a library call logging before any configure() (a notebook, a test calling add_logo) would
+    # print with structlog's default logger on stdout, into the JSON a command prints there
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=_Stderr()))
+
+
 def get_logger(name: str = "logoscan"):
     return structlog.get_logger(name)
