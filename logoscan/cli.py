@@ -115,7 +115,7 @@ def cmd_gallery_add(a) -> int:
     from logoscan.feedback import add_logo
     from logoscan.log import configure
     configure()
-    row = add_logo(a.refs, a.image, a.label, a.category, a.text, a.logo_id)
+    row = add_logo(a.refs, a.image, a.label, a.category, a.text, a.logo_id, a.box)
     print(json.dumps({"added": row, "gallery": _build(a) if not a.no_build else None}, indent=2))
     return 0
 
@@ -244,6 +244,16 @@ def _at_least(low: int):
     return check
 
 
+def _box(text: str) -> tuple[float, float, float, float]:
+    try:
+        v = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        v = ()
+    if len(v) != 4 or not all(x == x and abs(x) != float("inf") for x in v):
+        raise argparse.ArgumentTypeError(f"{text!r} is not X1,Y1,X2,Y2 (four numbers, pixels)")
+    return v
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="logoscan", description="Scan a product catalog for logos.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -275,6 +285,9 @@ def parser() -> argparse.ArgumentParser:
     ga.add_argument("--category", required=True, help="e.g. sustainability, prohibited, brand")
     ga.add_argument("--text", help="the words in the mark (for OCR fusion)")
     ga.add_argument("--logo-id", help="default: <label>-<hash of the picture>")
+    ga.add_argument("--box", type=_box, metavar="X1,Y1,X2,Y2",
+                    help="store only this region of the picture (pixels): a photo of the mark in the wild, added "
+                         "beside its clean logo under the same --label (docs/bench/embedder_real.md)")
     ga.add_argument("--no-build", action="store_true", help="only add the reference")
     gallery_flags(ga)
     ga.set_defaults(fn=cmd_gallery_add)

@@ -93,15 +93,24 @@ def existing_ids(where: str, column: str = "logo_id") -> set[str]:
 
 
 def add_logo(refs: str, image_uri: str, label: str, category: str, text: str | None = None,
-             logo_id: str | None = None) -> dict:
+             logo_id: str | None = None, box: tuple[float, float, float, float] | None = None) -> dict:
     """Append one reference (its picture copied beside the references) and return its row. Its
-    ``image_uri`` is stored absolute, so the references read the same from any directory."""
+    ``image_uri`` is stored absolute, so the references read the same from any directory. With
+    ``box`` (x1, y1, x2, y2 in the picture's pixels) only that region is stored: a photo of the mark
+    in the wild, e.g. a badge on a car, beside the clean logo under the same ``label``."""
     refs = storage.absolute(refs)
     data = storage.read_bytes(image_uri)
     try:
         im = Image.fromarray(decode(data, 50_000_000))
     except Exception as e:  # noqa: BLE001
         raise FeedbackError(f"{image_uri}: not a readable image ({e})") from e
+    if box is not None:
+        x1, y1, x2, y2 = (float(v) for v in box)
+        if not (0 <= x1 < x2 <= im.width and 0 <= y1 < y2 <= im.height):
+            raise FeedbackError(f"box {x1:g},{y1:g},{x2:g},{y2:g} is not inside {image_uri} "
+                                f"({im.width}x{im.height}): x1 < x2, y1 < y2, in pixels")
+        im = im.crop((int(x1), int(y1), int(round(x2)), int(round(y2))))
+        data = data + repr(box).encode()  # another region of the same photo is another reference
     logo_id = logo_id or f"{label}-{hashlib.sha1(data).hexdigest()[:10]}"
     if logo_id in existing_ids(refs):
         raise FeedbackError(f"logo_id {logo_id!r} is already in the references at {refs}")

@@ -320,6 +320,27 @@ def test_relative_paths_are_stored_absolute(sample, tmp_path, monkeypatch, capsy
     assert json.loads(Path(outputs["summary"]).read_text())["outputs"]["errors"] == outputs["errors"]
 
 
+def test_a_photo_of_the_mark_is_added_as_its_box_and_a_box_outside_is_refused(sample, tmp_path, capsys):
+    from PIL import Image
+
+    from logoscan.feedback import FeedbackError, add_logo
+    src = pq.read_table(sample["references"]).column("image_uri")[0].as_py()
+    photo = tmp_path / "street.png"
+    canvas = Image.new("RGB", (300, 200), (40, 40, 40))
+    canvas.paste(Image.open(src).convert("RGB").resize((60, 60)), (200, 100))
+    canvas.save(photo)
+    row = add_logo(str(tmp_path / "refs"), str(photo), "new-mark", "brand", box=(200, 100, 260, 160))
+    assert Image.open(row["image_uri"]).size == (60, 60)
+    other = add_logo(str(tmp_path / "refs"), str(photo), "new-mark", "brand", box=(0, 0, 60, 60))
+    assert other["logo_id"] != row["logo_id"]                  # another region, another reference
+    with pytest.raises(FeedbackError, match="is not inside"):
+        add_logo(str(tmp_path / "refs"), str(photo), "new-mark", "brand", box=(250, 100, 310, 160))
+    with pytest.raises(SystemExit) as e:
+        main(["gallery", "add", "--refs", str(tmp_path / "refs"), "--image", str(photo), "--label", "x",
+              "--category", "brand", "--box", "1,2,3", "--no-build"])
+    assert e.value.code == 2 and "is not X1,Y1,X2,Y2" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------ 14. one line, never a traceback
 
 def test_errors_are_one_line_not_a_traceback(sample, tmp_path, capsys):

@@ -85,3 +85,20 @@ def test_bench_calibration_on_the_detectors_regions_adds_the_detector_score(tmp_
     out = _run("jobs/bench_calibration.py", "--brands", "5", "--per-class", "1", "--no-logo", "5",
                "--demo-per-class", "2", "--demo-others", "5", "--no-ocr", "--detect", "--workdir", str(tmp_path / "w"))
     assert "| image only | evidence: + detector score |" in out and "labelled boxes missed)" in out
+
+
+def test_bench_real_sweep_with_photo_exemplars_sweeps_both_galleries(tmp_path):
+    import pyarrow.parquet as pq
+
+    from test_real_embedder import make_real_photos
+    data = make_real_photos(tmp_path / "real")
+    out = _run("jobs/bench_real_sweep.py", "--data", str(data), "--heldout-makes", "kia", "--exemplars", "1",
+               "--logo-free-crops", "1", "--work", str(tmp_path / "w"), "--write", str(tmp_path / "s.md"))
+    refs = pq.read_table(tmp_path / "w" / "references-exemplars.parquet").to_pylist()
+    photos = [r for r in refs if "#photo-" in r["logo_id"]]
+    assert sorted(r["label"] for r in photos) == ["audi", "honda", "kia"] and all(r["box"] for r in photos)
+    kia = next(r for r in photos if r["label"] == "kia")["image_uri"]
+    catalog = pq.read_table(tmp_path / "w" / "manifest.parquet").column("image_uri").to_pylist()
+    assert kia not in catalog and sum("kia_" in u for u in catalog) == 3      # the exemplar left the catalog
+    assert "| shipped (embedder-v3) | 5 | 1 | default threshold |" in out
+    assert "| shipped (embedder-v3) | 8 | 1 | default threshold |" in out
