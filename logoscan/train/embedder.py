@@ -157,9 +157,11 @@ def _low_resolution(x: torch.Tensor, p: float, px: tuple) -> torch.Tensor:
     """Each view, with chance ``p``, shrunk (antialiased) to a side log-uniform in ``px`` and
     resized back bilinearly, the way ``square_crop`` blows a small box up to the input size.
     Sides are drawn on the CPU, like ``_augment_batch``'s, so a run repeats on any device."""
+    if not p:  # draws nothing: a run without it repeats the runs made before it existed
+        return x
     b, size = x.shape[0], x.shape[-1]
     pick = torch.rand(b) < p
-    if not p or not pick.any():
+    if not pick.any():
         return x
     sides = torch.exp(torch.empty(b).uniform_(float(np.log(px[0])), float(np.log(px[1])))).round().int()
     x = x.clone()
