@@ -9,7 +9,8 @@
   (``engine: local``: the same stage functions as on Ray), Milvus Lite.
 
 Item-level precision and recall of the flagged (item, logo) pairs, and the share of logo-free
-photos flagged; for each embedder given. Needs the train extra (scikit-image).
+photos flagged; for each embedder given. ``--exemplars K``: the same catalog swept again with K real
+photos of every make (the badge's box) beside its clean logo, as `gallery add --box` stores them. Needs the train extra (scikit-image).
 
     python jobs/bench_real_sweep.py --embedder embedder-v2=<artifact> --write docs/bench/real_sweep.md
 """
@@ -212,8 +213,8 @@ def main(argv=None) -> int:
         print(f"{data}: no car-badges/ (see ../shared/data/real-photos/README.md)", file=sys.stderr)
         return 2
     work = Path(a.work)
-    if a.exemplars and a.calibrated:
-        ap.error("--exemplars and --calibrated are separate runs")
+    if a.exemplars < 0 or (a.exemplars and a.calibrated):
+        ap.error("--exemplars takes a count >= 0, in a run without --calibrated")
     heldout = tuple(m for m in a.heldout_makes.split(",") if m) or HELDOUT_MAKES
     n = write_inputs(work, data, a.logo_free_crops, 0, a.calibrated, a.exemplars, heldout)
     specs = [s.partition("=")[::2] for s in a.embedder] or [("shipped", default_artifact_path("embedder"))]
