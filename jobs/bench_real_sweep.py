@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 
 def write_inputs(work: Path, data: Path, n_free_per_photo: int, seed: int, calibration_half: bool = False,
-                 exemplars: int = 0, heldout: tuple = ()) -> dict:
+                 exemplars: int = 0, heldout: tuple = (), exemplar_seed: int = 0) -> dict:
     """The gallery, catalog and truth; with ``calibration_half``, half of the held-out makes'
     photos (and of the logo-free ones) become labelled crops for `logoscan calibrate` instead
     (each badge box with its make's logo; 8 logo-free squares of 24-160 px per logo-free photo).
@@ -51,7 +51,7 @@ def write_inputs(work: Path, data: Path, n_free_per_photo: int, seed: int, calib
                    work / "references.parquet")
     trained, held = split_badges(data / "car-badges", heldout)
     if exemplars:
-        held, extra = exemplar_references(trained, held, exemplars, seed, heldout)
+        held, extra = exemplar_references(trained, held, exemplars, exemplar_seed, heldout)
         pq.write_table(pa.Table.from_pylist(refs + extra, schema=pa.schema(
             [(k, pa.string()) for k in refs[0]] + [("box", BOX)])),
             work / "references-exemplars.parquet")
@@ -199,6 +199,7 @@ def main(argv=None) -> int:
     ap.add_argument("--exemplars", type=int, default=0, metavar="K",
                     help="also sweep a gallery holding K real photos of every make with photos beside its clean "
                          "logo (the held-out makes' exemplar photos leave the catalog; both galleries sweep it)")
+    ap.add_argument("--exemplar-seed", type=int, default=0, help="which photos --exemplars draws")
     ap.add_argument("--heldout-makes", default="", help="comma list; default: the embedder's held-out makes")
     ap.add_argument("--work", default="build/real-sweep")
     ap.add_argument("--write", default="")
@@ -216,7 +217,7 @@ def main(argv=None) -> int:
     if a.exemplars < 0 or (a.exemplars and a.calibrated):
         ap.error("--exemplars takes a count >= 0, in a run without --calibrated")
     heldout = tuple(m for m in a.heldout_makes.split(",") if m) or HELDOUT_MAKES
-    n = write_inputs(work, data, a.logo_free_crops, 0, a.calibrated, a.exemplars, heldout)
+    n = write_inputs(work, data, a.logo_free_crops, 0, a.calibrated, a.exemplars, heldout, a.exemplar_seed)
     specs = [s.partition("=")[::2] for s in a.embedder] or [("shipped", default_artifact_path("embedder"))]
     view_sets = [tuple(v.split(",")) for v in a.views] or [("clean",)]
     decisions = ((None, False), ("distance", False), ("evidence", False), ("distance", True), ("evidence", True)) \
@@ -232,7 +233,8 @@ def main(argv=None) -> int:
         "Command: `python jobs/bench_real_sweep.py" + "".join(f" --embedder {s}" for s in a.embedder)
         + "".join(f" --views {v}" for v in a.views)
         + (f" --detector-input {a.detector_input}" if a.detector_input else "")
-        + (" --calibrated" if a.calibrated else "") + (f" --exemplars {a.exemplars}" if a.exemplars else "") + "`",
+        + (" --calibrated" if a.calibrated else "") + (f" --exemplars {a.exemplars}" if a.exemplars else "")
+        + (f" --exemplar-seed {a.exemplar_seed}" if a.exemplar_seed else "") + "`",
         "",
         f"Gallery: {n['references']} clean car logos, one picture each (category `car`), its default threshold "
         "as `gallery build` sets it (no calibration" + (", but in the calibrated rows" if a.calibrated else "")
