@@ -109,7 +109,7 @@ def add_logo(refs: str, image_uri: str, label: str, category: str, text: str | N
         if not (0 <= x1 < x2 <= im.width and 0 <= y1 < y2 <= im.height):
             raise FeedbackError(f"box {x1:g},{y1:g},{x2:g},{y2:g} is not inside {image_uri} "
                                 f"({im.width}x{im.height}): x1 < x2, y1 < y2, in pixels")
-        im = im.crop((int(x1), int(y1), int(round(x2)), int(round(y2))))
+        im = _crop(im, (x1, y1, x2, y2))
         data = data + repr(box).encode()  # another region of the same photo is another reference
     logo_id = logo_id or f"{label}-{hashlib.sha1(data).hexdigest()[:10]}"
     if logo_id in existing_ids(refs):
@@ -127,12 +127,17 @@ def read_decisions(uri: str) -> pa.Table:
     return read_validated(uri, "decisions", validate_decisions)
 
 
+def _crop(im: Image.Image, box) -> Image.Image:
+    """The pixels of ``box`` (x1, y1, x2, y2): a region as the reviewer saw it, or as `gallery add --box` stores it."""
+    x1, y1, x2, y2 = box
+    return im.crop((int(x1), int(y1), int(round(x2)), int(round(y2))))
+
+
 def _region_picture(row: dict) -> Image.Image:
     """The flagged region from the original image; the reviewer thumbnail if that is gone."""
     try:
         im = Image.fromarray(decode(storage.read_bytes(row["image_uri"]), 50_000_000))
-        x1, y1, x2, y2 = row["box"]
-        return im.crop((int(x1), int(y1), int(round(x2)), int(round(y2))))
+        return _crop(im, row["box"])
     except Exception as e:  # noqa: BLE001 - the catalog moves on; the thumbnail stays with the queue
         log.warning("feedback.original_unreadable", image_uri=row["image_uri"], error=str(e)[:200],
                     note="using the queue's thumbnail")
