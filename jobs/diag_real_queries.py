@@ -8,7 +8,7 @@ jobs/bench_embedder.py (the badges of the 6 held-out makes against all 378 clean
 - the clean logo's parts as extra gallery vectors (the emblem without the wordmark under it:
   inks separated by an empty band of rows or columns; the nearest vector counts);
 - ``--by-size``: only the shipped embedder's numbers per badge size on its photo (the box's longer
-  side), no variants;
+  side), with how often a badge's nearest badge of another photo is of its own make; no variants;
 - ``--exemplars 1,3,5``: only the shipped embedder, with K real badge crops per make (from K
   random photos, 5 draws) stored beside the clean logos as more vectors of that logo, for the
   held-out makes alone and for every make with photos; queries from photos within 2 of an
@@ -88,8 +88,7 @@ def main() -> int:
 
     from logoscan.models.artifact import load_artifact
     from logoscan.models.embedder import embed_crops
-    from logoscan.train.realcrops import (HELDOUT_MAKES, clean_logo, heldout_queries, heldout_sides, logo_files,
-                                         report_by_size, retrieval_report)
+    from logoscan.train.realcrops import HELDOUT_MAKES, clean_logo, heldout_queries, logo_files, retrieval_report
     torch.set_num_threads(2)
     data = Path(a.data)
     model, cfg = load_artifact(a.embedder)
@@ -100,19 +99,7 @@ def main() -> int:
     gallery = [clean_logo(f, size, pad) for f in files]
     print(f"{len(crops)} badge crops of {', '.join(HELDOUT_MAKES)}; {len(files)} clean logos; {a.embedder}\n")
     if a.by_size:
-        rep = retrieval_report(embed_crops(model, cfg, list(crops)), list(logos), embed_crops(model, cfg, gallery),
-                               names, names)
-        rows = report_by_size(rep, heldout_sides(str(data), tuple(HELDOUT_MAKES), size, pad))
-        print("| badge side on the photo (px) | queries | recall@1 | recall@5 | genuine median | nearest impostor median |")
-        print("|---|---|---|---|---|---|")
-        for r in rows:
-            print(f"| {r['side_px']} | {r['queries']} | {r['recall@1']:.3f} | {r['recall@5']:.3f} | "
-                  f"{r['genuine_median']:.3f} | {r['impostor_median']:.3f} |")
-        makes = sorted(set(logos))
-        small = heldout_sides(str(data), tuple(HELDOUT_MAKES), size, pad) < 32
-        print("\nqueries under 32 px by make: " + ", ".join(
-            f"{m} {sum(1 for lg, s in zip(logos, small) if lg == m and s)}" for m in makes))
-        return 0
+        return by_size_rows(model, cfg, data, crops, logos, gallery, names, size, pad)
     if a.exemplars:
         return exemplar_rows(model, cfg, data, files, names, [int(k) for k in a.exemplars.split(",")])
     print("| variant | gallery vectors | recall@1 | recall@5 | genuine median | nearest impostor median |")
@@ -161,6 +148,35 @@ def main() -> int:
             run(f"ImageNet {v.capitalize()} features, no trained head, {s} px", m=Pooled(net).eval(), c=imagenet,
                 q_crops=q, g_crops=[clean_logo(f, s, pad) for f in files])
     print(f"\n{time.time() - t:.0f} s")
+    return 0
+
+
+def by_size_rows(model, cfg, data, crops, logos, gallery, names, size, pad) -> int:
+    """The shipped embedder per badge size on the photo; and per size, how often a badge's nearest
+    badge of another photo (photos numbered within 2 left out: the source's augmented copies) is of
+    its own make, i.e. whether small badges carry their make at all."""
+    import numpy as np
+
+    from logoscan.models.embedder import embed_crops
+    from logoscan.train.realcrops import HELDOUT_MAKES, heldout_badges, report_by_size, retrieval_report
+    q = embed_crops(model, cfg, list(crops))
+    rep = retrieval_report(q, list(logos), embed_crops(model, cfg, gallery), names, names)
+    badges = heldout_badges(str(data), tuple(HELDOUT_MAKES), size, pad)
+    sides, photo = np.array(badges.sides), np.array([int(g) for g in badges.groups])
+    sim = np.where(np.abs(photo[:, None] - photo[None, :]) <= 2, -np.inf, q @ q.T)
+    own = np.array(logos)
+    same = np.where(own[sim.argmax(1)] == own, 0, 1)     # as a rank: 0 = the nearest badge is its make
+    near = {r["side_px"]: r["recall@1"] for r in report_by_size({**rep, "rank": same}, sides)}
+    shares = np.unique(own, return_counts=True)[1] / len(own)
+    print("| badge side on the photo (px) | queries | recall@1 | recall@5 | genuine median | nearest impostor median "
+          "| nearest badge of another photo is its make |")
+    print("|---|---|---|---|---|---|---|")
+    for r in report_by_size(rep, sides):
+        print(f"| {r['side_px']} | {r['queries']} | {r['recall@1']:.3f} | {r['recall@5']:.3f} | "
+              f"{r['genuine_median']:.3f} | {r['impostor_median']:.3f} | {near[r['side_px']]:.3f} |")
+    print(f"\n(a badge's nearest badge is of its make by chance: {float((shares ** 2).sum()):.3f})")
+    print("queries under 32 px by make: " + ", ".join(
+        f"{m} {int(((own == m) & (sides < 32)).sum())}" for m in sorted(set(logos))))
     return 0
 
 
