@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from logoscan.models.artifact import default_artifact_path, load_artifact
-from logoscan.models.detector import amx, detect_images, native_bf16, set_input_size
+from logoscan.models.detector import amx, detect_tiled, native_bf16, set_input_size
 from logoscan.synth.marks import training_marks, unseen_invented
 from logoscan.train.common import config_from, emit_report
 from logoscan.config_io import load as load_config
@@ -75,14 +75,15 @@ def logo_free_photos(n_per_photo: int, seed: int):
     return out, len(photo_paths())
 
 
-def real_heldout(model, config, cfg: DetectorTrainConfig, batch_size: int, limit: int = 0):
-    """Per source: the held-out photos (never trained on), their boxes and the detections at 0.05."""
+def real_heldout(model, config, cfg: DetectorTrainConfig, batch_size: int, limit: int = 0, tiling=None):
+    """Per source: the held-out photos (never trained on), their boxes and the detections at 0.05
+    (``tiling``: ``detect_tiled``'s window arguments)."""
     split = real_split(cfg)
     out = {}
     for name in dict.fromkeys(n for n, _ in split.heldout):
         items = [it for n, it in split.heldout if n == name][:limit or None]
         photos = [load_photo(it) for it in items]
-        out[name] = (detect_images(model, [p[0] for p in photos], 0.05, batch_size=batch_size),
+        out[name] = (detect_tiled(model, [p[0] for p in photos], 0.05, batch_size=batch_size, **(tiling or {})),
                      [p[1] for p in photos])
     return out, split
 
@@ -97,16 +98,19 @@ def real_row(name: str, preds, truths, thr: float) -> str:
             f"{m['precision']:.3f} |")
 
 
-def throughput(model, images, device: str, batch_size: int, repeats: int = 1, precision: str = "fp32") -> float:
+def throughput(model, images, device: str, batch_size: int, repeats: int = 1, precision: str = "fp32",
+               tiling=None) -> float:
     """``detect_images`` on a model loaded as saved runs FCOS's own transform on the full image
-    (the path before the inference load); on one loaded with inference=True, the sweep's path."""
-    detect_images(model, images[:batch_size], 0.05, device=device, batch_size=batch_size,
-                  precision=precision)  # warm-up
+    (the path before the inference load); on one loaded with inference=True, the sweep's path.
+    ``tiling``: images/s with the windows (``detect_tiled``)."""
+    tiling = tiling or {}
+    detect_tiled(model, images[:batch_size], 0.05, device=device, batch_size=batch_size,
+                 precision=precision, **tiling)  # warm-up
     if device == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(repeats):
-        detect_images(model, images, 0.05, device=device, batch_size=batch_size, precision=precision)
+        detect_tiled(model, images, 0.05, device=device, batch_size=batch_size, precision=precision, **tiling)
     if device == "cuda":
         torch.cuda.synchronize()
     return len(images) * repeats / (time.perf_counter() - t0)
@@ -128,9 +132,14 @@ def main(argv=None) -> int:
     ap.add_argument("--real-limit", type=int, default=0, help="at most this many held-out photos per source")
     ap.add_argument("--logo-free-crops", type=int, default=6, help="crops per logo-free sample photo")
     ap.add_argument("--input-size", type=int, default=0, help="run the model at this input size instead")
+    ap.add_argument("--tiles", type=int, default=1,
+                    help="detector.tiles: also detect in N x N overlapping windows of each image")
+    ap.add_argument("--tile-overlap", type=float, default=0.25, help="detector.tile_overlap")
+    ap.add_argument("--tile-max-px", type=int, default=32, help="detector.tile_max_px")
     ap.add_argument("--write", default="", help="also write the report (markdown) to this path")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
+    tiling = dict(grid=a.tiles, overlap=a.tile_overlap, max_px=a.tile_max_px)
 
     saved, _ = load_artifact(a.artifact)
     model, config = load_artifact(a.artifact, inference=True)  # BatchNorm folded, as a sweep's actors load it
@@ -148,20 +157,20 @@ def main(argv=None) -> int:
     gen_s = time.time() - t0
 
     t0 = time.perf_counter()
-    preds = detect_images(model, images, 0.05, batch_size=a.batch_size)
+    preds = detect_tiled(model, images, 0.05, batch_size=a.batch_size, **tiling)
     m = detection_metrics(preds, truths, score_thr=thr, tags=tags)
     at = {t: detection_metrics(preds, truths, score_thr=t)
           for t in sorted({0.2, 0.25, 0.3, 0.35, 0.4, 0.5, thr})}
     # the same scenes under bfloat16 autocast (detector.precision=bf16)
-    m16 = detection_metrics(detect_images(model, images, 0.05, batch_size=a.batch_size, precision="bf16"),
+    m16 = detection_metrics(detect_tiled(model, images, 0.05, batch_size=a.batch_size, precision="bf16", **tiling),
                             truths, score_thr=thr)
     sample = images[:96]
     cpu_old = throughput(saved, sample, "cpu", 8)
-    cpu_ips = {p: throughput(model, sample, "cpu", a.batch_size, precision=p) for p in ("fp32", "bf16")}
+    cpu_ips = {p: throughput(model, sample, "cpu", a.batch_size, precision=p, tiling=tiling) for p in ("fp32", "bf16")}
     gpu = ""
     if torch.cuda.is_available():
         model.to("cuda")
-        gpu_ips = {(bs, p): throughput(model, images[:256], "cuda", bs, repeats=2, precision=p)
+        gpu_ips = {(bs, p): throughput(model, images[:256], "cuda", bs, repeats=2, precision=p, tiling=tiling)
                    for bs in (8, 32) for p in ("fp32", "bf16")}
         gpu = f"{torch.cuda.get_device_name(0)}: " + ", ".join(
             f"{v:.1f} img/s at batch {k[0]} {k[1]}" for k, v in gpu_ips.items())
@@ -176,11 +185,11 @@ def main(argv=None) -> int:
         real_lines = ["## Real photographs, held out", "",
                       f"Not measured: {', '.join(missing)} not found (see ../shared/data/real-photos/README.md).", ""]
     elif rcfg is not None and rcfg.datasets:
-        real, split = real_heldout(model, config, rcfg, a.batch_size, a.real_limit)
+        real, split = real_heldout(model, config, rcfg, a.batch_size, a.real_limit, tiling)
         allp = [p for v in real.values() for p in v[0]]
         allt = [t for v in real.values() for t in v[1]]
         free, n_free_src = logo_free_photos(a.logo_free_crops, a.seed)
-        fpred = detect_images(model, free, 0.05, batch_size=a.batch_size)
+        fpred = detect_tiled(model, free, 0.05, batch_size=a.batch_size, **tiling)
         fp_free = {t: float(np.mean([(p[1] >= t).sum() for p in fpred])) for t in (0.2, 0.3, 0.4, 0.5, 0.6, thr)}
         split_desc = "; ".join(
             f"`{d.path}`: " + ", ".join(([f"every photo of {', '.join(d.heldout_classes)}"] if d.heldout_classes else [])
@@ -226,9 +235,11 @@ def main(argv=None) -> int:
         "",
         f"Command: `python jobs/bench_detector.py --scenes {a.scenes} --empty {a.empty} --seed {a.seed}"
         f"{f' --input-size {a.input_size}' if a.input_size else ''}"
+        f"{f' --tiles {a.tiles} --tile-overlap {a.tile_overlap} --tile-max-px {a.tile_max_px}' if a.tiles > 1 else ''}"
         f"{f' --real-config {a.real_config}' if a.real_config else ''}`",
         f"(artifact `{a.artifact if a.artifact != default_artifact_path('detector') else 'logoscan/weights/detector'}`,"
-        f" input {config['arch_args']['input_size']} px). Needs the real photos beside the project "
+        f" input {config['arch_args']['input_size']} px"
+        f"{f'; tiles {a.tiles}: the whole image and {a.tiles}x{a.tiles} windows overlapping by {a.tile_overlap}, a window keeping boxes up to {a.tile_max_px} px' if a.tiles > 1 else ''}). Needs the real photos beside the project "
         "(../shared/data/real-photos).",
         "",
         *real_lines,
@@ -276,7 +287,8 @@ def main(argv=None) -> int:
         "| how | images/s |",
         "|---|---|",
         f"| as saved, FCOS's transform on the full image, batch 8, fp32 (before) | {cpu_old:.1f} |",
-        f"| `detect_images`: BatchNorm folded, resized before normalising, batch {a.batch_size}, fp32 "
+        f"| `detect_images`{f' on the whole image and its {a.tiles}x{a.tiles} windows (`detect_tiled`)' if a.tiles > 1 else ''}"
+        f": BatchNorm folded, resized before normalising, batch {a.batch_size}, fp32 "
         f"| {cpu_ips['fp32']:.1f} |",
         f"| the same, bf16 autocast | {cpu_ips['bf16']:.1f}{'' if native_bf16('cpu') else ' (no native bf16 on this CPU)'} |",
         f"| GPU | {gpu or 'not measured: no GPU on the machine that ran this'} |",

@@ -133,14 +133,15 @@ def _near(stem: str, other: str) -> bool:
     return stem == other or (stem.isdigit() and other.isdigit() and abs(int(stem) - int(other)) <= 2)
 
 
-def sweep(work: Path, data: Path, name: str, embedder: str, detector_input: int | None,
+def sweep(work: Path, data: Path, name: str, embedder: str, detector,
           views: tuple[str, ...], decision: str | None = None, detect: bool = False,
           refs: str = "references.parquet") -> dict:
     """One sweep; ``decision`` None: the gallery's default threshold, as a new user gets it;
     "distance" / "evidence": calibrated on the calibration half first (``detect``: on the
-    detector's regions of those photos, `calibrate --detect`), then that policy.decision."""
+    detector's regions of those photos, `calibrate --detect`), then that policy.decision.
+    ``detector``: the sweep's (and calibration's) DetectorConfig."""
     from logoscan.calibration import calibrate
-    from logoscan.config import CalibrateConfig, DetectorConfig, EmbedderConfig, FetchConfig, PolicyConfig, ScanConfig
+    from logoscan.config import CalibrateConfig, EmbedderConfig, FetchConfig, PolicyConfig, ScanConfig
     from logoscan.evaluate import evaluate, read_flagged
     from logoscan.gallery import build, release_lite
     from logoscan.models import default_artifact_path, load_artifact
@@ -160,12 +161,12 @@ def sweep(work: Path, data: Path, name: str, embedder: str, detector_input: int 
     if decision:
         cal = calibrate(CalibrateConfig(crops=str(work / "calibration-crops.parquet"), milvus_uri=db, collection="cars",
                                         out=str(run / "calibration"), embedder=EmbedderConfig(artifact=embedder),
-                                        detect=detect, detector=DetectorConfig(input_size=detector_input)))
+                                        detect=detect, detector=detector))
         release_lite(db)
     cfg = ScanConfig(manifest=str(work / "manifest.parquet"), milvus_uri=db, collection="cars",
                      out=str(run / "out"), run_id="real", engine="local", checkpoint_every=0,
                      fetch=FetchConfig(allowed_roots=(str(data.resolve()), str(work.resolve()))),
-                     detector=DetectorConfig(input_size=detector_input), embedder=EmbedderConfig(artifact=embedder),
+                     detector=detector, embedder=EmbedderConfig(artifact=embedder),
                      policy=PolicyConfig(decision=decision or "distance"))
     summary = run_scan(cfg)
     result = evaluate(summary["outputs"]["summary"], str(work / "truth.parquet"))
@@ -192,6 +193,8 @@ def main(argv=None) -> int:
     ap.add_argument("--views", action="append", default=[], metavar="V1,V2,...",
                     help="gallery views to sweep with (repeatable; each a comma list, 'clean' first); default: clean")
     ap.add_argument("--detector-input", type=int, default=None, help="detector.input_size (default: the artifact's)")
+    ap.add_argument("--detector-tiles", type=int, default=1,
+                    help="detector.tiles: also detect in N x N windows of each photo (default 1: the whole photo)")
     ap.add_argument("--logo-free-crops", type=int, default=6, help="crops per logo-free sample photo")
     ap.add_argument("--calibrated", action="store_true",
                     help="half of the held-out makes' photos become labelled crops; sweep the other half with the "
@@ -223,7 +226,9 @@ def main(argv=None) -> int:
     decisions = ((None, False), ("distance", False), ("evidence", False), ("distance", True), ("evidence", True)) \
         if a.calibrated else ((None, False),)
     galleries = ("references.parquet", "references-exemplars.parquet") if a.exemplars else ("references.parquet",)
-    rows = [sweep(work, data, name, path, a.detector_input, vs, d, det, g) for name, path in specs for vs in view_sets
+    from logoscan.config import DetectorConfig
+    detector = DetectorConfig(input_size=a.detector_input, tiles=a.detector_tiles)
+    rows = [sweep(work, data, name, path, detector, vs, d, det, g) for name, path in specs for vs in view_sets
             for d, det in decisions for g in galleries]
     words = {None: "default threshold", "distance": "calibrated thresholds", "evidence": "calibrated evidence model"}
     f = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
@@ -233,6 +238,7 @@ def main(argv=None) -> int:
         "Command: `python jobs/bench_real_sweep.py" + "".join(f" --embedder {s}" for s in a.embedder)
         + "".join(f" --views {v}" for v in a.views)
         + (f" --detector-input {a.detector_input}" if a.detector_input else "")
+        + (f" --detector-tiles {a.detector_tiles}" if a.detector_tiles > 1 else "")
         + (" --calibrated" if a.calibrated else "") + (f" --exemplars {a.exemplars}" if a.exemplars else "")
         + (f" --exemplar-seed {a.exemplar_seed}" if a.exemplar_seed else "") + "`",
         "",
@@ -241,7 +247,9 @@ def main(argv=None) -> int:
         + "). Catalog: the "
         f"{n['photos']} photos of the car makes held out of embedder training ({', '.join(heldout)}), "
         f"truth = the make's logo, and {n['logo_free']} logo-free photos (crops of scikit-image's logo-free "
-        "samples). The shipped detector at its operating threshold; `engine: local`, Milvus Lite."
+        "samples). The shipped detector at its operating threshold"
+        + (f", on the whole photo and {a.detector_tiles}x{a.detector_tiles} windows of it (`detector.tiles`)"
+           if a.detector_tiles > 1 else "") + "; `engine: local`, Milvus Lite."
         + (f" With `--calibrated`, half of the held-out makes' photos and of the logo-free photos were set aside "
            f"as {n['calibration_crops']} labelled crops ({n['calibration_badges']} badge boxes with their make's "
            "logo, 8 logo-free squares per logo-free photo) for `logoscan calibrate` at 1% false accepts; the "

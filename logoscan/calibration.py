@@ -170,7 +170,7 @@ def detected_crops(table: pa.Table, cfg) -> tuple[pa.Table, dict]:
     from logoscan.images import decode
     from logoscan.log import get_logger
     from logoscan.models import default_artifact_path, load_artifact
-    from logoscan.models.detector import detect_images, resolve_precision
+    from logoscan.models.detector import detect_tiled, resolve_precision
     log = get_logger(__name__)
     model, mcfg = load_artifact(cfg.detector.artifact or default_artifact_path("detector"), inference=True)
     thresh = cfg.detector.score_thresh if cfg.detector.score_thresh is not None else mcfg["score_thresh"]
@@ -186,8 +186,9 @@ def detected_crops(table: pa.Table, cfg) -> tuple[pa.Table, dict]:
             log.info("calibrate.detecting", done=n, images=len(by_image), seconds=round(last - t0, 1))
         boxes = [r for r in rs if r.get("box")]
         im = decode(storage.read_bytes(uri), 50_000_000)
-        det, scores = detect_images(model, [im], thresh, batch_size=1,
-                                    precision=resolve_precision(cfg.detector.precision, "cpu"))[0]
+        det, scores = detect_tiled(model, [im], thresh, batch_size=cfg.detector.batch_size,
+                                   precision=resolve_precision(cfg.detector.precision, "cpu"),
+                                   **cfg.detector.tiling())[0]
         det, scores = det[:cfg.detector.max_regions], scores[:cfg.detector.max_regions]
         iou = _iou(det, np.asarray([r["box"] for r in boxes], float).reshape(-1, 4)) if boxes else \
             np.zeros((len(det), 0))

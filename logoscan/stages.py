@@ -128,7 +128,7 @@ def detect(batch: dict, model, model_cfg: dict, cfg: DetectorConfig, crop_size: 
            max_pixels: int, device: str = "cpu") -> dict:
     """Decode, detect regions, cut the embedder's crop and a reviewer thumbnail for each region.
     ``crop_size``/``crop_pad`` come from the embedder artifact (preprocessing travels with it)."""
-    from logoscan.models.detector import detect_images, resolve_precision
+    from logoscan.models.detector import detect_tiled, resolve_precision
     from logoscan.models.embedder import square_crop
     thresh = cfg.score_thresh if cfg.score_thresh is not None else model_cfg["score_thresh"]
     precision = resolve_precision(cfg.precision, device)
@@ -169,8 +169,8 @@ def detect(batch: dict, model, model_cfg: dict, cfg: DetectorConfig, crop_size: 
         if not images:
             continue
         for i, im, result in zip(idx, images, _per_image(
-                lambda ims: detect_images(model, ims, thresh, device=device, batch_size=cfg.batch_size,
-                                          precision=precision), images)):
+                lambda ims: detect_tiled(model, ims, thresh, device=device, batch_size=cfg.batch_size,
+                                         precision=precision, **cfg.tiling()), images)):
             if isinstance(result, BaseException):  # this image failed on its own too
                 emit(i, "error", error=_error("detect", result))
                 continue

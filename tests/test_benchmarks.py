@@ -25,9 +25,10 @@ def test_bench_detector_prints_its_table(tmp_path):
     assert "false detections / logo-free photo" in out
     assert "| AP50 | recall |" in (tmp_path / "d.md").read_text()
     (tmp_path / "gone.yaml").write_text(f"datasets: [{{path: '{tmp_path / 'gone'}'}}]\n")
-    missing = _run("jobs/bench_detector.py", "--scenes", "2", "--empty", "1", "--threads", "1",
+    missing = _run("jobs/bench_detector.py", "--scenes", "2", "--empty", "1", "--threads", "1", "--tiles", "2",
                    "--real-config", str(tmp_path / "gone.yaml"))
     assert "Not measured" in missing and "gone not found" in missing
+    assert "--tiles 2 --tile-overlap 0.25 --tile-max-px 32" in missing and "2x2 windows (`detect_tiled`)" in missing
 
 
 def test_bench_embedder_runs_the_ablation(tmp_path):
@@ -93,7 +94,9 @@ def test_bench_real_sweep_with_photo_exemplars_sweeps_both_galleries(tmp_path):
     from test_real_embedder import make_real_photos
     data = make_real_photos(tmp_path / "real")
     out = _run("jobs/bench_real_sweep.py", "--data", str(data), "--heldout-makes", "kia", "--exemplars", "1",
-               "--logo-free-crops", "1", "--work", str(tmp_path / "w"), "--write", str(tmp_path / "s.md"))
+               "--detector-tiles", "2", "--logo-free-crops", "1", "--work", str(tmp_path / "w"),
+               "--write", str(tmp_path / "s.md"))
+    assert "--detector-tiles 2" in out and "2x2 windows of it" in out
     refs = pq.read_table(tmp_path / "w" / "references-exemplars.parquet").to_pylist()
     photos = [r for r in refs if "#photo-" in r["logo_id"]]
     assert sorted(r["label"] for r in photos) == ["audi", "honda", "kia"] and all(r["box"] for r in photos)

@@ -243,3 +243,78 @@ def test_imagenet_weights_travel_as_a_float16_safetensors_copy(tmp_path):
         assert "train" in str(e)
     else:
         assert n < 11e6 and load_file(str(tmp_path / "pkg.safetensors"))["_conv_stem.weight"].dtype == torch.float16
+
+
+@pytest.mark.parametrize("h,w,grid,overlap", [(640, 480, 2, 0.25), (800, 800, 3, 0.25), (37, 500, 2, 0.0),
+                                              (1, 1, 2, 0.5)])
+def test_tile_windows_cover_the_image_and_overlap(h, w, grid, overlap):
+    """Every pixel is in some window; neighbours share at least ``overlap`` of a window's side."""
+    import numpy as np
+
+    from logoscan.models.detector import tile_windows
+    wins = tile_windows(h, w, grid, overlap)
+    assert len(wins) == grid * grid
+    seen = np.zeros((h, w), bool)
+    for x0, y0, x1, y1 in wins:
+        assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+        seen[y0:y1, x0:x1] = True
+    assert seen.all()
+    xs = sorted({(x0, x1) for x0, _, x1, _ in wins})
+    for (a0, a1), (b0, b1) in zip(xs, xs[1:]):
+        assert a1 - b0 >= int(overlap * (a1 - a0)) - 1
+
+
+def test_tile_boxes_come_back_in_image_pixels_and_cut_or_large_ones_are_dropped():
+    """merge_tiles: a window's box moves by the window's corner; one touching a window's inner edge
+    (a cut logo), or longer than max_px, is dropped; the same logo seen whole and in a window is
+    one box (NMS)."""
+    import numpy as np
+
+    from logoscan.models.detector import merge_tiles
+    shape = (400, 400, 3)
+    where = [(0, (0, 0, 400, 400)), (0, (0, 0, 250, 250)), (0, (150, 150, 400, 400))]
+    f = lambda *b: np.asarray(b, np.float32).reshape(-1, 4)  # noqa: E731
+    found = [(f(10, 10, 110, 110), np.asarray([0.9], np.float32)),              # whole image: a large logo
+             (f(200, 200, 230, 230, 100, 100, 250, 160, 12, 12, 108, 108),      # small logo; cut; the large one again
+              np.asarray([0.8, 0.95, 0.7], np.float32)),
+             (f(51, 50, 81, 80), np.asarray([0.75], np.float32))]  # the small logo seen again, one pixel off
+    (boxes, scores), = merge_tiles(found, where, [shape], max_px=48)
+    got = {tuple(np.round(b).astype(int)) for b in boxes}
+    assert got == {(10, 10, 110, 110), (200, 200, 230, 230)}, boxes
+    (boxes, _), = merge_tiles(found, where, [shape], max_px=0)
+    assert {tuple(np.round(b).astype(int)) for b in boxes} == {(10, 10, 110, 110), (200, 200, 230, 230)}
+    # tile_thresh drops the window's weaker boxes only
+    (boxes, _), = merge_tiles(found, where, [shape], max_px=48, tile_thresh=0.85)
+    assert {tuple(np.round(b).astype(int)) for b in boxes} == {(10, 10, 110, 110)}
+
+
+def test_tiled_detection_still_finds_a_large_logo_and_changes_the_store_key(tmp_path):
+    """detector.tiles 2: the large logo the whole image shows is found as without tiles, boxes in
+    the image's pixels; tiles are part of the embedding store's key (other regions are stored)."""
+    import random
+
+    import numpy as np
+    from torchvision.ops import box_iou
+
+    from logoscan.config import OcrConfig, ScanConfig
+    from logoscan.config_io import ConfigError, load
+    from logoscan.models.artifact import default_artifact_path, load_artifact
+    from logoscan.models.detector import detect_tiled
+    from logoscan.sweep.plan import open_store
+    from logoscan.synth.marks import demo_gallery
+    from logoscan.synth.scenes import make_scene
+
+    model, cfg = load_artifact(default_artifact_path("detector"), inference=True)
+    rng = random.Random(11)
+    im, planted = make_scene(rng, [m for *_, m in demo_gallery()][:1], size=(900, 700), logo_px=(200, 260),
+                             max_rot=0, n_clutter=0)
+    truth = torch.tensor([p.box for p in planted])
+    det = load(ScanConfig, None, ["detector.tiles=2"]).detector
+    (boxes, scores), = detect_tiled(model, [np.asarray(im)], cfg["score_thresh"], batch_size=4, **det.tiling())
+    assert len(boxes) and box_iou(torch.from_numpy(boxes), truth).max() >= 0.5
+    assert (np.diff(scores) <= 0).all()
+    with pytest.raises(ConfigError, match="detector.tiles=9"):
+        load(ScanConfig, None, ["detector.tiles=9"])
+    plain = load(ScanConfig, None, []).detector
+    keys = {open_store(str(tmp_path), "m", d, OcrConfig()).key for d in (plain, det)}
+    assert len(keys) == 2

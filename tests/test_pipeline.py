@@ -61,6 +61,18 @@ def test_local_sweep_flags_planted_logos_in_their_queues(sample, local_run):
             assert r["run_id"] == "t" and r["gallery_version"] == sample["meta"]["gallery_version"]
 
 
+def test_a_tiled_sweep_finds_what_the_plain_one_finds_and_accounts_for_every_row(sample, local_run, tmp_path):
+    """detector.tiles 2 (the whole image plus 2 x 2 windows): the planted logos are still flagged,
+    every row is scanned or an error, and the run is stored under another store key."""
+    from logoscan.config import DetectorConfig
+    plain, _ = local_run
+    tiled = run_scan(_cfg(sample, tmp_path, engine="local", detector=DetectorConfig(tiles=2)))
+    truth = _truth(sample)
+    assert len(truth & _pairs(tiled)) >= len(truth & _pairs(plain))
+    assert tiled["rows_in"] == tiled["rows_scanned"] + tiled["rows_errored"] == plain["rows_in"]
+    assert tiled["store"]["key"] != plain["store"]["key"]
+
+
 def test_every_row_is_scanned_or_in_errors(sample, local_run):
     summary, out = local_run
     manifest_rows = pq.read_table(sample["manifest"]).num_rows

@@ -18,6 +18,7 @@ from torch import nn
 from torchvision.models.detection import FCOS
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import nms
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelP6P7
 
 from logoscan.models.artifact import register_model
@@ -199,3 +200,81 @@ def detect_images(model: FCOS, images: list[np.ndarray], score_thresh: float, de
             out.append(((p["boxes"][keep].float() * f).cpu().numpy().astype(np.float32),
                         p["scores"][keep].float().cpu().numpy().astype(np.float32)))
     return out
+
+
+def tile_windows(h: int, w: int, grid: int, overlap: float) -> list[tuple[int, int, int, int]]:
+    """A ``grid`` × ``grid`` set of windows (x0, y0, x1, y1) covering an h×w image, neighbours
+    overlapping by ``overlap`` of a window's side, so a logo narrower than the overlap lies whole
+    inside at least one window. ``grid`` 1: the whole image."""
+    if grid <= 1:
+        return [(0, 0, w, h)]
+
+    def starts(n: int) -> list[tuple[int, int]]:
+        side = min(n, max(1, math.ceil(n / (grid - (grid - 1) * overlap))))
+        step = (n - side) / (grid - 1)
+        return [(round(i * step), round(i * step) + side) for i in range(grid)]
+    return [(x0, y0, x1, y1) for y0, y1 in starts(h) for x0, x1 in starts(w)]
+
+
+def tile_views(images: list[np.ndarray], grid: int, overlap: float) -> tuple[list[np.ndarray], list[tuple]]:
+    """Each image whole, then its ``tile_windows``: the views and, per view, (image index, window)."""
+    views, where = [], []
+    for k, im in enumerate(images):
+        h, w = im.shape[:2]
+        for win in [(0, 0, w, h), *(tile_windows(h, w, grid, overlap) if grid > 1 else [])]:
+            x0, y0, x1, y1 = win
+            views.append(im[y0:y1, x0:x1])
+            where.append((k, win))
+    return views, where
+
+
+def merge_tiles(found: list[tuple[np.ndarray, np.ndarray]], where: list[tuple], shapes: list[tuple],
+                nms_iou: float = 0.5, max_px: float = 0.0, tile_thresh: float = 0.0, keep: int = 20,
+                edge_px: float = 2.0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per image, the whole image's boxes and its windows' boxes (moved into the image's pixels)
+    merged with NMS. A window's box is dropped when it touches one of the window's inner edges (a
+    cut part of a logo that another view sees whole), when its longest side is over ``max_px``
+    (0: no limit; large logos are the whole image's to find), or when it scores under
+    ``tile_thresh``."""
+    boxes = [[] for _ in shapes]
+    scores = [[] for _ in shapes]
+    for (k, (x0, y0, x1, y1)), (b, s) in zip(where, found):
+        h, w = shapes[k][:2]
+        if len(b) and (x0, y0, x1, y1) != (0, 0, w, h):
+            drop = s < tile_thresh
+            if x0 > 0:
+                drop |= b[:, 0] <= edge_px
+            if y0 > 0:
+                drop |= b[:, 1] <= edge_px
+            if x1 < w:
+                drop |= b[:, 2] >= (x1 - x0) - edge_px
+            if y1 < h:
+                drop |= b[:, 3] >= (y1 - y0) - edge_px
+            if max_px:
+                drop |= np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]) > max_px
+            b, s = b[~drop] + np.array([x0, y0, x0, y0], np.float32), s[~drop]
+        boxes[k].append(b)
+        scores[k].append(s)
+    out = []
+    for bs, ss in zip(boxes, scores):
+        b = torch.from_numpy(np.concatenate(bs).reshape(-1, 4).astype(np.float32))
+        s = torch.from_numpy(np.concatenate(ss).astype(np.float32))
+        kept = nms(b, s, nms_iou)[:keep]
+        out.append((b[kept].numpy(), s[kept].numpy()))
+    return out
+
+
+def detect_tiled(model: FCOS, images: list[np.ndarray], score_thresh: float, grid: int = 1,
+                 overlap: float = 0.25, device: str = "cpu", batch_size: int = 8, precision: str = "fp32",
+                 max_px: float = 0.0, tile_thresh: float = 0.0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``detect_images`` on each whole image and on ``grid`` × ``grid`` overlapping windows of it,
+    each window resized to the detector's input size like a whole image (so a small logo reaches
+    the model ~``grid`` times larger), merged per image by ``merge_tiles``. Costs 1 + grid² model
+    calls per image. Slicing-aided inference in the manner of SAHI (Akyon et al., 2022), written
+    here because the detector's own batching, resizing and precision are what the sweep runs."""
+    if grid <= 1:
+        return detect_images(model, images, score_thresh, device, batch_size, precision)
+    views, where = tile_views(images, grid, overlap)
+    found = detect_images(model, views, score_thresh, device, batch_size, precision)
+    return merge_tiles(found, where, [im.shape for im in images], max_px=max_px, tile_thresh=tile_thresh,
+                       keep=model.detections_per_img)

@@ -148,6 +148,8 @@ def open_store(uri: str, model_version: str, det, ocr) -> Store:
     settings = {"score_thresh": det.score_thresh, "max_regions": det.max_regions, "thumbnail_px": det.thumbnail_px,
                 **({"precision": det.precision} if det.precision != "fp32" else {}),  # fp32: the keys stores had
                 **({"input_size": det.input_size} if det.input_size else {}),
+                # tiles 1: the keys stores had; otherwise the windows change the regions found
+                **({"tiling": det.tiling()} if det.tiles > 1 else {}),
                 "ocr": {"languages": list(ocr.languages), "model_dir": ocr.model_dir,
                         "min_confidence": ocr.min_confidence} if ocr.enabled else None}
     return Store(uri, store_key(model_version, settings), {"model_version": model_version, "settings": settings})
