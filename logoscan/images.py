@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -30,7 +31,10 @@ def decode(data: bytes, max_pixels: int) -> np.ndarray:
     except ImageRejected:
         raise
     except Exception as e:  # PIL raises many types for bad data (a broken EXIF block too)
-        raise ImageRejected(f"cannot decode image: {type(e).__name__}: {e}") from e
+        # PIL names the in-memory file it was given ("<_io.BytesIO object at 0x7f...>"): an address
+        # that differs on every run and tells a reader nothing
+        said = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(e))
+        raise ImageRejected(f"cannot decode image: {type(e).__name__}: {said}") from e
 
 
 def _to_rgb(im: Image.Image) -> np.ndarray:
