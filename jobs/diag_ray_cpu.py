@@ -1,6 +1,6 @@
 """One-off diagnostic (not a benchmark table): CPU seconds per process during a Ray sweep.
 
-    python jobs/diag_ray_cpu.py --images 600 [--set ray.fetch_batch=16 ...]
+    python jobs/diag_ray_cpu.py --images 600 [--set ray.fetch_batch=16 --set ray.worker_niceness=15 ...]
 
 Makes (or reuses) a catalog of 800x800 JPEGs like jobs/bench_throughput.py's under --workdir,
 builds the demo gallery in Milvus Lite, runs a small warm-up sweep, then one timed Ray sweep.
@@ -48,7 +48,7 @@ def main() -> int:
 
     from bench_throughput import make_catalog
     from logoscan import config_io
-    from logoscan.config import PolicyConfig, RayConfig, ScanConfig
+    from logoscan.config import PolicyConfig, ScanConfig
     from logoscan.log import configure
     from logoscan.sweep import init_ray, run_scan
 
@@ -58,21 +58,21 @@ def main() -> int:
         rows = make_catalog(work, a.images)
         pq.write_table(pa.Table.from_pylist(rows), manifest)
         pq.write_table(pa.Table.from_pylist(rows[:32]), work / "warm.parquet")
-    init_ray(RayConfig())  # before any Milvus client
     configure(level="WARNING")
     db = str(work / "milvus.db")
-    if not Path(db).exists():
-        from logoscan.demo import demo_gallery, write_references
-        from logoscan.gallery import build
-        from logoscan.models import default_artifact_path, load_artifact
-        model, cfg = load_artifact(default_artifact_path("embedder"))
-        build(write_references(work, demo_gallery()), db, "g", model, cfg)
     data = config_io.to_dict(ScanConfig(manifest=str(manifest), milvus_uri=db, collection="g", out=str(work / "out"),
                                         run_date="2026-11-23", engine="ray",
                                         policy=PolicyConfig(default_threshold=0.5)))
     for o in a.set:
         config_io.set_dotted(data, *config_io.parse_override(o))
     cfg = config_io.build(ScanConfig, data)
+    init_ray(cfg.ray)  # before any Milvus client; the local Ray as --set ray.* asks (ray.worker_niceness=15: Ray's default)
+    if not Path(db).exists():
+        from logoscan.demo import demo_gallery, write_references
+        from logoscan.gallery import build
+        from logoscan.models import default_artifact_path, load_artifact
+        model, emb_cfg = load_artifact(default_artifact_path("embedder"))
+        build(write_references(work, demo_gallery()), db, "g", model, emb_cfg)
     run_scan(replace(cfg, run_id="warm", manifest=str(work / "warm.parquet"), out=str(work / "out-warm")))
 
     before, t0 = cpu_by_process(), time.time()

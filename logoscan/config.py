@@ -172,6 +172,12 @@ class PolicyConfig:
 class RayConfig:
     address: Str | None = None              # None: RAY_ADDRESS if set, else a local Ray
     num_cpus: Positive | None = None        # local Ray only
+    # local Ray only: the niceness of Ray's worker processes (where the actors run the models).
+    # Ray's own default, 15, makes them yield to its daemons, the driver and every other process;
+    # on a 2-core machine the sweep's start-up (until the detector was loaded) took 17-26 s at 15
+    # and 9-14 s at 0, the detector's own time unchanged (docs/bench/throughput.md). None: Ray's
+    # default. A cluster's workers take it from `RAY_worker_niceness` where `ray start` runs
+    worker_niceness: Annotated[int, Field(ge=0, le=19)] | None = 0
     # images per Ray Data batch (a fetch task, a detect call). Fewer, larger batches ran faster on 2
     # CPUs (600 images: 16 → 8.6, 64 → 9.4, 128 → 10.4 images/s); detect decodes only
     # detector.batch_size images at a time, so memory does not grow with it

@@ -104,6 +104,27 @@ def test_ray_engine_gives_the_same_flags_as_in_process(sample, local_run, tmp_pa
     assert summary["rows_errored"] == local_run[0]["rows_errored"]
 
 
+def test_the_local_ray_runs_its_workers_at_the_configured_niceness():
+    """The local Ray the job starts (``ray.worker_niceness``, default 0) runs the model actors'
+    workers at the driver's priority, not Ray's default 15 (they yielded CPU to every other
+    process on a small machine); the key is checked when the config is read."""
+    import os
+
+    import ray
+
+    from logoscan.config import ScanConfig
+    from logoscan.config_io import ConfigError, load
+
+    @ray.remote(num_cpus=0)
+    def niceness():
+        return os.nice(0)
+
+    assert ray.get(niceness.remote()) == load(ScanConfig, None, []).ray.worker_niceness == 0
+    assert load(ScanConfig, None, ["ray.worker_niceness=null"]).ray.worker_niceness is None
+    with pytest.raises(ConfigError, match="worker_niceness"):
+        load(ScanConfig, None, ["ray.worker_niceness=25"])
+
+
 def test_ray_engine_across_several_shuffle_partitions_gives_the_same_rows(sample, local_run, tmp_path, monkeypatch):
     """Small manifests fit one partition and skip the hash shuffle (``stream.by_key``); a manifest
     over ``SHUFFLE_ROWS`` takes it: the same flags and the same duplicate rows either way."""
