@@ -94,8 +94,8 @@ class DetectorConfig:
     thumbnail_px: Annotated[int, Field(ge=16, le=2048)] = 128
     # auto | fp32 | bf16. bf16: the detector under bfloat16 autocast, for the same AP50 and recall
     # (docs/bench/detector.md); whether it is faster depends on the machine: on CPUs with
-    # AVX512-BF16 but no AMX it was 1.7x faster in one session and 6-22% slower in two, on an H200
-    # slower. auto: bf16 on a CPU with AMX, else fp32.
+    # AVX512-BF16 but no AMX it was 1.4-1.7x faster in two sessions (one an AMD EPYC) and 6-22%
+    # slower in two, on an H200 slower. auto: bf16 on a CPU with AMX, else fp32.
     # The embedder always runs in fp32 (distances are compared with calibrated thresholds)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     # the longest side the detector sees; None = the artifact's own (512 for detector-v3). 320 runs
