@@ -66,7 +66,7 @@ def main() -> int:
     for o in a.set:
         config_io.set_dotted(data, *config_io.parse_override(o))
     cfg = config_io.build(ScanConfig, data)
-    init_ray(cfg.ray)  # before any Milvus client; the local Ray as --set ray.* asks (ray.worker_niceness=15: Ray's default)
+    init_ray(cfg.ray)  # before any Milvus client; as --set ray.* asks (ray.worker_niceness=15: Ray's own)
     if not Path(db).exists():
         from logoscan.demo import demo_gallery, write_references
         from logoscan.gallery import build
