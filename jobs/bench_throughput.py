@@ -1,6 +1,10 @@
 """Throughput of the sweep against its floors and the naive way, and how it scales.
 
   python jobs/bench_throughput.py --images 1000 --write docs/bench/throughput.md
+  python jobs/bench_throughput.py --images 400 --galleries 100 --set ray.detector_actors=2 --set detector.threads=1
+
+``--set KEY=VALUE`` changes the sweeps' config (checked like a config file's keys before any work);
+the floors and the naive baseline stay as they are.
 
 One synthetic catalog of 800x800 JPEG product images (a gallery logo planted in about half), one
 run, printed as tables:
@@ -220,6 +224,17 @@ def make_gallery(work: Path, db: str, name: str, size: int, index: str, model, e
     return meta
 
 
+def with_overrides(cfg, sets: list[str]):
+    """``cfg`` with ``--set KEY=VALUE`` on top, checked like a config file's keys."""
+    if not sets:
+        return cfg
+    from logoscan import config_io
+    data = config_io.to_dict(cfg)
+    for o in sets:
+        config_io.set_dotted(data, *config_io.parse_override(o))
+    return config_io.build(type(cfg), data)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=2000, help="N (the 5N run makes 5x as many)")
@@ -229,10 +244,15 @@ def main() -> int:
     ap.add_argument("--galleries", default="100,10000,100000")
     ap.add_argument("--no-5n", action="store_true", help="skip the 5N catalog run")
     ap.add_argument("--write")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="ScanConfig overrides for the sweeps (e.g. ray.detector_actors=2); the floors do not change")
     a = ap.parse_args()
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    from logoscan.config import PolicyConfig, RayConfig, ScanConfig, StoreConfig
+    from logoscan.config import PolicyConfig, ScanConfig, StoreConfig
+    with_overrides(ScanConfig(manifest="m", milvus_uri="u", collection="c", out="o"), a.set)  # a bad key fails now
+    if a.set:
+        print(f"sweep overrides: {' '.join(a.set)}", flush=True)
     from logoscan.log import configure
     from logoscan.models import default_artifact_path, load_artifact
     from logoscan.sweep import init_ray, run_scan
@@ -261,7 +281,8 @@ def main() -> int:
 
     floors("start")
 
-    init_ray(RayConfig())  # before any Milvus client (gRPC threads break Ray's fork)
+    init_ray(with_overrides(ScanConfig(manifest="m", milvus_uri="u", collection="c", out="o"), a.set).ray)
+    # ^ before any Milvus client (gRPC threads break Ray's fork)
     configure(level="WARNING")
     model, emb_cfg = load_artifact(default_artifact_path("embedder"))
     db = str(work / "milvus.db")
@@ -299,6 +320,7 @@ def main() -> int:
     base = ScanConfig(manifest=str(work / "manifest-n.parquet"), milvus_uri=db, collection=f"g{sizes[0]}",
                       out=str(work / "out"), run_date="2026-11-23", engine="ray", policy=policy,
                       store=StoreConfig(write=True))
+    base = with_overrides(base, a.set)
 
     def sweep(name, cfg, images):
         with PeakRSS() as mem:
@@ -340,6 +362,7 @@ def main() -> int:
     # with nothing else (no crops, no start-up, no output) is the most any sweep of these models
     # can do on this machine
     ceiling = 1.0 / (1.0 / res["decode"] + 1.0 / res["model"])
+    set_note = (", " + " ".join(f"`--set {o}`" for o in a.set)) if a.set else ""
     lines = [
         "# Sweep throughput: floors, naive baseline, scaling",
         "",
@@ -365,7 +388,7 @@ def main() -> int:
         f"and called the textbook way, Python loop over {len(gallery)} gallery embeddings |",
         f"| 3b. naive, larger gallery | {res['naive_big']:.2f} | the same loop over {len(big_gallery):,} gallery "
         f"embeddings ({max(10, len(few) // 4)} images) |",
-        f"| 4. the sweep | {res['sweep']:.2f} | Ray + Milvus Lite, {sizes[0]} references, end to end |",
+        f"| 4. the sweep | {res['sweep']:.2f} | Ray + Milvus Lite, {sizes[0]} references, end to end{set_note} |",
         "",
         f"- sweep / naive = **{res['sweep'] / res['naive']:.2f}x** (bar: >= 3x); against the naive loop over "
         f"{len(big_gallery):,} embeddings: {res['sweep'] / res['naive_big']:.2f}x",
