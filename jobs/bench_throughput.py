@@ -363,10 +363,12 @@ def main() -> int:
     # can do on this machine
     ceiling = 1.0 / (1.0 / res["decode"] + 1.0 / res["model"])
     set_note = (", " + " ".join(f"`--set {o}`" for o in a.set)) if a.set else ""
+    extra_args = (f" --galleries {a.galleries}" if a.galleries != ap.get_default("galleries") else "") + \
+        (" --no-5n" if a.no_5n else "") + "".join(f" --set {o}" for o in a.set)
     lines = [
         "# Sweep throughput: floors, naive baseline, scaling",
         "",
-        f"`python jobs/bench_throughput.py --images {n} --write docs/bench/throughput.md` "
+        f"`python jobs/bench_throughput.py --images {n}{extra_args} --write docs/bench/throughput.md` "
         f"(`make bench-throughput`) on this project's {cpus}-core CPU machine, no GPU. Synthetic catalog: "
         f"{n} JPEG product images of 800x800 (quality 85), a demo gallery logo planted in about half. Rates "
         f"for the model floor, the naive baseline and the stage split are over the first {a.floor_images} "

@@ -182,6 +182,8 @@ class RayConfig:
     # CPUs (600 images: 16 → 8.6, 64 → 9.4, 128 → 10.4 images/s); detect decodes only
     # detector.batch_size images at a time, so memory does not grow with it
     fetch_batch: Positive = 128
+    # on a 2-core CPU node, 2 actors with detector.threads: 1 ran 7-26% faster than 1 actor with 2
+    # threads (one process per thread: a preempted thread stalls only its own actor; docs/bench/throughput.md)
     detector_actors: Positive = 1
     # 0: embed inside each detector actor (one process and one object-store hop fewer: on a small
     # node the separate embedder process cost 3x its own work in CPU); >= 1: a pool of its own.
