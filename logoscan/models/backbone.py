@@ -29,7 +29,8 @@ _BN = dict(momentum=0.01, eps=1e-3)
 class SameConv2d(nn.Conv2d):
     """Conv2d with TensorFlow 'SAME' padding (the weights were trained with it). Symmetric
     padding (every stride-1 conv) is the convolution's own; only an uneven split (some stride-2
-    convs) pads a copy of the input first, which costs a fill and a copy of the whole map."""
+    convs) pads a copy of the input first, which costs a fill and a copy of the whole map (at
+    inference MBConv pads its narrower input instead: ``MBConv._expanded_padded``)."""
 
     def same_pads(self, x: torch.Tensor) -> list[int]:
         """F.pad's [left, right, top, bottom] for 'SAME' on ``x``."""
