@@ -250,7 +250,7 @@ def main() -> int:
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from logoscan.config import PolicyConfig, ScanConfig, StoreConfig
-    with_overrides(ScanConfig(manifest="m", milvus_uri="u", collection="c", out="o"), a.set)  # a bad key fails now
+    checked = with_overrides(ScanConfig(manifest="m", milvus_uri="u", collection="c", out="o"), a.set)  # a bad key fails now
     if a.set:
         print(f"sweep overrides: {' '.join(a.set)}", flush=True)
     from logoscan.log import configure
@@ -281,8 +281,7 @@ def main() -> int:
 
     floors("start")
 
-    init_ray(with_overrides(ScanConfig(manifest="m", milvus_uri="u", collection="c", out="o"), a.set).ray)
-    # ^ before any Milvus client (gRPC threads break Ray's fork)
+    init_ray(checked.ray)  # before any Milvus client (gRPC threads break Ray's fork)
     configure(level="WARNING")
     model, emb_cfg = load_artifact(default_artifact_path("embedder"))
     db = str(work / "milvus.db")
