@@ -1,7 +1,7 @@
 """Throughput of the sweep against its floors and the naive way, and how it scales.
 
   python jobs/bench_throughput.py --images 1000 --write docs/bench/throughput.md
-  python jobs/bench_throughput.py --images 400 --galleries 100 --set ray.detector_actors=2 --set detector.threads=1
+  python jobs/bench_throughput.py --images 400 --galleries 100 --set ray.detector_actors=1 --set detector.threads=2
 
 ``--set KEY=VALUE`` changes the sweeps' config (checked like a config file's keys before any work);
 the floors and the naive baseline stay as they are.
@@ -224,17 +224,6 @@ def make_gallery(work: Path, db: str, name: str, size: int, index: str, model, e
     return meta
 
 
-def with_overrides(cfg, sets: list[str]):
-    """``cfg`` with ``--set KEY=VALUE`` on top, checked like a config file's keys."""
-    if not sets:
-        return cfg
-    from logoscan import config_io
-    data = config_io.to_dict(cfg)
-    for o in sets:
-        config_io.set_dotted(data, *config_io.parse_override(o))
-    return config_io.build(type(cfg), data)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=2000, help="N (the 5N run makes 5x as many)")
@@ -245,12 +234,13 @@ def main() -> int:
     ap.add_argument("--no-5n", action="store_true", help="skip the 5N catalog run")
     ap.add_argument("--write")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="ScanConfig overrides for the sweeps (e.g. ray.detector_actors=2); the floors do not change")
+                    help="ScanConfig overrides for the sweeps (e.g. ray.detector_actors=1); the floors do not change")
     a = ap.parse_args()
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    from logoscan import config_io
     from logoscan.config import PolicyConfig, ScanConfig, StoreConfig
-    checked = with_overrides(ScanConfig(manifest="m", milvus_uri="u", collection="c", out="o"), a.set)  # a bad key fails now
+    checked = config_io.with_overrides(ScanConfig(manifest="m", milvus_uri="u", collection="c", out="o"), a.set)  # a bad key fails now
     if a.set:
         print(f"sweep overrides: {' '.join(a.set)}", flush=True)
     from logoscan.log import configure
@@ -319,7 +309,7 @@ def main() -> int:
     base = ScanConfig(manifest=str(work / "manifest-n.parquet"), milvus_uri=db, collection=f"g{sizes[0]}",
                       out=str(work / "out"), run_date="2026-11-23", engine="ray", policy=policy,
                       store=StoreConfig(write=True))
-    base = with_overrides(base, a.set)
+    base = config_io.with_overrides(base, a.set)
 
     def sweep(name, cfg, images):
         with PeakRSS() as mem:

@@ -10,7 +10,7 @@ within --timeout seconds, or it counts as hung. The cases:
     it): the first attempt;
   - model actors 0.5 each, matcher 0.25 (ray.matcher_cpus) but not counted by the sweep's rule;
   - the sweep's rule now (logoscan.sweep.engines.actor_cpus): the model actors' reservation is
-    lowered until FREE_FOR_RAY_DATA (0.75 CPU) stays free beside fetch and the matchers.
+    lowered until FREE_FOR_RAY_DATA (1 CPU) stays free beside fetch and the matchers.
 """
 from __future__ import annotations
 

@@ -60,12 +60,9 @@ def main() -> int:
         pq.write_table(pa.Table.from_pylist(rows[:32]), work / "warm.parquet")
     configure(level="WARNING")
     db = str(work / "milvus.db")
-    data = config_io.to_dict(ScanConfig(manifest=str(manifest), milvus_uri=db, collection="g", out=str(work / "out"),
-                                        run_date="2026-11-23", engine="ray",
-                                        policy=PolicyConfig(default_threshold=0.5)))
-    for o in a.set:
-        config_io.set_dotted(data, *config_io.parse_override(o))
-    cfg = config_io.build(ScanConfig, data)
+    cfg = config_io.with_overrides(ScanConfig(manifest=str(manifest), milvus_uri=db, collection="g",
+                                              out=str(work / "out"), run_date="2026-11-23", engine="ray",
+                                              policy=PolicyConfig(default_threshold=0.5)), a.set)
     init_ray(cfg.ray)  # before any Milvus client; as --set ray.* asks (ray.worker_niceness=15: Ray's own)
     if not Path(db).exists():
         from logoscan.demo import demo_gallery, write_references

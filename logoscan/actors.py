@@ -36,7 +36,8 @@ class DetectActor:
         from logoscan.models.detector import resolve_precision
         import torch
         configure(run_id)
-        torch.set_num_threads(det_cfg.threads)
+        if det_cfg.threads:  # None: as the process has it (the sweep sizes it: engines.pools)
+            torch.set_num_threads(det_cfg.threads)
         self.device = pick_device(det_cfg.device)
         # "auto" resolved here, on the worker that runs the model (its CPU or GPU decides)
         self.cfg = dataclasses.replace(det_cfg, precision=resolve_precision(det_cfg.precision, self.device))
@@ -75,7 +76,7 @@ class DetectEmbedActor:
         self.detect = DetectActor(det_cfg, crop_size, crop_pad, max_pixels, run_id)
         self.embed = EmbedActor(emb_cfg, run_id)
         import torch
-        torch.set_num_threads(max(det_cfg.threads, emb_cfg.threads))  # process-wide: the larger one
+        torch.set_num_threads(max(det_cfg.threads or torch.get_num_threads(), emb_cfg.threads))  # process-wide: the larger
 
     def __call__(self, batch: dict) -> dict:
         return self.embed(self.detect(batch))

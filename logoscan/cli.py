@@ -34,9 +34,7 @@ def _scan_config(a):
         config_io.set_dotted(data, "store.uri", a.store)
     if a.max_error_rate is not None:
         data["max_error_rate"] = a.max_error_rate
-    for o in a.set:
-        config_io.set_dotted(data, *config_io.parse_override(o))
-    return config_io.build(ScanConfig, data)
+    return config_io.build(ScanConfig, config_io.apply(data, a.set))
 
 
 def cmd_scan(a) -> int:
@@ -62,9 +60,7 @@ def cmd_rematch(a) -> int:
             data[key] = val
     if a.all_flags:
         data["all_flags"] = True
-    for o in a.set:
-        config_io.set_dotted(data, *config_io.parse_override(o))
-    s = run_rematch(config_io.build(RematchConfig, data))
+    s = run_rematch(config_io.build(RematchConfig, config_io.apply(data, a.set)))
     print(json.dumps({k: s[k] for k in ("run_id", "rows_in", "regions", "regions_per_s", "flagged", "flagged_all",
                                         "flagged_by_queue", "store", "outputs")}, indent=2))
     return 0
@@ -182,9 +178,7 @@ def cmd_calibrate(a) -> int:
         data["detect"] = True
     if a.embedder:
         config_io.set_dotted(data, "embedder.artifact", a.embedder)
-    for o in a.set:
-        config_io.set_dotted(data, *config_io.parse_override(o))
-    r = calibrate(config_io.build(CalibrateConfig, data))
+    r = calibrate(config_io.build(CalibrateConfig, config_io.apply(data, a.set)))
     print(json.dumps({"gallery_version": r["gallery_version"], "crops": r["crops"],
                       "thresholds": {m: {c: v["threshold"] for c, v in x["categories"].items()}
                                      for m, x in r["modes"].items()},

@@ -90,7 +90,10 @@ class DetectorConfig:
     batch_size: Positive = 4
     max_regions: Positive = 20
     device: Device = "auto"                 # auto | cpu | cuda[:N]
-    threads: Positive = 2
+    # torch threads of each detector process. None: the sweep sizes them with ray.detector_actors
+    # (1 per actor when the actors are "auto": logoscan.sweep.engines.detector_pool); the in-process
+    # engine uses every CPU of its process
+    threads: Positive | None = None
     thumbnail_px: Annotated[int, Field(ge=16, le=2048)] = 128
     # auto | fp32 | bf16. bf16: the detector under bfloat16 autocast, for the same AP50 and recall
     # (docs/bench/detector.md); whether it is faster depends on the machine: on CPUs with
@@ -182,9 +185,13 @@ class RayConfig:
     # CPUs (600 images: 16 → 8.6, 64 → 9.4, 128 → 10.4 images/s); detect decodes only
     # detector.batch_size images at a time, so memory does not grow with it
     fetch_batch: Positive = 128
-    # on a 2-core CPU node, 2 actors with detector.threads: 1 ran 7-26% faster than 1 actor with 2
-    # threads (one process per thread: a preempted thread stalls only its own actor; docs/bench/throughput.md)
-    detector_actors: Positive = 1
+    # "auto": on CPUs, one actor per detector.threads CPUs of the cluster (threads None: one
+    # thread each, so one actor per CPU), less the OCR and embedder actors; on GPUs, as many as
+    # num_gpus_per_actor fits beside those pools. On a 2-core node 2 actors of 1 thread ran the
+    # sweep 7-26% faster than 1 actor of 2 threads (one process per thread: a preempted thread
+    # stalls only its own actor, not the other at a barrier; docs/bench/throughput.md). Each actor
+    # holds its own copy of the models (~0.3 GiB on CPU)
+    detector_actors: Positive | Literal["auto"] = "auto"
     # 0: embed inside each detector actor (one process and one object-store hop fewer: on a small
     # node the separate embedder process cost 3x its own work in CPU); >= 1: a pool of its own.
     # With OCR on (it reads the crops between detect and embed), 0 means a pool of one

@@ -137,11 +137,22 @@ def build(cls: type[T], data: dict[str, Any], where: str = "") -> T:
         raise ConfigError(f"{where or cls.__name__}: {e}") from None
 
 
-def load(cls: type[T], path: str | None = None, overrides: list[str] | None = None) -> T:
-    data = read_mapping(path)
+def apply(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """``KEY=VALUE`` overrides (``--set``) on top of a config mapping, in order; ``data`` is changed."""
     for o in overrides or []:
         set_dotted(data, *parse_override(o))
-    return build(cls, data)
+    return data
+
+
+def load(cls: type[T], path: str | None = None, overrides: list[str] | None = None) -> T:
+    return build(cls, apply(read_mapping(path), overrides))
+
+
+def with_overrides(cfg: T, overrides: list[str] | None) -> T:
+    """``cfg`` with ``--set KEY=VALUE`` overrides on top, checked like a config file's keys."""
+    if not overrides:
+        return cfg
+    return build(type(cfg), apply(json.loads(json.dumps(dataclasses.asdict(cfg), default=str)), overrides))
 
 
 def to_dict(obj) -> dict:

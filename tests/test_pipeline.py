@@ -99,9 +99,13 @@ def test_reviewer_reads_one_queue_for_one_night(local_run):
 
 
 def test_ray_engine_gives_the_same_flags_as_in_process(sample, local_run, tmp_path):
-    summary = run_scan(_cfg(sample, tmp_path, engine="ray"))
+    summary = run_scan(replace(_cfg(sample, tmp_path, engine="ray"), ray=RayConfig(num_cpus=2, fetch_batch=1)))
     assert _pairs(summary) == _pairs(local_run[0])
     assert summary["rows_errored"] == local_run[0]["rows_errored"]
+    # the pool it ran, as the run's config.json records it: ``detector_actors: auto`` on the
+    # session's 2 CPUs, with 13 blocks (4 a detector actor at least), is two single-threaded actors
+    ran = json.loads((tmp_path / "runs" / "t" / "config.json").read_text())
+    assert (ran["ray"]["detector_actors"], ran["detector"]["threads"]) == (2, 1)
 
 
 def test_the_local_ray_runs_its_workers_at_the_configured_niceness():
@@ -216,9 +220,10 @@ def test_actor_cpu_reservation_leaves_room_for_ray_data():
     """Three 0.5-CPU actors on 2 CPUs stalled the sweep silently; the reservation is lowered."""
     from logoscan.sweep.engines import FREE_FOR_RAY_DATA, actor_cpus
     r = RayConfig(cpus_per_actor=0.5)
-    assert actor_cpus(r, 2, 2.0) == 0.5          # detector + embedder on 2 CPUs: as configured
-    low = actor_cpus(r, 3, 2.0)                  # + OCR: lowered to fit
-    assert 0 < low < 0.5 and 3 * low + 0.25 + FREE_FOR_RAY_DATA <= 2.0 + 1e-9
+    assert actor_cpus(r, 1, 2.0) == 0.5          # one detector actor on 2 CPUs: as configured
+    for n in (2, 3):                             # + an embedder pool, + OCR: lowered to fit
+        low = actor_cpus(r, n, 2.0)
+        assert 0 < low < 0.5 and n * low + 0.25 + FREE_FOR_RAY_DATA <= 2.0 + 1e-9
     assert actor_cpus(r, 3, 16.0) == 0.5         # a cluster with room: untouched
 
 
@@ -231,6 +236,27 @@ def test_matcher_actors_count_in_the_cpu_reservation():
     cpa = actor_cpus(r, 2, 2.0, matchers=r.matcher_actors)
     assert 0 < cpa < 0.5
     assert 2 * cpa + 0.25 + r.matcher_actors * r.matcher_cpus + FREE_FOR_RAY_DATA <= 2.0 + 1e-9
+
+
+def test_auto_detector_pool_is_one_single_thread_actor_per_cpu_beside_the_other_pools():
+    """``ray.detector_actors: auto`` with ``detector.threads`` unset: on 2 CPUs the measured faster
+    shape, 2 actors of 1 thread (docs/bench/throughput.md); the OCR/embedder actors' CPUs and a
+    GPU's shares are left to them; a configured count or thread number is kept."""
+    from logoscan.sweep.engines import detector_pool
+    auto = RayConfig()
+    assert auto.detector_actors == "auto"
+    assert detector_pool(auto, None, 0, 2.0, 0.0, 2.0) == (2, 1)
+    assert detector_pool(auto, None, 2, 2.0, 0.0, 2.0) == (1, 1)      # OCR + its embedder pool on 2 CPUs
+    assert detector_pool(auto, None, 0, 2.0, 0.0, 2.0, blocks=8) == (2, 1)
+    assert detector_pool(auto, None, 0, 2.0, 0.0, 2.0, blocks=7) == (1, 2)     # a short run: one copy of the models
+    assert detector_pool(auto, None, 0, 16.0, 0.0, 16.0, blocks=12) == (3, 5)  # one actor per 4 blocks at most
+    assert detector_pool(RayConfig(detector_actors=4), 1, 0, 16.0, 0.0, 16.0, blocks=1) == (4, 1)  # as configured
+    assert detector_pool(auto, 2, 0, 16.0, 0.0, 8.0) == (8, 2)        # threads set: CPUs / threads
+    assert detector_pool(RayConfig(detector_actors=1), None, 0, 2.0, 0.0, 2.0) == (1, 2)  # the old default
+    assert detector_pool(RayConfig(detector_actors=2), None, 0, 32.0, 0.0, 8.0) == (2, 8)  # at most a node's CPUs
+    gpu = RayConfig(num_gpus_per_actor=0.5)
+    assert detector_pool(gpu, None, 1, 16.0, 2.0, 16.0) == (3, 4)     # 4 halves of 2 GPUs, 1 for the embedder
+    assert detector_pool(gpu, None, 0, 0.0, 0.0, 0.0) == (1, 1)       # nothing known: one actor, one thread
 
 
 def test_matcher_pool_on_two_cpus_hands_back_every_row(sample, tmp_path):

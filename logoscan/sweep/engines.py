@@ -3,9 +3,11 @@ driver collects the results. ``run_ray``: Ray Data actor pools with the driver m
 (``ray.matcher_actors: 0``); ``run_local``: in-process, the same stage functions, for tests and
 debugging; ``run_stored``: images the embedding store holds, matched in the driver. With a matcher
 actor pool the Ray engine streams instead (logoscan.sweep.stream). Shared: the actors' CPU
-reservation (``actor_cpus``, ``pools``) and the stages' arguments."""
+reservation and the pools' sizes (``actor_cpus``, ``detector_pool``, ``pools``) and the stages'
+arguments."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -41,6 +43,8 @@ def run_local(manifest: pa.Table, cfg: ScanConfig, plan: RunPlan, col: Collector
     import torch
 
     from logoscan.actors import DetectActor, EmbedActor, OcrActor, fetch
+    cfg = dataclasses.replace(cfg, detector=dataclasses.replace(cfg.detector,
+                                                                threads=cfg.detector.threads or process_cpus()))
     det = DetectActor(**detect_kwargs(cfg, plan))
     ocr = OcrActor(cfg.ocr, plan.run_id) if cfg.ocr.enabled else None
     emb = EmbedActor(cfg.embedder, plan.run_id)
@@ -80,36 +84,88 @@ def init_ray(rcfg) -> None:
         ray.init(num_cpus=rcfg.num_cpus, include_dashboard=False, logging_level="WARNING", **extra)
 
 
-FREE_FOR_RAY_DATA = 0.75  # measured on 2 CPUs: 0.75 free ran, 0.5 and 0.25 free stalled
+# measured on 2 CPUs: 0.75 free ran a sweep without the hash shuffle, 0.5 and 0.25 stalled. Over
+# stream.SHUFFLE_ROWS manifest rows the hash shuffle's block tasks take 1 CPU each (Ray Data's
+# default): there two detector actors leaving 0.75 free took 61 s for 13 rows, leaving 1.0 free 33 s
+FREE_FOR_RAY_DATA = 1.0
 
 
-def actor_cpus(r, n_actors: int, cluster_cpus: float, matchers: int = 0) -> float:
+def process_cpus() -> int:
+    """The CPUs this process may run on (its affinity, where the OS says)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def actor_cpus(r, n_actors: int, cluster_cpus: float, matchers: int = 0, warn: bool = True) -> float:
     """CPUs each model actor reserves. Ray Data's own tasks (reading and splitting the manifest)
     need CPU left over: with detector + OCR + embedder actors at 0.5 each on 2 CPUs the sweep
     stalled with every actor idle and no error. So the reservation is lowered to leave
     ``FREE_FOR_RAY_DATA`` besides the fetch tasks' 0.25 and the matcher actors' own reservation,
-    and a warning says so."""
+    and a warning says so (``warn``: the actor count was configured, not sized by the sweep)."""
     free = cluster_cpus - 0.25 - FREE_FOR_RAY_DATA - matchers * r.matcher_cpus  # the fetch tasks hold 0.25
     if n_actors * r.cpus_per_actor <= free or n_actors == 0:
         return r.cpus_per_actor
     cpa = max(round(free / n_actors, 3), 0.05)
-    log.warning("ray.actor_cpus_lowered", configured=r.cpus_per_actor, used=cpa, actors=n_actors,
-                cluster_cpus=cluster_cpus,
-                note="the actors would leave too little CPU for Ray Data's own tasks (the sweep would stall)")
+    (log.warning if warn else log.info)(
+        "ray.actor_cpus_lowered", configured=r.cpus_per_actor, used=cpa, actors=n_actors, cluster_cpus=cluster_cpus,
+        note="the actors would leave too little CPU for Ray Data's own tasks (the sweep would stall)")
     return cpa
 
 
-def pools(cfg: ScanConfig, matchers: int) -> tuple[bool, int, float]:
-    """Whether detect and embed share an actor, the embedder actors, the CPUs each model actor
-    reserves. ``ray.embedder_actors: 0``: embed inside the detector actors, except with OCR on,
-    which reads the crops between detect and embed (then a pool of one)."""
+# a second detector actor loads a second copy of the models (~8 s of a 2-core machine): on 400
+# images (4 blocks of 128) two 1-thread actors ran the bench's sweep 10% slower than one of 2
+# threads, on 2,000 images 14% faster (docs/bench/throughput.md)
+BLOCKS_PER_ACTOR = 4
+
+
+def detector_pool(r, threads: int | None, others: int, cpus: float, gpus: float, node_cpus: float,
+                  blocks: int | None = None) -> tuple[int, int]:
+    """The detector actors and each one's torch threads, for a cluster of ``cpus`` / ``gpus`` whose
+    largest node has ``node_cpus``, beside ``others`` model actors (embedder, OCR).
+    ``ray.detector_actors: "auto"``: on GPUs (``num_gpus_per_actor`` > 0) as many as the GPUs hold
+    beside the others (each takes the same share); on CPUs one per ``threads`` CPUs (1 when None),
+    less one CPU per other actor; and one per ``BLOCKS_PER_ACTOR`` of the run's ``blocks`` of
+    ``fetch_batch`` images at most (each actor loads its own copy of the models). On 2 CPUs that is
+    2 actors of 1 thread from 1,024 images on, which ran the sweep 7-26% faster than 1 actor of 2
+    (docs/bench/throughput.md). ``detector.threads: None``: the CPUs each actor has (the cluster's
+    over all model actors, at most one node's)."""
+    if r.detector_actors != "auto":
+        n = r.detector_actors
+    elif r.num_gpus_per_actor > 0:
+        n = int(gpus / r.num_gpus_per_actor + 1e-9) - others
+    else:
+        n = int(cpus // (threads or 1)) - others
+    if r.detector_actors == "auto" and blocks is not None:
+        n = min(n, blocks // BLOCKS_PER_ACTOR)
+    n = max(1, n)
+    return n, threads or max(1, min(int(cpus // (n + others)), int(node_cpus)))
+
+
+def pools(cfg: ScanConfig, matchers: int, images: int | None = None) -> tuple[ScanConfig, bool, int, float]:
+    """The Ray sweep's model pools: the config with ``ray.detector_actors`` and ``detector.threads``
+    sized for this cluster and a run of ``images`` (``detector_pool``; None: not known), whether
+    detect and embed share an actor, the embedder actors, the CPUs each model actor reserves.
+    ``ray.embedder_actors: 0``: embed inside the detector actors, except with OCR on, which reads
+    the crops between detect and embed (then a pool of one)."""
     import ray
     r = cfg.ray
     fused = r.embedder_actors == 0 and not cfg.ocr.enabled
     n_emb = 0 if fused else max(1, r.embedder_actors)
-    cpa = actor_cpus(r, r.detector_actors + n_emb + (cfg.ocr.actors if cfg.ocr.enabled else 0),
-                     ray.cluster_resources().get("CPU", 0.0), matchers)
-    return fused, n_emb, cpa
+    n_ocr = cfg.ocr.actors if cfg.ocr.enabled else 0
+    res = ray.cluster_resources()
+    cpus = res.get("CPU", 0.0)
+    node_cpus = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=cpus)
+    blocks = None if images is None else max(1, math.ceil(images / r.fetch_batch))
+    n_det, threads = detector_pool(r, cfg.detector.threads, n_emb + n_ocr, cpus, res.get("GPU", 0.0), node_cpus,
+                                   blocks)
+    cpa = actor_cpus(r, n_det + n_emb + n_ocr, cpus, matchers, warn=r.detector_actors != "auto")
+    log.info("ray.pools", detector_actors=n_det, detector_threads=threads, sized=r.detector_actors == "auto",
+             embedder_actors=n_emb, ocr_actors=n_ocr, matcher_actors=matchers, cpus_per_actor=cpa, cluster_cpus=cpus)
+    cfg = dataclasses.replace(cfg, ray=dataclasses.replace(r, detector_actors=n_det),
+                              detector=dataclasses.replace(cfg.detector, threads=threads))
+    return cfg, fused, n_emb, cpa
 
 
 def run_ray(manifest: pa.Table, cfg: ScanConfig, plan: RunPlan, col: Collector) -> dict:
@@ -119,9 +175,9 @@ def run_ray(manifest: pa.Table, cfg: ScanConfig, plan: RunPlan, col: Collector) 
     dctx = ray.data.DataContext.get_current()
     dctx.enable_progress_bars = False  # our own scan.progress log lines instead
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    cfg, fused, n_emb, cpa = pools(cfg, cfg.ray.matcher_actors, manifest.num_rows)
     r = cfg.ray
     gpus = r.num_gpus_per_actor
-    fused, n_emb, cpa = pools(cfg, r.matcher_actors)
     n_blocks = max(1, math.ceil(manifest.num_rows / r.fetch_batch))
     ds = ray.data.from_arrow(manifest.select(list(stages.KEYS))).repartition(n_blocks)
     ds = ds.map_batches(fetch, fn_kwargs={"cfg": cfg.fetch}, batch_size=r.fetch_batch,

@@ -86,7 +86,7 @@ def _scan_streaming(cfg: ScanConfig, files: list, carry, started: datetime, t0: 
              streaming=True, collection=cfg.collection, gallery_version=plan.gallery_version,
              detector=plan.detector["version"], embedder=plan.embedder_version, out=cfg.out)
     parts_dir = storage.join(ckpt.dir, "rows")
-    fused, n_emb, cpa = engines.pools(cfg, cfg.ray.matcher_actors)
+    cfg, fused, n_emb, cpa = engines.pools(cfg, cfg.ray.matcher_actors, total - resumed)
     ds = stream.build(files, carry, done_parts, parts_dir, cfg, plan, cpa,
                       engines.match_kwargs(cfg, plan, keep_embedding=store is not None),
                       engines.detect_kwargs(cfg, plan), fused, n_emb, store=store)
