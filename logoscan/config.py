@@ -187,10 +187,11 @@ class RayConfig:
     fetch_batch: Positive = 128
     # "auto": on CPUs, one actor per detector.threads CPUs of the cluster (threads None: one
     # thread each, so one actor per CPU), less the OCR and embedder actors; on GPUs, as many as
-    # num_gpus_per_actor fits beside those pools. On a 2-core node 2 actors of 1 thread ran the
-    # sweep 7-26% faster than 1 actor of 2 threads (one process per thread: a preempted thread
-    # stalls only its own actor, not the other at a barrier; docs/bench/throughput.md). Each actor
-    # holds its own copy of the models (~0.3 GiB on CPU)
+    # num_gpus_per_actor fits beside those pools; at most one per 4 blocks of fetch_batch images
+    # (each actor loads its own copy of the models, ~0.3-0.6 GiB on CPU). On a 2-core node 2
+    # actors of 1 thread ran the sweep 3-31% faster than 1 actor of 2 threads (one process per
+    # thread: a preempted thread stalls only its own actor, not the other at a barrier), and 10-11%
+    # slower on 400 images (docs/bench/throughput.md; logoscan.sweep.engines.detector_pool)
     detector_actors: Positive | Literal["auto"] = "auto"
     # 0: embed inside each detector actor (one process and one object-store hop fewer: on a small
     # node the separate embedder process cost 3x its own work in CPU); >= 1: a pool of its own.
