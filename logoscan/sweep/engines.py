@@ -86,7 +86,7 @@ def init_ray(rcfg) -> None:
 
 # measured on 2 CPUs: 0.75 free ran a sweep without the hash shuffle, 0.5 and 0.25 stalled. Over
 # stream.SHUFFLE_ROWS manifest rows the hash shuffle's block tasks take 1 CPU each (Ray Data's
-# default): there two detector actors leaving 0.75 free took 61 s for 13 rows, leaving 1.0 free 33 s
+# default): there two detector actors leaving 0.75 free took 61 s for 13 rows, leaving 1.0 free 31-33 s
 FREE_FOR_RAY_DATA = 1.0
 
 
@@ -116,7 +116,7 @@ def actor_cpus(r, n_actors: int, cluster_cpus: float, matchers: int = 0, warn: b
 
 # a second detector actor loads a second copy of the models (~8 s of a 2-core machine): on 400
 # images (4 blocks of 128) two 1-thread actors ran the bench's sweep 10% slower than one of 2
-# threads, on 2,000 images 14% faster (docs/bench/throughput.md)
+# threads, on 2,000 images 3-31% faster (docs/bench/throughput.md)
 BLOCKS_PER_ACTOR = 4
 
 
@@ -128,7 +128,7 @@ def detector_pool(r, threads: int | None, others: int, cpus: float, gpus: float,
     beside the others (each takes the same share); on CPUs one per ``threads`` CPUs (1 when None),
     less one CPU per other actor; and one per ``BLOCKS_PER_ACTOR`` of the run's ``blocks`` of
     ``fetch_batch`` images at most (each actor loads its own copy of the models). On 2 CPUs that is
-    2 actors of 1 thread from 1,024 images on, which ran the sweep 7-26% faster than 1 actor of 2
+    2 actors of 1 thread from 1,024 images on, which ran the sweep 3-31% faster than 1 actor of 2
     (docs/bench/throughput.md). ``detector.threads: None``: the CPUs each actor has (the cluster's
     over all model actors, at most one node's)."""
     if r.detector_actors != "auto":
