@@ -90,9 +90,9 @@ class DetectorConfig:
     batch_size: Positive = 4
     max_regions: Positive = 20
     device: Device = "auto"                 # auto | cpu | cuda[:N]
-    # torch threads of each detector process. None: the sweep sizes them with ray.detector_actors
-    # (1 per actor when the actors are "auto": logoscan.sweep.engines.detector_pool); the in-process
-    # engine uses every CPU of its process
+    # torch threads of each detector process. None: in the Ray sweep, the CPUs each detector actor
+    # has (the cluster's over the model actors, at most a node's: 1 where ray.detector_actors: auto
+    # starts one per CPU; logoscan.sweep.engines.detector_pool); in-process, every CPU of the process
     threads: Positive | None = None
     thumbnail_px: Annotated[int, Field(ge=16, le=2048)] = 128
     # auto | fp32 | bf16. bf16: the detector under bfloat16 autocast, for the same AP50 and recall
