@@ -152,13 +152,18 @@ def with_overrides(cfg: T, overrides: list[str] | None) -> T:
     """``cfg`` with ``--set KEY=VALUE`` overrides on top, checked like a config file's keys."""
     if not overrides:
         return cfg
-    return build(type(cfg), apply(json.loads(json.dumps(dataclasses.asdict(cfg), default=str)), overrides))
+    return build(type(cfg), apply(_plain(cfg), overrides))
 
 
 def to_dict(obj) -> dict:
     """The config as written next to the outputs and into logs: any ``user:password@`` in a URI
     (e.g. a Milvus server's) is removed."""
-    return _redact(json.loads(json.dumps(dataclasses.asdict(obj), default=str)))
+    return _redact(_plain(obj))
+
+
+def _plain(obj) -> dict:
+    """A config as plain JSON values (tuples as lists, anything else JSON lacks as its str)."""
+    return json.loads(json.dumps(dataclasses.asdict(obj), default=str))
 
 
 def _redact(v):
