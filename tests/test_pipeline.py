@@ -129,6 +129,20 @@ def test_the_local_ray_runs_its_workers_at_the_configured_niceness():
         load(ScanConfig, None, ["ray.worker_niceness=25"])
 
 
+def test_read_shuffle_and_matcher_workers_do_not_load_torch():
+    """Ray's read, shuffle, fetch and matcher workers unpickle their functions and arguments from
+    these modules; none of them runs a model, so none may import torch (it cost each worker about
+    4 CPU-seconds and a few hundred MB when ``logoscan.sweep`` imported its whole package)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, logoscan.sweep.stream, logoscan.sweep.blockstats, logoscan.actors, logoscan.store, "
+            "logoscan.thresholds, logoscan.config; from logoscan.sweep import ScanError; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_ray_engine_across_several_shuffle_partitions_gives_the_same_rows(sample, local_run, tmp_path, monkeypatch):
     """Small manifests fit one partition and skip the hash shuffle (``stream.by_key``); a manifest
     over ``SHUFFLE_ROWS`` takes it: the same flags and the same duplicate rows either way."""

@@ -5,11 +5,30 @@ be read from), ``plan`` (a run's typed plan: gallery version, thresholds, models
 part, resume), ``engines`` (Ray Data actor pools, matching in a pool of matcher actors against a
 Milvus server URI; or in-process), ``collect`` (finished images, progress, checkpoints),
 ``publish`` (queues, errors, the one summary) and ``run`` (scan and rematch, end to end).
-"""
-from logoscan.sweep.engines import init_ray
-from logoscan.sweep.errors import ScanError
-from logoscan.sweep.inputs import read_manifest
-from logoscan.sweep.publish import too_many_errors
-from logoscan.sweep.run import run_rematch, run_scan
 
-__all__ = ["ScanError", "init_ray", "read_manifest", "run_rematch", "run_scan", "too_many_errors"]
+The names below are imported on first use, not with the package. Ray's workers unpickle the
+streaming scan's functions from ``logoscan.sweep.stream``, which imports this package first; an
+eager import here pulled in ``plan`` → ``logoscan.models`` → torch in every read, shuffle and
+matcher worker (about 4 CPU-seconds and a few hundred MB each, for code they never run).
+``tests/test_pipeline.py`` checks that the worker-side modules do not import torch.
+"""
+from __future__ import annotations
+
+import importlib
+
+_WHERE = {
+    "init_ray": "logoscan.sweep.engines",
+    "ScanError": "logoscan.sweep.errors",
+    "read_manifest": "logoscan.sweep.inputs",
+    "too_many_errors": "logoscan.sweep.publish",
+    "run_rematch": "logoscan.sweep.run",
+    "run_scan": "logoscan.sweep.run",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'logoscan.sweep' has no attribute {name!r}")
