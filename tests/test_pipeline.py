@@ -132,7 +132,7 @@ def test_the_local_ray_runs_its_workers_at_the_configured_niceness():
 def test_read_shuffle_and_matcher_workers_do_not_load_torch():
     """Ray's read, shuffle, fetch and matcher workers unpickle their functions and arguments from
     these modules; none of them runs a model, so none may import torch (it cost each worker about
-    4 CPU-seconds and a few hundred MB when ``logoscan.sweep`` imported its whole package)."""
+    3.5 CPU-seconds and 600 MiB of RSS when ``logoscan.sweep`` imported its whole package)."""
     import subprocess
     import sys
 

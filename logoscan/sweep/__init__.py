@@ -9,7 +9,8 @@ Milvus server URI; or in-process), ``collect`` (finished images, progress, check
 The names below are imported on first use, not with the package. Ray's workers unpickle the
 streaming scan's functions from ``logoscan.sweep.stream``, which imports this package first; an
 eager import here pulled in ``plan`` → ``logoscan.models`` → torch in every read, shuffle and
-matcher worker (about 4 CPU-seconds and a few hundred MB each, for code they never run).
+matcher worker (a matcher actor: 5.5-6.0 CPU-s a sweep against 2.1-2.3 now; the worker-side
+modules peak at 773 MiB RSS with torch, 147 MiB without; docs/bench/throughput.md).
 ``tests/test_pipeline.py`` checks that the worker-side modules do not import torch.
 """
 from __future__ import annotations
@@ -30,5 +31,6 @@ __all__ = sorted(_WHERE)
 
 def __getattr__(name: str):
     if name in _WHERE:
-        return getattr(importlib.import_module(_WHERE[name]), name)
+        value = globals()[name] = getattr(importlib.import_module(_WHERE[name]), name)  # once
+        return value
     raise AttributeError(f"module 'logoscan.sweep' has no attribute {name!r}")
