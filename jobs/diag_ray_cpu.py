@@ -6,7 +6,9 @@ Makes (or reuses) a catalog of 800x800 JPEGs like jobs/bench_throughput.py's und
 builds the demo gallery in Milvus Lite, runs a small warm-up sweep, then one timed Ray sweep.
 It prints the wall time, the summary's `stage_worker_seconds`, and the CPU seconds every process on
 the machine used during the sweep (the detector and embedder actors, Ray's workers and daemons,
-the driver). docs/scaling.md quotes its output (the embedder inside the detector actor or in
+the driver). ``--timeline``: also, from Ray's own task events (``ray.timeline()``), when each
+worker ran its first and last task during the sweep and how long it spent inside tasks (a model
+actor's start-up, idle gaps and tail). docs/scaling.md quotes its output (the embedder inside the detector actor or in
 its own, one or two detector actors); `ray.fetch_batch`'s comment in logoscan/config.py quotes it
 for batches of 16, 64 and 128.
 """
@@ -41,6 +43,8 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=600)
     ap.add_argument("--workdir", default="build/diag-ray-cpu")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="ScanConfig overrides")
+    ap.add_argument("--timeline", action="store_true",
+                    help="also print, from ray.timeline(), when each process ran its tasks during the sweep")
     a = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import pyarrow as pa
@@ -82,7 +86,36 @@ def main() -> int:
     for secs, name, cmd in used[:12]:
         if secs > 0.3:
             print(f"{secs:7.1f} CPU-s  {name:24s} {cmd}")
+    if a.timeline:
+        print_timeline(t0, t0 + wall)
     return 0
+
+
+def print_timeline(t0: float, t1: float) -> None:
+    """Per worker process, from Ray's own task events: its tasks' names, the first start and last end
+    (seconds from the sweep's call), and the seconds inside tasks: a model actor's idle start and tail."""
+    import ray
+    events = [e for e in ray.timeline() if e.get("ph") == "X" and "dur" in e]
+    # timeline timestamps are microseconds since the epoch
+    events = [e for e in events if t0 * 1e6 <= e["ts"] <= t1 * 1e6]
+    by: dict = {}
+    for e in events:
+        by.setdefault((e.get("pid"), e.get("tid")), []).append(e)
+    print(f"timeline: {len(events)} task events in the sweep's {t1 - t0:.1f} s")
+    rows = []
+    for key, es in by.items():
+        # the task's own phases nest inside its span: count the execute phase only
+        ex = [e for e in es if e.get("name") == "task:execute"] or es
+        first = min(e["ts"] for e in ex) / 1e6 - t0
+        last = max(e["ts"] + e["dur"] for e in ex) / 1e6 - t0
+        busy = sum(e["dur"] for e in ex) / 1e6
+        gaps = sorted((b["ts"] - (a_["ts"] + a_["dur"])) / 1e6 for a_, b in zip(sorted(ex, key=lambda e: e["ts"]),
+                                                                              sorted(ex, key=lambda e: e["ts"])[1:]))
+        names = sorted({str(e.get("cat", "?"))[:30] for e in es})
+        rows.append((busy, str(key[1])[:20], len(ex), first, last, gaps[-1] if gaps else 0.0, ", ".join(names)[:60]))
+    print(f"{'worker':20s} {'executes':>8s} {'first':>6s} {'last end':>8s} {'busy s':>7s} {'longest gap':>11s}  categories")
+    for busy, key, n, first, last, gap, names in sorted(rows, reverse=True)[:10]:
+        print(f"{key:20s} {n:8d} {first:6.1f} {last:8.1f} {busy:7.1f} {gap:11.1f}  {names}")
 
 
 if __name__ == "__main__":
