@@ -123,8 +123,12 @@ def _models(inference: bool = True, threads: int | None = None):
     """The shipped models: as the sweep's actors load them (BatchNorm folded), or as saved."""
     import torch
 
+    from logoscan.config import DetectorConfig
     from logoscan.models import default_artifact_path, load_artifact
+    from logoscan.models.alloc import keep_freed
     torch.set_num_threads(threads or os.cpu_count())
+    if inference:  # the allocator as the sweep's detector actors set it
+        keep_freed(DetectorConfig().keep_freed_mib)
     det, det_cfg = load_artifact(default_artifact_path("detector"), inference=inference)
     emb, emb_cfg = load_artifact(default_artifact_path("embedder"), inference=inference)
     return det, det_cfg, emb, emb_cfg
@@ -161,8 +165,11 @@ def _floor_loop(uris: list[str], det_cfg_run, threads: int | None = None, barrie
 
 
 def model_floor(uris: list[str], det_cfg_run) -> float:
-    """One process, a torch thread per core."""
-    n, t0, t1 = _floor_loop(uris, det_cfg_run)
+    """One process, a torch thread per core: spawned, so that its models and its allocator setting
+    (logoscan.models.alloc, process-wide) stay out of this driver, whose memory the sweeps measure."""
+    import multiprocessing as mp
+    with mp.get_context("spawn").Pool(1) as pool:
+        n, t0, t1 = pool.apply(_floor_loop, (uris, det_cfg_run))
     return n / (t1 - t0)
 
 

@@ -35,9 +35,11 @@ class DetectActor:
         from logoscan.log import get_logger
         from logoscan.models.detector import resolve_precision
         import torch
+        from logoscan.models.alloc import keep_freed
         configure(run_id)
         if det_cfg.threads:  # None: as the process has it (the sweep sizes it: engines.pools)
             torch.set_num_threads(det_cfg.threads)
+        kept = keep_freed(det_cfg.keep_freed_mib)  # before the models allocate anything
         self.device = pick_device(det_cfg.device)
         # "auto" resolved here, on the worker that runs the model (its CPU or GPU decides)
         self.cfg = dataclasses.replace(det_cfg, precision=resolve_precision(det_cfg.precision, self.device))
@@ -47,7 +49,8 @@ class DetectActor:
             from logoscan.models.detector import set_input_size
             set_input_size(self.model, det_cfg.input_size)
         get_logger(__name__).info("detector.loaded", device=self.device, precision=self.cfg.precision,
-                                  batch_size=self.cfg.batch_size, threads=det_cfg.threads)
+                                  batch_size=self.cfg.batch_size, threads=det_cfg.threads,
+                                  keep_freed_mib=det_cfg.keep_freed_mib if kept else 0)
 
     def __call__(self, batch: dict) -> dict:
         return metered("detect", stages.detect, batch, self.model, self.model_cfg, self.cfg, self.crop_size,

@@ -95,6 +95,11 @@ class DetectorConfig:
     # starts one per CPU; logoscan.sweep.engines.detector_pool); in-process, every CPU of the process
     threads: Positive | None = None
     thumbnail_px: Annotated[int, Field(ge=16, le=2048)] = 128
+    # MiB of freed memory each model process keeps for its next batch instead of giving it back to
+    # the OS (glibc's trim threshold; blocks up to 32 MiB from the heap): without it every batch
+    # page-faults its activations in again: 8-13 of a detector actor's ~50 CPU-s in a 1,200-image sweep
+    # (logoscan.models.alloc, docs/bench/throughput.md). 0: glibc's defaults. No effect without glibc
+    keep_freed_mib: Annotated[int, Field(ge=0, le=2047)] = 1024
     # auto | fp32 | bf16. bf16: the detector under bfloat16 autocast, for the same AP50 and recall
     # (docs/bench/detector.md); whether it is faster depends on the machine: on CPUs with
     # AVX512-BF16 but no AMX it was 1.4-1.7x faster in two sessions (one an AMD EPYC) and 6-22%
