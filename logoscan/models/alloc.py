@@ -14,7 +14,7 @@ activations stay in the heap for the next batch: the same actors took 0.25-2.0 m
 2.5-7.0 system CPU seconds, and the bench's peak memory fell rather than grew (the buffers are
 needed at the peak anyway; what a process keeps between batches is what it used).
 
-The same as ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` in the environment, but set
+The same as ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TOP_PAD_`` and ``MALLOC_TRIM_THRESHOLD_`` in the environment, but set
 where the models load, so it holds however the worker was started (a local Ray, ``ray start``
 on a cluster node, the in-process engine). Not glibc (musl, macOS): nothing is changed.
 """
