@@ -24,7 +24,8 @@ sys.path.insert(0, str(ROOT / "jobs"))
 
 
 def timed_loop(uris, threads):
-    """(images, wall seconds of the timed loop, CPU seconds of this process in it)."""
+    """(images, wall seconds of the timed loop, CPU seconds of this process in it, pid, torch threads,
+    niceness). The floor loop sets the allocator as the detector actors do (logoscan.models.alloc)."""
     import resource
     sys.path.insert(0, str(ROOT / "jobs"))  # a Ray worker has the driver's cwd on its path, not jobs/
     import torch
