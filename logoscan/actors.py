@@ -39,7 +39,7 @@ class DetectActor:
         configure(run_id)
         if det_cfg.threads:  # None: as the process has it (the sweep sizes it: engines.pools)
             torch.set_num_threads(det_cfg.threads)
-        kept = keep_freed(det_cfg.keep_freed_mib)  # before the models allocate anything
+        kept = keep_freed(det_cfg.keep_freed_mib)  # before the models allocate anything; MiB in effect
         self.device = pick_device(det_cfg.device)
         # "auto" resolved here, on the worker that runs the model (its CPU or GPU decides)
         self.cfg = dataclasses.replace(det_cfg, precision=resolve_precision(det_cfg.precision, self.device))
@@ -50,7 +50,7 @@ class DetectActor:
             set_input_size(self.model, det_cfg.input_size)
         get_logger(__name__).info("detector.loaded", device=self.device, precision=self.cfg.precision,
                                   batch_size=self.cfg.batch_size, threads=det_cfg.threads,
-                                  keep_freed_mib=det_cfg.keep_freed_mib if kept else 0)
+                                  keep_freed_mib=kept)
 
     def __call__(self, batch: dict) -> dict:
         return metered("detect", stages.detect, batch, self.model, self.model_cfg, self.cfg, self.crop_size,

@@ -30,19 +30,20 @@ TOP_PAD = 256 << 20
 _applied: int | None = None
 
 
-def keep_freed(mib: int | None) -> bool:
+def keep_freed(mib: int | None) -> int:
     """Serve blocks up to 32 MiB from the heap, grow it 256 MiB at a time and trim it only above
-    ``mib`` MiB; True when glibc took all three settings. ``mib`` 0 or None: glibc's defaults are
-    left alone. Process-wide: the first call's value stays, a later call changes nothing."""
+    ``mib`` MiB. Returns the MiB this process keeps now (0: glibc's defaults, or glibc refused).
+    ``mib`` 0 or None changes nothing. Process-wide: the first value set stays, and a later call
+    returns it."""
     global _applied
-    if not mib or platform.libc_ver()[0] != "glibc":
-        return False
     if _applied is not None:
-        return True
+        return _applied
+    if not mib or platform.libc_ver()[0] != "glibc":
+        return 0
     libc = ctypes.CDLL(None)  # the C library this process already runs
     ok = libc.mallopt(ctypes.c_int(M_MMAP_THRESHOLD), ctypes.c_int(MMAP_THRESHOLD_MAX)) == 1
     ok = libc.mallopt(ctypes.c_int(M_TRIM_THRESHOLD), ctypes.c_int(int(mib) << 20)) == 1 and ok
     ok = libc.mallopt(ctypes.c_int(M_TOP_PAD), ctypes.c_int(TOP_PAD)) == 1 and ok
     if ok:
         _applied = int(mib)
-    return ok
+    return _applied or 0
