@@ -109,10 +109,10 @@ def print_timeline(t0: float, t1: float) -> None:
         first = min(e["ts"] for e in ex) / 1e6 - t0
         last = max(e["ts"] + e["dur"] for e in ex) / 1e6 - t0
         busy = sum(e["dur"] for e in ex) / 1e6
-        gaps = sorted((b["ts"] - (a_["ts"] + a_["dur"])) / 1e6 for a_, b in zip(sorted(ex, key=lambda e: e["ts"]),
-                                                                              sorted(ex, key=lambda e: e["ts"])[1:]))
+        ex = sorted(ex, key=lambda e: e["ts"])
+        gap = max(((b["ts"] - a_["ts"] - a_["dur"]) / 1e6 for a_, b in zip(ex, ex[1:])), default=0.0)
         names = sorted({str(e.get("cat", "?"))[:30] for e in es})
-        rows.append((busy, str(key[1])[:20], len(ex), first, last, gaps[-1] if gaps else 0.0, ", ".join(names)[:60]))
+        rows.append((busy, str(key[1])[:20], len(ex), first, last, gap, ", ".join(names)[:60]))
     print(f"{'worker':20s} {'executes':>8s} {'first':>6s} {'last end':>8s} {'busy s':>7s} {'longest gap':>11s}  categories")
     for busy, key, n, first, last, gap, names in sorted(rows, reverse=True)[:10]:
         print(f"{key:20s} {n:8d} {first:6.1f} {last:8.1f} {busy:7.1f} {gap:11.1f}  {names}")
