@@ -21,6 +21,18 @@ def pick_device(requested: str) -> str:
     return requested
 
 
+def model_process(run_id: str, threads: int | None, keep_freed_mib: int) -> int:
+    """What every model actor sets before it loads its model: the run's logging, torch's threads
+    (None: as the process has them) and glibc's allocator (``logoscan.models.alloc``: freed
+    activations stay in the heap for the next batch). Returns the MiB kept (0: glibc's defaults)."""
+    import torch
+    from logoscan.models.alloc import keep_freed
+    configure(run_id)
+    if threads:
+        torch.set_num_threads(threads)
+    return keep_freed(keep_freed_mib)  # before the model allocates anything; process-wide, the first call wins
+
+
 class Models:
     """Load the detector/embedder artifacts named by the config ('' = the shipped defaults)."""
 
@@ -34,12 +46,8 @@ class DetectActor:
     def __init__(self, det_cfg, crop_size: int, crop_pad: float, max_pixels: int, run_id: str):
         from logoscan.log import get_logger
         from logoscan.models.detector import resolve_precision
-        import torch
-        from logoscan.models.alloc import keep_freed
-        configure(run_id)
-        if det_cfg.threads:  # None: as the process has it (the sweep sizes it: engines.pools)
-            torch.set_num_threads(det_cfg.threads)
-        kept = keep_freed(det_cfg.keep_freed_mib)  # before the models allocate anything; MiB in effect
+        # threads None: as the process has them (the sweep sizes them: engines.pools)
+        kept = model_process(run_id, det_cfg.threads, det_cfg.keep_freed_mib)
         self.device = pick_device(det_cfg.device)
         # "auto" resolved here, on the worker that runs the model (its CPU or GPU decides)
         self.cfg = dataclasses.replace(det_cfg, precision=resolve_precision(det_cfg.precision, self.device))
@@ -58,10 +66,8 @@ class DetectActor:
 
 
 class EmbedActor:
-    def __init__(self, emb_cfg, run_id: str):
-        import torch
-        configure(run_id)
-        torch.set_num_threads(emb_cfg.threads)
+    def __init__(self, emb_cfg, run_id: str, keep_freed_mib: int = 0):
+        model_process(run_id, emb_cfg.threads, keep_freed_mib)
         self.cfg = emb_cfg
         self.device = pick_device(emb_cfg.device)
         self.model, self.model_cfg = Models.load("embedder", emb_cfg.artifact, self.device)
@@ -77,7 +83,7 @@ class DetectEmbedActor:
 
     def __init__(self, det_cfg, emb_cfg, crop_size: int, crop_pad: float, max_pixels: int, run_id: str):
         self.detect = DetectActor(det_cfg, crop_size, crop_pad, max_pixels, run_id)
-        self.embed = EmbedActor(emb_cfg, run_id)
+        self.embed = EmbedActor(emb_cfg, run_id, det_cfg.keep_freed_mib)
         import torch
         torch.set_num_threads(max(det_cfg.threads or torch.get_num_threads(), emb_cfg.threads))  # process-wide: the larger
 
@@ -88,11 +94,9 @@ class DetectEmbedActor:
 class OcrActor:
     """easyocr on each region's crop (optional stage, between detect and embed)."""
 
-    def __init__(self, ocr_cfg, run_id: str):
+    def __init__(self, ocr_cfg, run_id: str, keep_freed_mib: int = 0):
         from logoscan.ocr import load_reader
-        import torch
-        configure(run_id)
-        torch.set_num_threads(ocr_cfg.threads)
+        model_process(run_id, ocr_cfg.threads, keep_freed_mib)
         self.cfg = ocr_cfg
         self.reader = load_reader(ocr_cfg.languages, ocr_cfg.model_dir, pick_device(ocr_cfg.device))
 

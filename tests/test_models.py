@@ -386,3 +386,29 @@ def test_keep_freed_is_on_by_default_off_at_0_and_bounded_by_what_mallopt_takes(
         assert alloc.keep_freed(0) == 0 and alloc.keep_freed(None) == 0
     with pytest.raises(Exception, match="keep_freed_mib"):
         DetectorConfig(keep_freed_mib=4096)  # over what mallopt's int takes in bytes
+
+
+EVERY_MODEL_ACTOR = r"""
+import sys
+from logoscan.actors import DetectActor, EmbedActor
+from logoscan.config import DetectorConfig, EmbedderConfig
+from logoscan.models import alloc
+kind = sys.argv[1]
+if kind == "embed":  # a separate embedder actor (ray.embedder_actors > 0), as the sweeps build it
+    EmbedActor(EmbedderConfig(device="cpu"), "t", keep_freed_mib=DetectorConfig().keep_freed_mib)
+else:
+    DetectActor(DetectorConfig(device="cpu", keep_freed_mib=int(kind)), 224, 0.1, 4_000_000, "t")
+print(alloc._applied)
+"""
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc's allocator only")
+def test_every_model_actor_sets_the_allocator_before_it_loads():
+    """Detector and a separate embedder actor (and OCR's, through the same logoscan.actors.model_process)
+    keep freed memory; detector.keep_freed_mib 0 leaves glibc's defaults. Fresh processes: the setting is
+    process-wide and the first call wins."""
+    import subprocess
+    import sys
+    got = {k: subprocess.run([sys.executable, "-c", EVERY_MODEL_ACTOR, k], capture_output=True, text=True,
+                             check=True).stdout.split()[-1] for k in ("embed", "512", "0")}
+    assert got == {"embed": "1024", "512": "512", "0": "None"}, got

@@ -108,6 +108,16 @@ def test_ray_engine_gives_the_same_flags_as_in_process(sample, local_run, tmp_pa
     assert (ran["ray"]["detector_actors"], ran["detector"]["threads"]) == (2, 1)
 
 
+def test_a_separate_embedder_actor_gives_the_same_flags(sample, local_run, tmp_path):
+    """``ray.embedder_actors: 1`` (a GPU node's layout: detector and embedder in their own actors,
+    each setting the allocator before it loads) flags what the in-process engine flags."""
+    summary = run_scan(replace(_cfg(sample, tmp_path, engine="ray"),
+                               ray=RayConfig(num_cpus=2, fetch_batch=4, embedder_actors=1)))
+    assert _pairs(summary) == _pairs(local_run[0]) and _pairs(summary)
+    assert summary["rows_errored"] == local_run[0]["rows_errored"]
+    assert summary["config"]["ray"]["embedder_actors"] == 1
+
+
 def test_the_local_ray_runs_its_workers_at_the_configured_niceness():
     """The local Ray the job starts (``ray.worker_niceness``, default 0) runs the model actors'
     workers at the driver's priority, not Ray's default 15 (they yielded CPU to every other

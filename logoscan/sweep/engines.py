@@ -189,12 +189,14 @@ def run_ray(manifest: pa.Table, cfg: ScanConfig, plan: RunPlan, col: Collector) 
                         compute=ray.data.ActorPoolStrategy(size=r.detector_actors),
                         num_cpus=cpa, num_gpus=gpus)
     if cfg.ocr.enabled:
-        ds = ds.map_batches(OcrActor, fn_constructor_kwargs=dict(ocr_cfg=cfg.ocr, run_id=plan.run_id),
+        ds = ds.map_batches(OcrActor, fn_constructor_kwargs=dict(ocr_cfg=cfg.ocr, run_id=plan.run_id,
+                                                                 keep_freed_mib=cfg.detector.keep_freed_mib),
                             batch_size=r.fetch_batch, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=cfg.ocr.actors),
                             num_cpus=cpa, num_gpus=gpus)
     if not fused:
-        ds = ds.map_batches(EmbedActor, fn_constructor_kwargs=dict(emb_cfg=cfg.embedder, run_id=plan.run_id),
+        ds = ds.map_batches(EmbedActor, fn_constructor_kwargs=dict(emb_cfg=cfg.embedder, run_id=plan.run_id,
+                                                                   keep_freed_mib=cfg.detector.keep_freed_mib),
                             batch_size=cfg.embedder.batch_size, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=n_emb),
                             num_cpus=cpa, num_gpus=gpus)

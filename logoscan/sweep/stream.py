@@ -331,11 +331,13 @@ def build(files: list[tuple[str, int]], carry_schema: pa.Schema, done_parts: lis
                         compute=ray.data.ActorPoolStrategy(size=r.detector_actors), num_cpus=cpa, num_gpus=gpus)
     # from here on whole blocks (batch_size None): an image's rows, made by one detect call, stay together
     if cfg.ocr.enabled:
-        ds = ds.map_batches(OcrActor, fn_constructor_kwargs=dict(ocr_cfg=cfg.ocr, run_id=plan.run_id),
+        ds = ds.map_batches(OcrActor, fn_constructor_kwargs=dict(ocr_cfg=cfg.ocr, run_id=plan.run_id,
+                                                                 keep_freed_mib=cfg.detector.keep_freed_mib),
                             batch_size=None, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=cfg.ocr.actors), num_cpus=cpa, num_gpus=gpus)
     if not fused:
-        ds = ds.map_batches(EmbedActor, fn_constructor_kwargs=dict(emb_cfg=cfg.embedder, run_id=plan.run_id),
+        ds = ds.map_batches(EmbedActor, fn_constructor_kwargs=dict(emb_cfg=cfg.embedder, run_id=plan.run_id,
+                                                                   keep_freed_mib=cfg.detector.keep_freed_mib),
                             batch_size=None, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=n_emb), num_cpus=cpa, num_gpus=gpus)
     # the matcher writes the block it decided (one task and one object-store hop per block fewer
