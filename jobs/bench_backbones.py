@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # jobs.benchdoc
+
 from logoscan.models.artifact import _INFERENCE, build_model, default_artifact_path, load_artifact
 from logoscan.models.backbone import fold_batchnorm, load_imagenet_weights
 from logoscan.models.detector import arch_name, detect_images
@@ -161,9 +163,9 @@ def main(argv=None) -> int:
     lines.append("")
     text = "\n".join(lines)
     print(text)
-    if a.write:
-        Path(a.write).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.write).write_text(text + "\n")
+    if a.write:  # the generated part only: the doc's dated sections stay
+        from jobs.benchdoc import write_report
+        write_report(a.write, text, "jobs/bench_backbones.py")
     return 0
 
 

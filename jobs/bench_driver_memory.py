@@ -143,8 +143,9 @@ def main() -> int:
                      f"{r['peak_rss_mb'] / base:.2f}x |")
     text = "\n".join(lines) + "\n"
     print(text)
-    if a.write:
-        Path(a.write).write_text(text)
+    if a.write:  # the generated part only: the doc's dated sections stay
+        from jobs.benchdoc import write_report
+        write_report(a.write, text, "jobs/bench_driver_memory.py")
     return 0
 
 

@@ -220,8 +220,9 @@ def main() -> int:
                      f"{r['regions_per_s']:,} | {rel} | {wall:.1f} | {r['flagged_all']:,} | {same} | {cpu} |")
     text = "\n".join(lines) + "\n"
     print(text)
-    if a.write:
-        Path(a.write).write_text(text)
+    if a.write:  # the generated part only: the doc's dated sections stay
+        from jobs.benchdoc import write_report
+        write_report(a.write, text, "jobs/bench_matcher.py")
     return 0 if all(same for *_, same in rows) else 1
 
 

@@ -62,11 +62,20 @@ def test_bench_incremental_prints_both_tables(tmp_path):
 
 
 def test_bench_throughput_prints_its_tables(tmp_path):
+    """... and ``--write`` replaces only the doc's generated part: the dated sections under it stay."""
+    doc = tmp_path / "t.md"
+    doc.write_text("# Sweep throughput\n\n## An earlier run (2026-11-30)\n\nwhat it measured\n")
     out = _run("jobs/bench_throughput.py", "--images", "12", "--floor-images", "8", "--galleries", "100,300",
-               "--workdir", str(tmp_path / "w"), "--write", str(tmp_path / "t.md"))
+               "--workdir", str(tmp_path / "w"), "--write", str(doc))
     for row in ("| 1. decode floor |", "| 2. model floor |", "| 3. naive baseline |", "| 4. the sweep |",
                 "| sweep, 5N=60, 100 refs |", "- ceiling: decode + models", "## Where the time goes"):
-        assert row in out
+        assert row in out and row in doc.read_text()
+    text = doc.read_text()
+    assert text.index("## Where the time goes") < text.index("## An earlier run (2026-11-30)\n\nwhat it measured")
+    from jobs.benchdoc import write_report  # the next run replaces its own table; the earlier section stays, once
+    text = write_report(doc, "# Sweep throughput\n\n| 1. decode floor | 1 |\n", "jobs/bench_throughput.py").read_text()
+    assert text.count("| 1. decode floor |") == 1 and "## Where the time goes" not in text
+    assert text.count("## An earlier run (2026-11-30)") == 1 and text.startswith("# Sweep throughput\n")
 
 
 def test_bench_evidence_real_prints_both_calibrations(tmp_path):
