@@ -179,17 +179,18 @@ def _floor_part(args):
     return _floor_loop(*args)
 
 
-def model_floor_processes(uris: list[str], det_cfg_run) -> float:
-    """One single-threaded process per core, each on its share of the images, timed from their
-    common start to the last one's end (on 2 cores this beat one 2-thread process by ~12% in a
-    one-off run, so it is measured too and the faster of the two is the floor)."""
+def model_floor_processes(uris: list[str], det_cfg_run, threads: int = 1) -> float:
+    """One process of ``threads`` torch threads per core, each on its share of the images, timed
+    from their common start to the last one's end (single-threaded ones beat one 2-thread process by
+    ~12% in a one-off run; 2 threads each is the sweep's layout on 2 cores since 2026-12-03; every
+    layout is measured and the fastest is the floor)."""
     import multiprocessing as mp
     cpus = os.cpu_count()
     ctx = mp.get_context("spawn")
     with ctx.Manager() as manager:
         barrier = manager.Barrier(cpus)
         with ctx.Pool(cpus) as pool:
-            done = pool.map(_floor_part, [(uris[i::cpus], det_cfg_run, 1, barrier) for i in range(cpus)])
+            done = pool.map(_floor_part, [(uris[i::cpus], det_cfg_run, threads, barrier) for i in range(cpus)])
     return sum(n for n, _, _ in done) / (max(e for _, _, e in done) - min(s for _, s, _ in done))
 
 
@@ -274,14 +275,16 @@ def main() -> int:
         res[f"decode_{when}"] = decode_floor(uris)
         res[f"model_threads_{when}"] = model_floor(few, DetectorConfig())
         res[f"model_procs_{when}"] = model_floor_processes(few, DetectorConfig())
+        res[f"model_procs2_{when}"] = model_floor_processes(few, DetectorConfig(), threads=2)
         print(f"floors ({when}): decode {res[f'decode_{when}']:.1f} images/s ({cpus} processes); model "
               f"{res[f'model_threads_{when}']:.2f} (1 process x {cpus} threads), "
-              f"{res[f'model_procs_{when}']:.2f} ({cpus} processes x 1 thread)", flush=True)
+              f"{res[f'model_procs_{when}']:.2f} ({cpus} processes x 1 thread), "
+              f"{res[f'model_procs2_{when}']:.2f} ({cpus} processes x 2 threads)", flush=True)
 
     def ceiling_of(*whens):
         """Decode + models and nothing else, from the faster of the floors measured at ``whens``."""
         decode = max(res[f"decode_{w}"] for w in whens)
-        model = max(res[f"model_{k}_{w}"] for k in ("threads", "procs") for w in whens)
+        model = max(res[f"model_{k}_{w}"] for k in ("threads", "procs", "procs2") for w in whens)
         return 1.0 / (1.0 / decode + 1.0 / model)
 
     floors("start")
@@ -367,9 +370,9 @@ def main() -> int:
     # fastest of all is the floor (the ratio is then the least favourable to the sweep)
     floors("end")
     whens = [k[len("decode_"):] for k in res if k.startswith("decode_")]
-    for k in ("decode", "model_threads", "model_procs"):
+    for k in ("decode", "model_threads", "model_procs", "model_procs2"):
         res[k] = max(res[f"{k}_{w}"] for w in whens)
-    res["model"] = max(res["model_threads"], res["model_procs"])
+    res["model"] = max(res["model_threads"], res["model_procs"], res["model_procs2"])
 
     slower_floor = min(res["decode"], res["model"])
     # both floors use every core, so their per-image times add: decoding and running the models
@@ -401,8 +404,9 @@ def main() -> int:
         f"| 1. decode floor | {res['decode']:.1f} | read + decode to RGB, {cpus} processes ({at('decode', 1)}) |",
         f"| 2. model floor | {res['model']:.2f} | detector (batches of {DetectorConfig().batch_size}, precision "
         f"{DetectorConfig().precision}: {resolve_precision(DetectorConfig().precision, 'cpu')} here) + embedder (batches of 64) on pre-decoded images, as the sweep's "
-        f"actors load them; the fastest of one process with {cpus} torch threads ({at('model_threads', 2)}) "
-        f"and {cpus} single-threaded processes ({at('model_procs', 2)}) |",
+        f"actors load them; the fastest of one process with {cpus} torch threads ({at('model_threads', 2)}), "
+        f"{cpus} single-threaded processes ({at('model_procs', 2)}) and {cpus} processes of 2 threads "
+        f"({at('model_procs2', 2)}) |",
         f"| 3. naive baseline | {res['naive']:.2f} | one process, one image at a time, the models as saved "
         f"and called the textbook way, Python loop over {len(gallery)} gallery embeddings |",
         f"| 3b. naive, larger gallery | {res['naive_big']:.2f} | the same loop over {len(big_gallery):,} gallery "

@@ -91,8 +91,9 @@ class DetectorConfig:
     max_regions: Positive = 20
     device: Device = "auto"                 # auto | cpu | cuda[:N]
     # torch threads of each detector process. None: in the Ray sweep, the CPUs each detector actor
-    # has (the cluster's over the model actors, at most a node's: 1 where ray.detector_actors: auto
-    # starts one per CPU; logoscan.sweep.engines.detector_pool); in-process, every CPU of the process
+    # has (the cluster's over the model actors, at most a node's), and 2 at least where a node has
+    # them: 2 where ray.detector_actors: auto starts one per CPU, so two actors' threads share each
+    # core (logoscan.sweep.engines.detector_pool, MIN_CPU_THREADS); in-process, every CPU of the process
     threads: Positive | None = None
     thumbnail_px: Annotated[int, Field(ge=16, le=2048)] = 128
     # MiB of freed memory each model process keeps for its next batch instead of giving it back to
@@ -190,13 +191,14 @@ class RayConfig:
     # CPUs (600 images: 16 → 8.6, 64 → 9.4, 128 → 10.4 images/s); detect decodes only
     # detector.batch_size images at a time, so memory does not grow with it
     fetch_batch: Positive = 128
-    # "auto": on CPUs, one actor per detector.threads CPUs of the cluster (threads None: one
-    # thread each, so one actor per CPU), less the OCR and embedder actors; on GPUs, as many as
+    # "auto": on CPUs, one actor per detector.threads CPUs of the cluster (threads None: one actor
+    # per CPU, of 2 threads each), less the OCR and embedder actors; on GPUs, as many as
     # num_gpus_per_actor fits beside those pools; at most one per 4 blocks of fetch_batch images
     # (each actor loads its own copy of the models, ~0.3-0.6 GiB on CPU). On a 2-core node 2
-    # actors of 1 thread ran the sweep 3-31% faster than 1 actor of 2 threads (one process per
-    # thread: a preempted thread stalls only its own actor, not the other at a barrier), and 10-11%
-    # slower on 400 images (docs/bench/throughput.md; logoscan.sweep.engines.detector_pool)
+    # actors of 2 threads ran a 2,000-image sweep 15-25% faster than 2 of 1 thread, and those 3-31%
+    # faster than 1 actor of 2 threads (a preempted thread stalls its whole actor at a barrier;
+    # with two actors the other one runs); one actor was 10-11% faster on 400 images, where a
+    # second copy of the models does not pay (docs/bench/throughput.md; sweep.engines.detector_pool)
     detector_actors: Positive | Literal["auto"] = "auto"
     # 0: embed inside each detector actor (one process and one object-store hop fewer: on a small
     # node the separate embedder process cost 3x its own work in CPU); >= 1: a pool of its own.

@@ -76,6 +76,7 @@ def test_bench_throughput_prints_its_tables(tmp_path):
     text = write_report(doc, "# Sweep throughput\n\n| 1. decode floor | 1 |\n", "jobs/bench_throughput.py").read_text()
     assert text.count("| 1. decode floor |") == 1 and "## Where the time goes" not in text
     assert text.count("## An earlier run (2026-11-30)") == 1 and text.startswith("# Sweep throughput\n")
+    assert write_report(doc, text, "jobs/bench_throughput.py").read_text() == text  # a doc fed back in: unchanged
 
 
 def test_bench_evidence_real_prints_both_calibrations(tmp_path):

@@ -103,9 +103,9 @@ def test_ray_engine_gives_the_same_flags_as_in_process(sample, local_run, tmp_pa
     assert _pairs(summary) == _pairs(local_run[0])
     assert summary["rows_errored"] == local_run[0]["rows_errored"]
     # the pool it ran, as the run's config.json records it: ``detector_actors: auto`` on the
-    # session's 2 CPUs, with 13 blocks (4 a detector actor at least), is two single-threaded actors
+    # session's 2 CPUs, with 13 blocks (4 a detector actor at least), is two actors of 2 threads
     ran = json.loads((tmp_path / "runs" / "t" / "config.json").read_text())
-    assert (ran["ray"]["detector_actors"], ran["detector"]["threads"]) == (2, 1)
+    assert (ran["ray"]["detector_actors"], ran["detector"]["threads"]) == (2, 2)
 
 
 def test_a_separate_embedder_actor_gives_the_same_flags(sample, local_run, tmp_path):
@@ -262,16 +262,17 @@ def test_matcher_actors_count_in_the_cpu_reservation():
     assert 2 * cpa + 0.25 + r.matcher_actors * r.matcher_cpus + FREE_FOR_RAY_DATA <= 2.0 + 1e-9
 
 
-def test_auto_detector_pool_is_one_single_thread_actor_per_cpu_beside_the_other_pools():
+def test_auto_detector_pool_is_one_two_thread_actor_per_cpu_beside_the_other_pools():
     """``ray.detector_actors: auto`` with ``detector.threads`` unset: on 2 CPUs the measured faster
-    shape, 2 actors of 1 thread (docs/bench/throughput.md); the OCR/embedder actors' CPUs and a
+    shape, 2 actors of 2 threads (docs/bench/throughput.md); the OCR/embedder actors' CPUs and a
     GPU's shares are left to them; a configured count or thread number is kept."""
     from logoscan.sweep.engines import detector_pool
     auto = RayConfig()
     assert auto.detector_actors == "auto"
-    assert detector_pool(auto, None, 0, 2.0, 0.0, 2.0) == (2, 1)
-    assert detector_pool(auto, None, 2, 2.0, 0.0, 2.0) == (1, 1)      # OCR + its embedder pool on 2 CPUs
-    assert detector_pool(auto, None, 0, 2.0, 0.0, 2.0, blocks=8) == (2, 1)
+    assert detector_pool(auto, None, 0, 2.0, 0.0, 2.0) == (2, 2)
+    assert detector_pool(auto, None, 2, 2.0, 0.0, 2.0) == (1, 2)      # OCR + its embedder pool on 2 CPUs
+    assert detector_pool(auto, None, 0, 2.0, 0.0, 2.0, blocks=8) == (2, 2)
+    assert detector_pool(auto, None, 0, 1.0, 0.0, 1.0) == (1, 1)      # no more threads than a node's CPUs
     assert detector_pool(auto, None, 0, 2.0, 0.0, 2.0, blocks=7) == (1, 2)     # a short run: one copy of the models
     assert detector_pool(auto, None, 0, 16.0, 0.0, 16.0, blocks=12) == (3, 5)  # one actor per 4 blocks at most
     assert detector_pool(RayConfig(detector_actors=4), 1, 0, 16.0, 0.0, 16.0, blocks=1) == (4, 1)  # as configured

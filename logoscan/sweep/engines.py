@@ -118,6 +118,13 @@ def actor_cpus(r, n_actors: int, cluster_cpus: float, matchers: int = 0, warn: b
 # images (4 blocks of 128) two 1-thread actors ran the bench's sweep 10% slower than one of 2
 # threads, on 2,000 images 3-31% faster (docs/bench/throughput.md)
 BLOCKS_PER_ACTOR = 4
+# torch threads of each CPU detector actor at least when ``detector.threads`` is unset: on 2 cores,
+# two actors of 2 threads (4 threads on 2 cores) ran a 2,000-image sweep in 80.4 and 85.0 s against
+# 99.0-117.4 s for two actors of 1 thread, with a fifth less CPU per actor (68.6 against 85.1 CPU-s),
+# and one actor of 2 threads took 135.5 and 161.3 s: while one actor decodes and crops in Python
+# (one thread), the other's two threads have both cores (docs/bench/throughput.md). Not measured
+# on larger nodes
+MIN_CPU_THREADS = 2
 
 
 def detector_pool(r, threads: int | None, others: int, cpus: float, gpus: float, node_cpus: float,
@@ -127,10 +134,11 @@ def detector_pool(r, threads: int | None, others: int, cpus: float, gpus: float,
     ``ray.detector_actors: "auto"``: on GPUs (``num_gpus_per_actor`` > 0) as many as the GPUs hold
     beside the others (each takes the same share); on CPUs one per ``threads`` CPUs (1 when None),
     less one CPU per other actor; and one per ``BLOCKS_PER_ACTOR`` of the run's ``blocks`` of
-    ``fetch_batch`` images at most (each actor loads its own copy of the models). On 2 CPUs that is
-    2 actors of 1 thread from 1,024 images on, which ran the sweep 3-31% faster than 1 actor of 2
-    (docs/bench/throughput.md). ``detector.threads: None``: the CPUs each actor has (the cluster's
-    over all model actors, at most one node's)."""
+    ``fetch_batch`` images at most (each actor loads its own copy of the models). ``detector.threads:
+    None``: the CPUs each actor has (the cluster's over all model actors, at most one node's), and
+    ``MIN_CPU_THREADS`` at least (at most a node's CPUs). On 2 CPUs that is 2 actors of 2 threads from
+    1,024 images on, which ran the sweep 15-25% faster than 2 actors of 1 thread and those 3-31%
+    faster than 1 actor of 2 (docs/bench/throughput.md)."""
     if r.detector_actors != "auto":
         n = r.detector_actors
     elif r.num_gpus_per_actor > 0:
@@ -140,7 +148,7 @@ def detector_pool(r, threads: int | None, others: int, cpus: float, gpus: float,
     if r.detector_actors == "auto" and blocks is not None:
         n = min(n, blocks // BLOCKS_PER_ACTOR)
     n = max(1, n)
-    return n, threads or max(1, min(int(cpus // (n + others)), int(node_cpus)))
+    return n, threads or max(1, min(max(int(cpus // (n + others)), MIN_CPU_THREADS), int(node_cpus)))
 
 
 def pools(cfg: ScanConfig, matchers: int, images: int | None = None) -> tuple[ScanConfig, bool, int, float]:
