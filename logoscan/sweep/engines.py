@@ -120,10 +120,9 @@ def actor_cpus(r, n_actors: int, cluster_cpus: float, matchers: int = 0, warn: b
 BLOCKS_PER_ACTOR = 4
 # torch threads of each CPU detector actor at least when ``detector.threads`` is unset: on 2 cores,
 # two actors of 2 threads (4 threads on 2 cores) ran a 2,000-image sweep in 80.4 and 85.0 s against
-# 99.0-117.4 s for two actors of 1 thread, with a fifth less CPU per actor (68.6 against 85.1 CPU-s),
-# and one actor of 2 threads took 135.5 and 161.3 s: while one actor decodes and crops in Python
-# (one thread), the other's two threads have both cores (docs/bench/throughput.md). Not measured
-# on larger nodes
+# 99.0-117.4 s for two actors of 1 thread, and one actor of 2 threads took 135.5 and 161.3 s. While
+# one actor decodes and crops in Python (one thread), the other's two threads can use both cores
+# (docs/bench/throughput.md). Not measured on larger nodes
 MIN_CPU_THREADS = 2
 
 
