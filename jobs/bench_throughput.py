@@ -366,9 +366,10 @@ def main() -> int:
     local = run_scan(replace(base, engine="local", run_id="local", manifest=str(work / "manifest-few.parquet"),
                              out=str(work / "out-local"), store=StoreConfig(write=False)))
     stages = local["stage_seconds"]
-    # this machine's speed drifts within a run: the floors are measured again at the end, and the
-    # fastest of all is the floor (the ratio is then the least favourable to the sweep)
-    floors("end")
+    # this machine's speed drifts within a run: the floors are measured again at the end (after the
+    # 5N sweep they just were), and the fastest of all is the floor (the ratio least favourable to the sweep)
+    if a.no_5n:
+        floors("end")
     whens = [k[len("decode_"):] for k in res if k.startswith("decode_")]
     for k in ("decode", "model_threads", "model_procs", "model_procs2"):
         res[k] = max(res[f"{k}_{w}"] for w in whens)
@@ -393,7 +394,7 @@ def main() -> int:
         f"{n} JPEG product images of 800x800 (quality 85), a demo gallery logo planted in about half. Rates "
         f"for the model floor, the naive baseline and the stage split are over the first {a.floor_images} "
         "images (they do not depend on N). The floors are measured at the start of the run, just before and "
-        "after the N and the 5N sweep, and at the end: this shared machine's speed drifts within a run. The "
+        "after the N and the 5N sweep (without 5N: at the end): this shared machine's speed drifts within a run. The "
         "ceiling below takes the fastest of all of them (the ratio least favourable to the sweep); the scaling "
         "table sets the N and 5N sweeps against the ceiling measured around each. The sweep's time is `run_scan` from call to return on a Ray "
         "already started (a nightly job's cluster is up): manifest read, gallery check, actor start-up and "
