@@ -179,18 +179,38 @@ def _floor_part(args):
     return _floor_loop(*args)
 
 
+# The floor of several multi-threaded processes runs them in lockstep from one barrier, so all their
+# OpenMP threads reach OpenMP's barriers at once. libgomp (torch's OpenMP on Linux) spins a waiting
+# thread by default, and with 4 threads on 2 cores the spinners take the cores the others need: 2
+# processes of 2 threads ran at 9.4 and 11.3 images/s, with OMP_WAIT_POLICY=PASSIVE at 28.6 and 27.7
+# (2026-12-03, against 28.0 and 26.8 for 2 processes of 1 thread). The sweep's actors are not in
+# lockstep: the same setting did not change a 2,000-image sweep (docs/bench/throughput.md).
+LOCKSTEP_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
 def model_floor_processes(uris: list[str], det_cfg_run, threads: int = 1) -> float:
     """One process of ``threads`` torch threads per core, each on its share of the images, timed
     from their common start to the last one's end (single-threaded ones beat one 2-thread process by
     ~12% in a one-off run; 2 threads each is the sweep's layout on 2 cores since 2026-12-03; every
-    layout is measured and the fastest is the floor)."""
+    layout is measured and the fastest is the floor). With more than one thread each, the processes
+    start with ``LOCKSTEP_ENV`` (spawned processes take the parent's environment as it is then)."""
     import multiprocessing as mp
     cpus = os.cpu_count()
     ctx = mp.get_context("spawn")
-    with ctx.Manager() as manager:
-        barrier = manager.Barrier(cpus)
-        with ctx.Pool(cpus) as pool:
-            done = pool.map(_floor_part, [(uris[i::cpus], det_cfg_run, threads, barrier) for i in range(cpus)])
+    env = LOCKSTEP_ENV if threads > 1 else {}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        with ctx.Manager() as manager:
+            barrier = manager.Barrier(cpus)
+            with ctx.Pool(cpus) as pool:
+                done = pool.map(_floor_part, [(uris[i::cpus], det_cfg_run, threads, barrier) for i in range(cpus)])
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     return sum(n for n, _, _ in done) / (max(e for _, _, e in done) - min(s for _, s, _ in done))
 
 
@@ -279,7 +299,7 @@ def main() -> int:
         print(f"floors ({when}): decode {res[f'decode_{when}']:.1f} images/s ({cpus} processes); model "
               f"{res[f'model_threads_{when}']:.2f} (1 process x {cpus} threads), "
               f"{res[f'model_procs_{when}']:.2f} ({cpus} processes x 1 thread), "
-              f"{res[f'model_procs2_{when}']:.2f} ({cpus} processes x 2 threads)", flush=True)
+              f"{res[f'model_procs2_{when}']:.2f} ({cpus} processes x 2 threads, passive OpenMP wait)", flush=True)
 
     def ceiling_of(*whens):
         """Decode + models and nothing else, from the faster of the floors measured at ``whens``."""
@@ -407,7 +427,8 @@ def main() -> int:
         f"{DetectorConfig().precision}: {resolve_precision(DetectorConfig().precision, 'cpu')} here) + embedder (batches of 64) on pre-decoded images, as the sweep's "
         f"actors load them; the fastest of one process with {cpus} torch threads ({at('model_threads', 2)}), "
         f"{cpus} single-threaded processes ({at('model_procs', 2)}) and {cpus} processes of 2 threads "
-        f"({at('model_procs2', 2)}) |",
+        f"({at('model_procs2', 2)}; with OMP_WAIT_POLICY=PASSIVE: in lockstep, libgomp's spinning threads "
+        f"would take each other's cores) |",
         f"| 3. naive baseline | {res['naive']:.2f} | one process, one image at a time, the models as saved "
         f"and called the textbook way, Python loop over {len(gallery)} gallery embeddings |",
         f"| 3b. naive, larger gallery | {res['naive_big']:.2f} | the same loop over {len(big_gallery):,} gallery "
