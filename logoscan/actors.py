@@ -3,6 +3,7 @@ stage function in __call__. Tests call the stage functions directly, in-process.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from logoscan import stages
 from logoscan.log import configure
@@ -19,6 +20,23 @@ def pick_device(requested: str) -> str:
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return requested
+
+
+# The environment every model actor's process starts with. libgomp (torch's OpenMP on Linux) lets a
+# thread that waits at an OpenMP barrier spin on its core for a while (OMP_WAIT_POLICY unset). Two
+# model actors of 2 threads on 2 cores (the default pool there) then spin on the cores the other
+# actor's threads need; PASSIVE makes a waiting thread sleep. libgomp reads it when torch loads it,
+# so it must be in the process's environment from its start: a Ray runtime_env, not os.environ in
+# __init__. Measured in docs/bench/throughput.md (2026-12-03).
+MODEL_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def model_actor_options() -> dict:
+    """Ray remote options for every model actor pool: a runtime_env with ``MODEL_ENV`` (Ray merges
+    its env_vars with the job's), less any variable the driver's own environment sets (the user's
+    choice wins)."""
+    env = {k: v for k, v in MODEL_ENV.items() if k not in os.environ}
+    return {"runtime_env": {"env_vars": env}} if env else {}
 
 
 def model_process(run_id: str, threads: int | None, keep_freed_mib: int) -> int:

@@ -118,6 +118,44 @@ def test_a_separate_embedder_actor_gives_the_same_flags(sample, local_run, tmp_p
     assert summary["config"]["ray"]["embedder_actors"] == 1
 
 
+@pytest.mark.parametrize("matchers", [1, 0])  # the streaming sweep, and the driver matching (engines.run_ray)
+def test_model_actor_processes_start_with_a_passive_openmp_wait(sample, local_run, tmp_path, monkeypatch, matchers):
+    """libgomp reads OMP_WAIT_POLICY once, when torch loads it, so the model pools pass it in their
+    runtime_env (``logoscan.actors.MODEL_ENV``): Ray starts each model actor's process with it, the
+    flags stay the in-process engine's, and a value in the driver's own environment wins."""
+    import os
+
+    import ray
+
+    from logoscan.actors import model_actor_options
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    pools = {}
+    map_batches = ray.data.Dataset.map_batches
+
+    def recording(self, fn, *args, **kwargs):
+        pools[getattr(fn, "__name__", str(fn))] = kwargs.get("runtime_env")
+        return map_batches(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(ray.data.Dataset, "map_batches", recording)
+    summary = run_scan(replace(_cfg(sample, tmp_path, engine="ray"),
+                               ray=RayConfig(num_cpus=2, fetch_batch=4, embedder_actors=1, matcher_actors=matchers)))
+    assert _pairs(summary) == _pairs(local_run[0]) and _pairs(summary)
+    passive = {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}}
+    assert pools["DetectActor"] == pools["EmbedActor"] == passive, pools
+    assert pools.get("MatchActor") is None and pools["fetch"] is None  # no torch there
+
+    @ray.remote(num_cpus=0)
+    class Probe:
+        def env(self):
+            return os.environ.get("OMP_WAIT_POLICY")
+
+    probe = Probe.options(**model_actor_options()).remote()
+    assert ray.get(probe.env.remote()) == "PASSIVE"
+    ray.kill(probe)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert model_actor_options() == {}
+
+
 def test_the_local_ray_runs_its_workers_at_the_configured_niceness():
     """The local Ray the job starts (``ray.worker_niceness``, default 0) runs the model actors'
     workers at the driver's priority, not Ray's default 15 (they yielded CPU to every other
