@@ -184,7 +184,8 @@ def _floor_part(args):
 # thread by default, and with 4 threads on 2 cores the spinners take the cores the others need: 2
 # processes of 2 threads ran at 9.4 and 11.3 images/s, with OMP_WAIT_POLICY=PASSIVE at 28.6 and 27.7
 # (2026-12-03, against 28.0 and 26.8 for 2 processes of 1 thread). The sweep's actors are not in
-# lockstep: the same setting did not change a 2,000-image sweep (docs/bench/throughput.md).
+# lockstep: the same setting made no difference beyond this machine's drift in ten alternating
+# 2,000-image sweeps (docs/bench/throughput.md).
 LOCKSTEP_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 

@@ -23,18 +23,19 @@ def pick_device(requested: str) -> str:
 
 
 # The environment every model actor's process starts with. libgomp (torch's OpenMP on Linux) lets a
-# thread that waits at an OpenMP barrier spin on its core for a while (OMP_WAIT_POLICY unset). Two
-# model actors of 2 threads on 2 cores (the default pool there) then spin on the cores the other
-# actor's threads need; PASSIVE makes a waiting thread sleep. libgomp reads it when torch loads it,
-# so it must be in the process's environment from its start: a Ray runtime_env, not os.environ in
-# __init__. Measured in docs/bench/throughput.md (2026-12-03).
+# thread that waits at an OpenMP barrier spin on its core for a while (OMP_WAIT_POLICY unset). With
+# more model threads than cores (2 actors of 2 threads on 2 cores, the default pool there) a spinning
+# thread can hold a core another process's thread needs: two model loops in lockstep ran 3x slower
+# for it; the sweep measured no difference either way (docs/bench/throughput.md, 2026-12-03).
+# PASSIVE makes a waiting thread sleep. libgomp reads it when torch loads it, so it must be in the
+# process's environment from its start: a Ray runtime_env, not os.environ in __init__.
 MODEL_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def model_actor_options() -> dict:
     """Ray remote options for every model actor pool: a runtime_env with ``MODEL_ENV`` (Ray merges
     its env_vars with the job's), less any variable the driver's own environment sets (the user's
-    choice wins)."""
+    choice wins; one set only in a submitted job's runtime_env does not: the pool's env_vars win)."""
     env = {k: v for k, v in MODEL_ENV.items() if k not in os.environ}
     return {"runtime_env": {"env_vars": env}} if env else {}
 
