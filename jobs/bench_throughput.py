@@ -179,39 +179,26 @@ def _floor_part(args):
     return _floor_loop(*args)
 
 
-# The floor of several multi-threaded processes runs them in lockstep from one barrier, so all their
-# OpenMP threads reach OpenMP's barriers at once. libgomp (torch's OpenMP on Linux) spins a waiting
-# thread by default, and with 4 threads on 2 cores the spinners take the cores the others need: 2
-# processes of 2 threads ran at 9.4 and 11.3 images/s, with OMP_WAIT_POLICY=PASSIVE at 28.6 and 27.7
-# (2026-12-03, against 28.0 and 26.8 for 2 processes of 1 thread). The sweep's actors are not in
-# lockstep: the same setting made no difference beyond this machine's drift in ten alternating
-# 2,000-image sweeps (docs/bench/throughput.md).
-LOCKSTEP_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
-
-
 def model_floor_processes(uris: list[str], det_cfg_run, threads: int = 1) -> float:
     """One process of ``threads`` torch threads per core, each on its share of the images, timed
     from their common start to the last one's end (single-threaded ones beat one 2-thread process by
     ~12% in a one-off run; 2 threads each is the sweep's layout on 2 cores since 2026-12-03; every
     layout is measured and the fastest is the floor). With more than one thread each, the processes
-    start with ``LOCKSTEP_ENV`` (spawned processes take the parent's environment as it is then)."""
+    start with the model actors' environment (``logoscan.actors.MODEL_ENV``, passive OpenMP waiting):
+    started in lockstep from one barrier, 2 processes of 2 threads ran at 9.4 and 11.3 images/s with
+    libgomp's spinning default on 2 cores, and at 28.6 and 27.7 with it (docs/bench/throughput.md,
+    2026-12-03). Spawned processes take the parent's environment as it is when they start."""
     import multiprocessing as mp
+    from unittest import mock
+
+    from logoscan.actors import MODEL_ENV
     cpus = os.cpu_count()
     ctx = mp.get_context("spawn")
-    env = LOCKSTEP_ENV if threads > 1 else {}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with mock.patch.dict(os.environ, MODEL_ENV if threads > 1 else {}):
         with ctx.Manager() as manager:
             barrier = manager.Barrier(cpus)
             with ctx.Pool(cpus) as pool:
                 done = pool.map(_floor_part, [(uris[i::cpus], det_cfg_run, threads, barrier) for i in range(cpus)])
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return sum(n for n, _, _ in done) / (max(e for _, _, e in done) - min(s for _, s, _ in done))
 
 

@@ -184,8 +184,8 @@ def run_ray(manifest: pa.Table, cfg: ScanConfig, plan: RunPlan, col: Collector) 
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     cfg, fused, n_emb, cpa = pools(cfg, cfg.ray.matcher_actors, manifest.num_rows)
     r = cfg.ray
-    gpus = r.num_gpus_per_actor
-    model_opts = model_actor_options()  # every model pool: OMP_WAIT_POLICY (logoscan.actors.MODEL_ENV)
+    # every model pool: its CPUs and GPUs, and the environment its processes start with (MODEL_ENV)
+    model_pool = dict(num_cpus=cpa, num_gpus=r.num_gpus_per_actor, **model_actor_options())
     n_blocks = max(1, math.ceil(manifest.num_rows / r.fetch_batch))
     ds = ray.data.from_arrow(manifest.select(list(stages.KEYS))).repartition(n_blocks)
     ds = ds.map_batches(fetch, fn_kwargs={"cfg": cfg.fetch}, batch_size=r.fetch_batch,
@@ -195,19 +195,19 @@ def run_ray(manifest: pa.Table, cfg: ScanConfig, plan: RunPlan, col: Collector) 
                         fn_constructor_kwargs=dict(det_kw, emb_cfg=cfg.embedder) if fused else det_kw,
                         batch_size=r.fetch_batch, batch_format="numpy",
                         compute=ray.data.ActorPoolStrategy(size=r.detector_actors),
-                        num_cpus=cpa, num_gpus=gpus, **model_opts)
+                        **model_pool)
     if cfg.ocr.enabled:
         ds = ds.map_batches(OcrActor, fn_constructor_kwargs=dict(ocr_cfg=cfg.ocr, run_id=plan.run_id,
                                                                  keep_freed_mib=cfg.detector.keep_freed_mib),
                             batch_size=r.fetch_batch, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=cfg.ocr.actors),
-                            num_cpus=cpa, num_gpus=gpus, **model_opts)
+                            **model_pool)
     if not fused:
         ds = ds.map_batches(EmbedActor, fn_constructor_kwargs=dict(emb_cfg=cfg.embedder, run_id=plan.run_id,
                                                                    keep_freed_mib=cfg.detector.keep_freed_mib),
                             batch_size=cfg.embedder.batch_size, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=n_emb),
-                            num_cpus=cpa, num_gpus=gpus, **model_opts)
+                            **model_pool)
     # the driver matches, with one client: this engine runs only under ray.matcher_actors 0
     # (a matcher pool streams: logoscan.sweep.stream)
     owner = MatchActor(**match_kwargs(cfg, plan))

@@ -281,8 +281,9 @@ def build(files: list[tuple[str, int]], carry_schema: pa.Schema, done_parts: lis
     from logoscan.actors import (DetectActor, DetectEmbedActor, EmbedActor, MatchActor, OcrActor, fetch,
                                   model_actor_options)
     bounded_block_stats()
-    r, gpus = cfg.ray, cfg.ray.num_gpus_per_actor
-    model_opts = model_actor_options()  # every model pool: OMP_WAIT_POLICY (logoscan.actors.MODEL_ENV)
+    r = cfg.ray
+    # every model pool: its CPUs and GPUs, and the environment its processes start with (MODEL_ENV)
+    model_pool = dict(num_cpus=cpa, num_gpus=r.num_gpus_per_actor, **model_actor_options())
     carry = tuple(f.name[len("carry."):] for f in carry_schema)
     incremental = store is not None and cfg.store.incremental
     ds = ray.data.from_items([{"file": f, "index": i} for i, (f, _) in enumerate(files)],
@@ -330,21 +331,18 @@ def build(files: list[tuple[str, int]], carry_schema: pa.Schema, done_parts: lis
     ds = ds.map_batches(DetectEmbedActor if fused else DetectActor,
                         fn_constructor_kwargs=dict(detect_kwargs, emb_cfg=cfg.embedder) if fused else detect_kwargs,
                         batch_size=r.fetch_batch, batch_format="numpy",
-                        compute=ray.data.ActorPoolStrategy(size=r.detector_actors), num_cpus=cpa, num_gpus=gpus,
-                        **model_opts)
+                        compute=ray.data.ActorPoolStrategy(size=r.detector_actors), **model_pool)
     # from here on whole blocks (batch_size None): an image's rows, made by one detect call, stay together
     if cfg.ocr.enabled:
         ds = ds.map_batches(OcrActor, fn_constructor_kwargs=dict(ocr_cfg=cfg.ocr, run_id=plan.run_id,
                                                                  keep_freed_mib=cfg.detector.keep_freed_mib),
                             batch_size=None, batch_format="numpy",
-                            compute=ray.data.ActorPoolStrategy(size=cfg.ocr.actors), num_cpus=cpa, num_gpus=gpus,
-                            **model_opts)
+                            compute=ray.data.ActorPoolStrategy(size=cfg.ocr.actors), **model_pool)
     if not fused:
         ds = ds.map_batches(EmbedActor, fn_constructor_kwargs=dict(emb_cfg=cfg.embedder, run_id=plan.run_id,
                                                                    keep_freed_mib=cfg.detector.keep_freed_mib),
                             batch_size=None, batch_format="numpy",
-                            compute=ray.data.ActorPoolStrategy(size=n_emb), num_cpus=cpa, num_gpus=gpus,
-                            **model_opts)
+                            compute=ray.data.ActorPoolStrategy(size=n_emb), **model_pool)
     # the matcher writes the block it decided (one task and one object-store hop per block fewer
     # than a writer stage of its own: the writer cost 17 of 50 worker-seconds at 100k error rows)
     ds = ds.map_batches(MatchActor, fn_constructor_kwargs=writes, batch_size=None, batch_format="numpy",
