@@ -20,7 +20,8 @@ run, printed as tables:
   10,000 and 100,000 references, and the catalog at N and 5N images (peak memory).
 Peak memory is the largest sum of PSS (proportional set size: resident memory, a page shared by k
 processes counted 1/k in each, so Ray's shared object store is not counted once per process) over
-this process and all its descendants (Ray's GCS, raylet, workers), sampled every 0.2 s.
+this process and all its descendants (Ray's GCS, raylet, workers), sampled as often as keeps the
+sampler under ~5% of one core (every ~3 s on 2 cores: `PeakRSS`; every 0.2 s until 2026-12-03).
 """
 from __future__ import annotations
 
@@ -68,7 +69,16 @@ def make_catalog(work: Path, n: int, seed: int = 1) -> list[dict]:
 # ------------------------------------------------------------------ memory
 
 class PeakRSS:
-    """Largest sum of PSS over this process and its descendants while active."""
+    """Largest sum of PSS over this process and its descendants while active.
+
+    Reading a process's PSS makes the kernel walk its page tables: one pass over the sweep's 17
+    processes (two model actors of 13 GiB virtual each) cost 0.155 CPU-s and 0.34 s (2026-12-03).
+    Sampled every 0.2 s, as until then, this thread kept the bench's driver at 35-37% of a core
+    (`top`) during the sweeps, about a sixth of the 2-core machine taken from the sweep and not
+    from the floors it is compared with. So each pass now waits ``BUDGET`` times its own CPU time
+    (at least ``MIN_WAIT_S``): the sampler uses at most ~5% of one core, sampling every ~3 s here."""
+
+    BUDGET, MIN_WAIT_S = 19.0, 1.0
 
     def __init__(self):
         import psutil
@@ -77,6 +87,7 @@ class PeakRSS:
     def _sample(self):
         import psutil
         while not self._stop.is_set():
+            cpu0 = time.thread_time()  # this thread's CPU, the kernel's page-table walks included
             total = 0
             for p in [self.proc, *self.proc.children(recursive=True)]:
                 try:  # PSS: a page shared by k processes counts 1/k in each (Ray's object store)
@@ -84,7 +95,7 @@ class PeakRSS:
                 except (psutil.NoSuchProcess, psutil.AccessDenied, AttributeError):
                     pass
             self.peak = max(self.peak, total)
-            self._stop.wait(0.2)
+            self._stop.wait(max(self.MIN_WAIT_S, self.BUDGET * (time.thread_time() - cpu0)))
 
     def __enter__(self):
         self._t = threading.Thread(target=self._sample, daemon=True)
