@@ -40,6 +40,14 @@ def model_actor_options() -> dict:
     return {"runtime_env": {"env_vars": env}} if env else {}
 
 
+def model_pool_options(r, cpus: float) -> dict:
+    """Ray remote options of every model actor pool (detector, OCR, embedder), from ``RayConfig``
+    ``r``: the CPUs each actor reserves (sized by sweep.engines.pools), its GPUs, the memory it
+    reserves (``ray.actor_memory_mib``) and the environment its process starts with."""
+    memory = {"memory": r.actor_memory_mib * 2 ** 20} if r.actor_memory_mib else {}
+    return dict(num_cpus=cpus, num_gpus=r.num_gpus_per_actor, **memory, **model_actor_options())
+
+
 def model_process(run_id: str, threads: int | None, keep_freed_mib: int) -> int:
     """What every model actor sets before it loads its model: the run's logging, torch's threads
     (None: as the process has them) and glibc's allocator (``logoscan.models.alloc``: freed

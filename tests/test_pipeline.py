@@ -122,18 +122,20 @@ def test_a_separate_embedder_actor_gives_the_same_flags(sample, local_run, tmp_p
 def test_model_actor_processes_start_with_a_passive_openmp_wait(sample, local_run, tmp_path, monkeypatch, matchers):
     """libgomp reads OMP_WAIT_POLICY once, when torch loads it, so the model pools pass it in their
     runtime_env (``logoscan.actors.MODEL_ENV``): Ray starts each model actor's process with it, the
-    flags stay the in-process engine's, and a value in the driver's own environment wins."""
+    flags stay the in-process engine's, and a value in the driver's own environment wins. Each model
+    pool also reserves ``ray.actor_memory_mib`` of Ray's logical memory (none elsewhere)."""
     import os
 
     import ray
 
     from logoscan.actors import model_actor_options
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    pools = {}
+    pools, memory = {}, {}
     map_batches = ray.data.Dataset.map_batches
 
     def recording(self, fn, *args, **kwargs):
         pools[getattr(fn, "__name__", str(fn))] = kwargs.get("runtime_env")
+        memory[getattr(fn, "__name__", str(fn))] = kwargs.get("memory")
         return map_batches(self, fn, *args, **kwargs)
 
     monkeypatch.setattr(ray.data.Dataset, "map_batches", recording)
@@ -143,6 +145,8 @@ def test_model_actor_processes_start_with_a_passive_openmp_wait(sample, local_ru
     passive = {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}}
     assert pools["DetectActor"] == pools["EmbedActor"] == passive, pools
     assert pools.get("MatchActor") is None and pools["fetch"] is None  # no torch there
+    assert memory["DetectActor"] == memory["EmbedActor"] == RayConfig().actor_memory_mib * 2 ** 20 > 0, memory
+    assert memory.get("MatchActor") is None and memory["fetch"] is None
 
     @ray.remote(num_cpus=0)
     class Probe:
@@ -154,6 +158,14 @@ def test_model_actor_processes_start_with_a_passive_openmp_wait(sample, local_ru
     ray.kill(probe)
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     assert model_actor_options() == {}
+
+
+def test_a_model_actor_memory_no_node_offers_stops_the_sweep_with_a_clear_error(sample, tmp_path):
+    """Ray Data waits forever for an actor no node can hold; the sweep says so before it starts."""
+    from logoscan.sweep.errors import ScanError
+    cfg = _cfg(sample, tmp_path, engine="ray")
+    with pytest.raises(ScanError, match=r"ray.actor_memory_mib=1000000000: no node .* offers"):
+        run_scan(replace(cfg, ray=replace(cfg.ray, actor_memory_mib=10 ** 9)))
 
 
 def test_the_local_ray_runs_its_workers_at_the_configured_niceness():

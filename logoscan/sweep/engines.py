@@ -23,6 +23,7 @@ from logoscan.config import ScanConfig
 from logoscan.log import get_logger
 from logoscan.store import Store
 from logoscan.sweep.collect import Collector
+from logoscan.sweep.errors import ScanError
 from logoscan.sweep.plan import RunPlan
 
 log = get_logger("logoscan.sweep")
@@ -164,6 +165,11 @@ def pools(cfg: ScanConfig, matchers: int, images: int | None = None) -> tuple[Sc
     res = ray.cluster_resources()
     cpus = res.get("CPU", 0.0)
     node_cpus = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=cpus)
+    node_memory = max((n["Resources"].get("memory", 0.0) for n in ray.nodes() if n.get("Alive")), default=0.0)
+    if r.actor_memory_mib * 2 ** 20 > node_memory:  # Ray Data would wait for such an actor forever
+        raise ScanError(f"ray.actor_memory_mib={r.actor_memory_mib}: no node of this Ray cluster has that much "
+                        f"memory for a model actor (the largest offers {node_memory / 2 ** 20:,.0f} MiB); lower it, "
+                        "or 0 for no request")
     blocks = None if images is None else max(1, math.ceil(images / r.fetch_batch))
     n_det, threads = detector_pool(r, cfg.detector.threads, n_emb + n_ocr, cpus, res.get("GPU", 0.0), node_cpus,
                                    blocks)
@@ -178,14 +184,13 @@ def pools(cfg: ScanConfig, matchers: int, images: int | None = None) -> tuple[Sc
 def run_ray(manifest: pa.Table, cfg: ScanConfig, plan: RunPlan, col: Collector) -> dict:
     import ray
 
-    from logoscan.actors import DetectActor, DetectEmbedActor, EmbedActor, OcrActor, fetch, model_actor_options
+    from logoscan.actors import DetectActor, DetectEmbedActor, EmbedActor, OcrActor, fetch, model_pool_options
     dctx = ray.data.DataContext.get_current()
     dctx.enable_progress_bars = False  # our own scan.progress log lines instead
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     cfg, fused, n_emb, cpa = pools(cfg, cfg.ray.matcher_actors, manifest.num_rows)
     r = cfg.ray
-    # every model pool: its CPUs and GPUs, and the environment its processes start with (MODEL_ENV)
-    model_pool = dict(num_cpus=cpa, num_gpus=r.num_gpus_per_actor, **model_actor_options())
+    model_pool = model_pool_options(r, cpa)  # every model pool's CPUs, GPUs, memory and environment
     n_blocks = max(1, math.ceil(manifest.num_rows / r.fetch_batch))
     ds = ray.data.from_arrow(manifest.select(list(stages.KEYS))).repartition(n_blocks)
     ds = ds.map_batches(fetch, fn_kwargs={"cfg": cfg.fetch}, batch_size=r.fetch_batch,

@@ -279,11 +279,10 @@ def build(files: list[tuple[str, int]], carry_schema: pa.Schema, done_parts: lis
     import ray
 
     from logoscan.actors import (DetectActor, DetectEmbedActor, EmbedActor, MatchActor, OcrActor, fetch,
-                                  model_actor_options)
+                                  model_pool_options)
     bounded_block_stats()
     r = cfg.ray
-    # every model pool: its CPUs and GPUs, and the environment its processes start with (MODEL_ENV)
-    model_pool = dict(num_cpus=cpa, num_gpus=r.num_gpus_per_actor, **model_actor_options())
+    model_pool = model_pool_options(r, cpa)  # every model pool's CPUs, GPUs, memory and environment
     carry = tuple(f.name[len("carry."):] for f in carry_schema)
     incremental = store is not None and cfg.store.incremental
     ds = ray.data.from_items([{"file": f, "index": i} for i, (f, _) in enumerate(files)],
