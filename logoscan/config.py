@@ -208,10 +208,11 @@ class RayConfig:
     cpus_per_actor: Annotated[float, Field(gt=0.0)] = 0.5
     # MiB each model actor (detector, OCR, embedder) reserves with Ray's scheduler (its logical
     # `memory` resource), so a node is given no more model actors than its memory holds. A CPU
-    # detector actor that also embeds peaked at 748-795 MiB (Ray Data's own sampling, 2,000 images of
-    # 800x800); with no request Ray Data warned every 30 s that the pool asked for 0 and advised
-    # ~1,000 MiB (docs/scaling.md). 0: no request (Ray's default)
-    actor_memory_mib: NonNegative = 1024
+    # detector actor that also embeds peaked at 748-795 MiB in a 2,000-image sweep of 800x800 images
+    # and ~880 MiB in a 4,000-image one (Ray Data's own sampling); Ray Data advises 1.25x the peak
+    # (1,095 MiB), and with no request it warned every 30 s that the pool asked for 0
+    # (docs/scaling.md). 0: no request (Ray's default)
+    actor_memory_mib: NonNegative = 1536
     # matcher actors searching Milvus (a server URI; an embedded .db is served on loopback for the
     # run). 0: the driver matches with one client (the old path, kept for comparison)
     matcher_actors: NonNegative = 1
