@@ -164,8 +164,9 @@ def pools(cfg: ScanConfig, matchers: int, images: int | None = None) -> tuple[Sc
     n_ocr = cfg.ocr.actors if cfg.ocr.enabled else 0
     res = ray.cluster_resources()
     cpus = res.get("CPU", 0.0)
-    node_cpus = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=cpus)
-    node_memory = max((n["Resources"].get("memory", 0.0) for n in ray.nodes() if n.get("Alive")), default=0.0)
+    alive = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    node_cpus = max((n.get("CPU", 0.0) for n in alive), default=cpus)
+    node_memory = max((n.get("memory", 0.0) for n in alive), default=0.0)
     if r.actor_memory_mib * 2 ** 20 > node_memory:  # Ray Data would wait for such an actor forever
         raise ScanError(f"ray.actor_memory_mib={r.actor_memory_mib}: no node of this Ray cluster has that much "
                         f"memory for a model actor (the largest offers {node_memory / 2 ** 20:,.0f} MiB); lower it, "
